@@ -1,0 +1,33 @@
+"""`armor compress`: arguments and entry point."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from compress.pipeline import METHODS, Settings, compress_checkpoint
+
+
+def add_compress_arguments(parser) -> None:
+    d = Settings()
+    parser.add_argument("--model", required=True, help="local dense Hugging Face checkpoint directory")
+    parser.add_argument("--out", required=True, help="output checkpoint directory (resumes a killed run)")
+    parser.add_argument("--method", default=d.method, choices=METHODS)
+    parser.add_argument("--block-size", type=int, default=d.block_size, help="ARMOR block size b (16/32/64/128)")
+    parser.add_argument("--iters", type=int, default=d.iters, help="ARMOR BCD iterations per matrix (paper: 3000)")
+    parser.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate of the continuous step")
+    parser.add_argument("--patience", type=int, default=d.patience, help="stop after N iterations without improvement")
+    parser.add_argument("--calib-samples", type=int, default=d.calib_samples, help="calibration sequences")
+    parser.add_argument("--seq-len", type=int, default=d.seq_len, help="tokens per calibration sequence")
+    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--batch-size", type=int, default=d.batch_size, help="calibration sequences per forward")
+    parser.add_argument("--overwrite", action="store_true", help="discard what --out holds and start again")
+
+
+def run_compress(args) -> None:
+    from armor_serve.model_import import require_checkpoint
+
+    settings = Settings(method=args.method, block_size=args.block_size, iters=args.iters, lr=args.lr,
+                        patience=args.patience, calib_samples=args.calib_samples, seq_len=args.seq_len,
+                        seed=args.seed, batch_size=args.batch_size)
+    summary = compress_checkpoint(require_checkpoint(args.model), Path(args.out), settings, overwrite=args.overwrite)
+    print(json.dumps(summary, indent=2))

@@ -1,0 +1,386 @@
+"""Sequential, layer-by-layer compression of a local Hugging Face checkpoint (SparseGPT-style).
+
+Calibration tokens go through the decoder one layer at a time: layer i's linear inputs are gathered
+with forward hooks, its seven projections are compressed, and the *compressed* layer's outputs become
+layer i+1's inputs. Only one decoder layer and the calibration activations are in memory at a time:
+weights are streamed from the safetensors shards and the model skeleton lives on the meta device.
+
+Resume: every finished layer is written atomically to its own shard and recorded (with a SHA-256) in
+armor_progress.json. Re-running the same command re-derives the activations by running the calibration
+through the finished layers as stored on disk, then continues; the result equals an uninterrupted run.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+from tqdm import tqdm
+
+from compress import baselines
+from compress.armor import ArmorConfig, armor
+from compress.weights import CheckpointWeights
+from armor_serve.errors import UserError
+from model_executors import format as fmt
+from model_executors.armor_linear import ArmorLinear
+from model_executors.convert import armor_names_in, swap_in_armor
+
+log = logging.getLogger(__name__)
+
+METHODS = ("armor", "nowag-p", "sparsegpt", "wanda", "magnitude")
+SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
+LAYER_PREFIX = "model.layers."
+LINEARS = {  # module path inside a decoder layer -> which calibration statistic it needs
+    "self_attn.q_proj": "attn_in", "self_attn.k_proj": "attn_in", "self_attn.v_proj": "attn_in",
+    "self_attn.o_proj": "o_in", "mlp.gate_proj": "mlp_in", "mlp.up_proj": "mlp_in", "mlp.down_proj": "down_in",
+}
+PROGRESS = "armor_progress.json"
+SUMMARY = "compression_summary.json"
+
+
+@dataclass
+class Settings:
+    method: str = "armor"
+    block_size: int = 32
+    iters: int = 300
+    lr: float = 1e-3
+    patience: int = 100
+    calib_samples: int = 32
+    seq_len: int = 512
+    seed: int = 0
+    sparsegpt_damp: float = 0.01
+    batch_size: int = 8
+
+    def fingerprint(self, model_dir: Path) -> dict:
+        source = hashlib.sha256((model_dir / "config.json").read_bytes())
+        for file in sorted(model_dir.glob("*.safetensors")):
+            stat = file.stat()
+            source.update(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+        return {"settings": asdict(self), "source": str(model_dir), "source_hash": source.hexdigest()}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _atomic_json(path: Path, payload: dict) -> None:
+    _atomic_write(path, lambda p: p.write_text(json.dumps(payload, indent=2) + "\n"))
+
+
+def check_model(config, settings: Settings) -> None:
+    """Errors that must come before any heavy work: layout, block size, method."""
+    if settings.method not in METHODS:
+        raise UserError(f"unknown method '{settings.method}'; choose from {', '.join(METHODS)}")
+    if config.model_type not in SUPPORTED_MODEL_TYPES:
+        raise UserError(f"model type '{config.model_type}' has no known decoder-layer layout; supported: "
+                        f"{', '.join(SUPPORTED_MODEL_TYPES)}")
+    if getattr(config, "quantization_config", None):
+        raise UserError("the input checkpoint is already quantized/compressed; start from a dense checkpoint")
+    if settings.method != "armor":
+        return
+    b = settings.block_size
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    dims = {"hidden_size": config.hidden_size, "intermediate_size": config.intermediate_size,
+            "q_proj out": config.num_attention_heads * head_dim,
+            "k/v_proj out": config.num_key_value_heads * head_dim}
+    bad = {k: v for k, v in dims.items() if v % b}
+    if b % 4 or bad:
+        fits = [s for s in (16, 32, 64, 128) if all(v % s == 0 for v in dims.values())]
+        raise UserError(f"block size {b} does not divide {bad or 'a multiple of 4'}; sizes that fit this model: {fits}")
+
+
+class _Capture(nn.Module):
+    """Stands in for a decoder layer: records the call's keyword arguments, passes hidden states through."""
+
+    def __init__(self, sink: list):
+        super().__init__()
+        self.sink = sink
+
+    def forward(self, hidden_states, *args, **kwargs):
+        self.sink.append(kwargs)
+        return hidden_states
+
+
+class LayerwiseCompressor:
+    def __init__(self, model_dir: Path, out_dir: Path, settings: Settings, overwrite: bool = False):
+        from transformers import AutoConfig
+
+        self.model_dir, self.out_dir, self.settings = model_dir, out_dir, settings
+        self.config = AutoConfig.from_pretrained(model_dir)
+        check_model(self.config, settings)
+        self.weights = CheckpointWeights(model_dir)
+        self.n_layers = self.config.num_hidden_layers
+        self.fingerprint = settings.fingerprint(model_dir)
+        self.progress = self._open_output(overwrite)
+
+    # ---- output directory and resume state ----
+    def _open_output(self, overwrite: bool) -> dict:
+        out, progress_file = self.out_dir, self.out_dir / PROGRESS
+        if out.exists() and overwrite:
+            shutil.rmtree(out)
+        if out.exists() and any(out.iterdir()):
+            if not progress_file.is_file():
+                raise UserError(f"'{out}' is not empty and holds no compression run; pick an empty --out "
+                                f"or pass --overwrite")
+            try:
+                progress = json.loads(progress_file.read_text())
+            except ValueError:
+                raise UserError(f"'{progress_file}' is corrupt; pass --overwrite to start again") from None
+            if progress.get("fingerprint") != self.fingerprint:
+                old = progress.get("fingerprint", {}).get("settings")
+                raise UserError(f"'{out}' holds a different run ({old}); use another --out or pass --overwrite")
+            for i, digest in progress["shards"].items():
+                shard = out / self.shard_name(int(i))
+                if not shard.is_file() or _sha256(shard) != digest:
+                    raise UserError(f"finished layer {i} in '{shard}' is missing or corrupt; pass --overwrite to "
+                                    f"start again")
+            if progress["layers_done"]:
+                log.info("resuming: %d of %d layers already compressed", progress["layers_done"], self.n_layers)
+            return progress
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise UserError(f"cannot create '{out}' ({err.strerror}); choose another --out") from None
+        progress = {"fingerprint": self.fingerprint, "layers_done": 0, "shards": {}, "matrices": [],
+                    "seconds": 0.0, "complete": False}
+        try:
+            _atomic_json(progress_file, progress)
+        except OSError as err:
+            raise UserError(f"cannot write to '{out}' ({err.strerror}); choose another --out") from None
+        return progress
+
+    @staticmethod
+    def shard_name(i: int) -> str:
+        return f"model-layer-{i:05d}.safetensors"
+
+    # ---- the model skeleton and layer-0 inputs ----
+    def _skeleton(self):
+        from transformers import AutoModelForCausalLM
+
+        self.config._attn_implementation = "sdpa"
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(self.config, dtype=self.dtype)
+        body = model.model
+        body.embed_tokens.load_state_dict(self.weights.load("model.embed_tokens."), assign=True)
+        body.rotary_emb = type(body.rotary_emb)(config=self.config)  # real (non-meta) inv_freq buffers
+        return body
+
+    @torch.no_grad()
+    def _layer_inputs(self, body, calib: torch.Tensor) -> tuple[list[torch.Tensor], list[dict]]:
+        """Embeddings of the calibration batches and the keyword arguments each decoder layer receives."""
+        real_layers, real_norm = body.layers, body.norm
+        kwargs_per_layer: list[dict] = []
+        body.layers = nn.ModuleList(_Capture(kwargs_per_layer) for _ in range(self.n_layers))
+        body.norm = nn.Identity()
+        hidden = []
+        for batch in calib.split(self.settings.batch_size):
+            kwargs_per_layer.clear()
+            hidden.append(body(input_ids=batch, use_cache=False).last_hidden_state)
+        body.layers, body.norm = real_layers, real_norm
+        body.embed_tokens = None  # no longer needed: free it
+        # every batch has the same shape and no padding, so the last batch's kwargs hold for all batches
+        return hidden, [dict(kw) for kw in kwargs_per_layer]
+
+    # ---- one layer ----
+    def _load_layer(self, body, i: int, source: CheckpointWeights | None = None):
+        layer = body.layers[i]
+        prefix = f"{LAYER_PREFIX}{i}."
+        source = source or self.weights
+        state = source.load(prefix)
+        names = armor_names_in(state)
+        if names:
+            swap_in_armor(layer, names, {k: tuple(v.shape) for k, v in state.items()}, self.dtype)
+        layer.load_state_dict(state, assign=True, strict=True)
+        return layer
+
+    @torch.no_grad()
+    def _run(self, layer, hidden: list[torch.Tensor], kwargs: dict) -> list[torch.Tensor]:
+        return [layer(h, **kwargs) for h in hidden]
+
+    @torch.no_grad()
+    def _statistics(self, layer, hidden, kwargs) -> dict[str, dict[str, torch.Tensor]]:
+        need_full = self.settings.method == "sparsegpt"
+        stats: dict[str, dict[str, torch.Tensor]] = {}
+
+        def hook(name):
+            def record(_mod, args, _out):
+                x = args[0].reshape(-1, args[0].shape[-1]).double()
+                s = stats.setdefault(name, {"h": torch.zeros(x.shape[1], dtype=torch.float64)})
+                s["h"] += x.pow(2).sum(0)
+                if need_full:
+                    s.setdefault("H", torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64))
+                    s["H"] += x.T @ x
+            return record
+
+        handles = [layer.get_submodule(name).register_forward_hook(hook(name)) for name in LINEARS]
+        try:
+            self._run(layer, hidden, kwargs)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return stats
+
+    def _compress_matrix(self, i: int, name: str, linear: nn.Linear, stats: dict, bar) -> tuple[nn.Module, dict]:
+        s = self.settings
+        weight, bias = linear.weight.data, linear.bias.data if linear.bias is not None else None
+        h = stats["h"].float()
+        w32 = weight.float()
+        loss = lambda what: ((w32 - what).pow(2) * h).sum().item() / max((w32.pow(2) * h).sum().item(), 1e-30)
+        record = {"layer": i, "matrix": name, "shape": list(weight.shape)}
+        if s.method == "armor":
+            seed = s.seed * 1_000_003 + i * 101 + list(LINEARS).index(name)
+
+            def progress(it, value):
+                if it % 10 == 0:
+                    bar.set_postfix_str(f"L{i} {name} it {it}/{s.iters} loss {value:.4f}")
+
+            cfg = ArmorConfig(block_size=s.block_size, iters=s.iters, lr=s.lr, patience=s.patience)
+            res = armor(weight, h, cfg, seed=seed, progress=progress)
+            module = ArmorLinear.from_factors(res.a_blocks, res.core, res.mask, res.b_blocks, bias, dtype=weight.dtype)
+            record.update(loss_start=res.start_loss, loss_final=res.final_loss, iters=res.iters,
+                          loss_stored=loss(module.dense_weight().float()))
+        else:
+            if s.method == "magnitude":
+                pruned = baselines.magnitude(weight)
+            elif s.method == "wanda":
+                pruned = baselines.wanda(weight, h)
+            elif s.method == "nowag-p":
+                pruned = baselines.nowag_p(weight, h)
+            else:
+                pruned = baselines.sparsegpt(weight, stats["H"].float(), damp=s.sparsegpt_damp)
+            module = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, dtype=weight.dtype, device="cpu")
+            module.weight.data.copy_(pruned)
+            if bias is not None:
+                module.bias.data.copy_(bias)
+            record.update(loss_final=loss(pruned.float()))
+        return module, record
+
+    def _compress_layer(self, i: int, layer, hidden, kwargs, bar) -> list[dict]:
+        stats = self._statistics(layer, hidden, kwargs)
+        records = []
+        for name in LINEARS:
+            parent_name, _, child = name.rpartition(".")
+            parent = layer.get_submodule(parent_name)
+            module, record = self._compress_matrix(i, name, getattr(parent, child), stats[name], bar)
+            setattr(parent, child, module)
+            records.append(record)
+        return records
+
+    def _write_layer(self, i: int, layer) -> str:
+        prefix = f"{LAYER_PREFIX}{i}."
+        tensors = {prefix + k: v.contiguous() for k, v in layer.state_dict().items()}
+        path = self.out_dir / self.shard_name(i)
+        _atomic_write(path, lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
+        return _sha256(path)
+
+    # ---- the whole run ----
+    def run(self) -> dict:
+        from transformers import AutoTokenizer
+
+        from armor_serve.datasets import calibration_samples
+
+        if self.progress.get("complete"):
+            log.info("'%s' is already complete", self.out_dir)
+            return json.loads((self.out_dir / SUMMARY).read_text())
+        s = self.settings
+        self.dtype = self.weights.load("model.embed_tokens.")["weight"].dtype
+        tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
+        calib = calibration_samples(tokenizer, s.calib_samples, s.seq_len, s.seed)
+        started = time.time()
+        body = self._skeleton()
+        hidden, layer_kwargs = self._layer_inputs(body, calib)
+        done = self.progress["layers_done"]
+        stored = CheckpointWeights(self.out_dir) if done else None
+        bar = tqdm(range(self.n_layers), desc=f"compress ({s.method})", unit="layer")
+        for i in bar:
+            if i < done:  # finished before: replay the stored layer to rebuild the activations
+                layer = self._load_layer(body, i, stored)
+                hidden = self._run(layer, hidden, layer_kwargs[i])
+            else:
+                layer = self._load_layer(body, i)
+                records = self._compress_layer(i, layer, hidden, layer_kwargs[i], bar)
+                digest = self._write_layer(i, layer)
+                hidden = self._run(layer, hidden, layer_kwargs[i])
+                self.progress["shards"][str(i)] = digest
+                self.progress["matrices"].extend(records)
+                self.progress["layers_done"] = i + 1
+                self.progress["seconds"] += time.time() - started
+                started = time.time()
+                _atomic_json(self.out_dir / PROGRESS, self.progress)
+                if s.method == "armor":
+                    mean = sum(r["loss_final"] / max(r["loss_start"], 1e-30) for r in records) / len(records)
+                    log.debug("layer %d: ARMOR loss / NoWag-P loss = %.3f (mean over matrices)", i, mean)
+            body.layers[i] = body.layers[i].to("meta")  # drop the layer's memory before the next one
+        return self._finish()
+
+    def _finish(self) -> dict:
+        out = self.out_dir
+        base = {k: v.contiguous() for k, v in self.weights.load("", strip=False).items() if not k.startswith(LAYER_PREFIX)}
+        _atomic_write(out / "model-base.safetensors", lambda p: save_file(base, str(p), metadata={"format": "pt"}))
+        weight_map = {k: "model-base.safetensors" for k in base}
+        for i in range(self.n_layers):
+            with safe_open(out / self.shard_name(i), "pt") as fh:
+                weight_map.update({k: self.shard_name(i) for k in fh.keys()})
+        total = sum((out / f).stat().st_size for f in set(weight_map.values()))
+        _atomic_json(out / "model.safetensors.index.json", {"metadata": {"total_size": total}, "weight_map": weight_map})
+
+        config = json.loads((self.model_dir / "config.json").read_text())
+        modules = [f"{LAYER_PREFIX}{i}.{n}" for i in range(self.n_layers) for n in LINEARS]
+        if self.settings.method == "armor":
+            config["quantization_config"] = fmt.quantization_config(self.settings.block_size, modules)
+        else:
+            config.pop("quantization_config", None)
+        _atomic_json(out / "config.json", config)
+        skip = {"config.json", "model.safetensors.index.json", PROGRESS, SUMMARY, "armor_import.json"}
+        for file in self.model_dir.iterdir():
+            if file.is_file() and file.suffix != ".safetensors" and file.name not in skip:
+                shutil.copy2(file, out / file.name)
+
+        summary = self._summary(weight_map)
+        _atomic_json(out / SUMMARY, summary)
+        self.progress["complete"] = True
+        _atomic_json(out / PROGRESS, self.progress)
+        return summary
+
+    def _summary(self, weight_map) -> dict:
+        recs = self.progress["matrices"]
+        dense_params = sum(r["shape"][0] * r["shape"][1] for r in recs)
+        overhead = 0
+        if self.settings.method == "armor":
+            b = self.settings.block_size
+            overhead = sum((r["shape"][0] + r["shape"][1]) * b for r in recs)  # entries of A and B
+        files = {self.out_dir / f for f in set(weight_map.values())}
+        summary = {
+            "method": self.settings.method, "settings": asdict(self.settings), "source": str(self.model_dir),
+            "seconds": round(self.progress["seconds"], 1), "matrices": len(recs),
+            "dense_params_compressed": dense_params,
+            "overhead_params": overhead, "overhead_pct_of_dense": 100.0 * overhead / dense_params,
+            "checkpoint_bytes": sum(f.stat().st_size for f in files),
+            "mean_proxy_loss": sum(r["loss_final"] for r in recs) / len(recs),
+        }
+        if self.settings.method == "armor":
+            summary["mean_proxy_loss_nowag_p_start"] = sum(r["loss_start"] for r in recs) / len(recs)
+        return summary
+
+
+def compress_checkpoint(model_dir: Path, out_dir: Path, settings: Settings, overwrite: bool = False) -> dict:
+    return LayerwiseCompressor(Path(model_dir), Path(out_dir), settings, overwrite).run()

@@ -1,0 +1,52 @@
+"""Shared fixtures: the real bundled model (imported once per machine into ARMOR_HOME) and helpers."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("ARMOR_HOME", str(ROOT / ".cache" / "armor-home"))
+
+
+def run_cli(*args: str, timeout: float = 900, **kwargs) -> subprocess.CompletedProcess:
+    """Run `armor ARGS` in a fresh interpreter and capture its output."""
+    return subprocess.run([sys.executable, "-m", "armor_serve", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def dense_model() -> Path:
+    from armor_serve.model_import import bundled_gguf, import_gguf
+
+    return import_gguf(bundled_gguf("smollm2"))
+
+
+@pytest.fixture(scope="session")
+def tokenizer(dense_model):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(dense_model)
+
+
+SMALL = ["--calib-samples", "8", "--seq-len", "256"]
+
+
+def compress_fixture(factory, dense_model: Path, name: str, *extra: str) -> Path:
+    out = factory.mktemp(name) / "ckpt"
+    proc = run_cli("compress", "--model", str(dense_model), "--out", str(out), *SMALL, *extra)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="session")
+def armor_ckpt(tmp_path_factory, dense_model) -> Path:
+    return compress_fixture(tmp_path_factory, dense_model, "armor", "--method", "armor", "--iters", "30")
+
+
+@pytest.fixture(scope="session")
+def nowag_ckpt(tmp_path_factory, dense_model) -> Path:
+    return compress_fixture(tmp_path_factory, dense_model, "nowag", "--method", "nowag-p")
