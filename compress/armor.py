@@ -41,7 +41,7 @@ SUPPORTS = torch.tensor(list(itertools.combinations(range(GROUP), 2)))  # the 6 
 class ArmorConfig:
     block_size: int = 32
     iters: int = 300
-    lr: float = 1e-4
+    lr: float = 3e-3  # the reference uses 1e-4 with 3000 iterations; see docs/algorithm.md
     patience: int = 100
     rtol: float = 1e-6
 

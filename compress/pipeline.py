@@ -52,7 +52,7 @@ class Settings:
     method: str = "armor"
     block_size: int = 32
     iters: int = 300
-    lr: float = 1e-3
+    lr: float = 3e-3
     patience: int = 100
     calib_samples: int = 32
     seq_len: int = 512

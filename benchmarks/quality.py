@@ -1,0 +1,136 @@
+"""Quality table: dense vs magnitude / Wanda / SparseGPT / NoWag-P / ARMOR on the bundled model.
+
+    python -m benchmarks.quality            # writes benchmarks/results/quality.{json,md,png}
+
+Each configuration is compressed with `armor compress` and evaluated with `armor eval` (both through the
+CLI, exactly as a user runs them); results are cached under .cache/quality so an interrupted run resumes.
+The limits below keep one full run within about an hour on a 2-core CPU; they are written into the output.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+TASKS = "wiki_ppl,lambada_ppl,hellaswag,piqa,arc_easy,arc_challenge,boolq,winogrande,openbookqa"
+MC_TASKS = ["hellaswag", "piqa", "arc_easy", "arc_challenge", "boolq", "winogrande", "openbookqa"]
+
+
+def configs(blocks: list[int]) -> list[tuple[str, list[str]]]:
+    out = [("dense", []), ("magnitude", ["--method", "magnitude"]), ("wanda", ["--method", "wanda"]),
+           ("sparsegpt", ["--method", "sparsegpt"]), ("nowag-p", ["--method", "nowag-p"])]
+    out += [(f"armor-b{b}", ["--method", "armor", "--block-size", str(b)]) for b in blocks]
+    return out
+
+
+def armor(*args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "armor_serve", *args]
+    print("+ armor", " ".join(args), flush=True)
+    return subprocess.run(cmd, cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=sys.stderr)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", help="dense checkpoint (default: the imported bundled SmolLM2)")
+    p.add_argument("--blocks", default="16,32,64,128")
+    p.add_argument("--iters", type=int, default=200)
+    p.add_argument("--calib-samples", type=int, default=32)
+    p.add_argument("--seq-len", type=int, default=512)
+    p.add_argument("--ppl-windows", type=int, default=8, help="wiki_ppl windows of 2048 tokens")
+    p.add_argument("--limit", type=int, default=100, help="examples per zero-shot task and LAMBADA")
+    p.add_argument("--work", default=str(ROOT / ".cache" / "quality"))
+    p.add_argument("--only", help="comma-separated config names to run")
+    args = p.parse_args()
+
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    model = args.model or armor("model", "import", "smollm2").stdout.strip().splitlines()[-1]
+    common = ["--calib-samples", str(args.calib_samples), "--seq-len", str(args.seq_len), "--iters", str(args.iters)]
+    rows = []
+    wanted = set(args.only.split(",")) if args.only else None
+    for name, method_args in configs([int(b) for b in args.blocks.split(",")]):
+        if wanted and name not in wanted:
+            continue
+        row = {"config": name}
+        ckpt = Path(model)
+        if method_args:
+            ckpt = work / name
+            started = time.time()
+            proc = armor("compress", "--model", model, "--out", str(ckpt), *method_args, *common)
+            if proc.returncode != 0:
+                row["error"] = "compress failed (see log); e.g. a block size that does not divide the model"
+                rows.append(row)
+                continue
+            summary = json.loads((ckpt / "compression_summary.json").read_text())
+            row.update(compress_seconds=summary["seconds"], overhead_pct=summary["overhead_pct_of_dense"],
+                       checkpoint_bytes=summary["checkpoint_bytes"], mean_proxy_loss=summary["mean_proxy_loss"])
+            row["wall_seconds"] = round(time.time() - started, 1)
+        report_path = work / f"{name}.eval.json"
+        if not report_path.is_file():
+            limit_ppl = ["--limit", str(args.ppl_windows)]
+            a = armor("eval", "--model", str(ckpt), "--tasks", "wiki_ppl", *limit_ppl, "--json", str(work / f"{name}.ppl.json"))
+            b = armor("eval", "--model", str(ckpt), "--tasks", TASKS.split(",", 1)[1], "--limit", str(args.limit),
+                      "--json", str(work / f"{name}.tasks.json"))
+            if a.returncode or b.returncode:
+                row["error"] = "eval failed"
+                rows.append(row)
+                continue
+            merged = json.loads((work / f"{name}.ppl.json").read_text())
+            merged["results"].update(json.loads((work / f"{name}.tasks.json").read_text())["results"])
+            report_path.write_text(json.dumps(merged, indent=2))
+        row["results"] = json.loads(report_path.read_text())["results"]
+        rows.append(row)
+        write(rows, args)
+
+
+def write(rows: list[dict], args) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    settings = {k: v for k, v in vars(args).items() if k != "work"}
+    payload = {"command": "python -m benchmarks.quality " + " ".join(sys.argv[1:]), "settings": settings,
+               "date": time.strftime("%Y-%m-%d"), "rows": rows}
+    (RESULTS / "quality.json").write_text(json.dumps(payload, indent=2) + "\n")
+    head = "| config | wiki ppl | lambada ppl | lambada acc | " + " | ".join(MC_TASKS) + " | mean acc | compress s | overhead % |"
+    lines = [f"Command: `{payload['command']}` ({payload['date']}). wiki ppl: {args.ppl_windows} windows of 2048 "
+             f"test-split tokens; other tasks: first {args.limit} examples; zero-shot acc (acc_norm for hellaswag, "
+             f"arc, openbookqa, piqa as lm-eval reports both).", "", head, "|" + "---|" * (head.count("|") - 1)]
+    for row in rows:
+        if "error" in row:
+            lines.append(f"| {row['config']} | {row['error']} |")
+            continue
+        r = row["results"]
+        accs = [r[t].get("acc_norm", r[t]["acc"]) if t in ("hellaswag", "arc_easy", "arc_challenge", "openbookqa", "piqa")
+                else r[t]["acc"] for t in MC_TASKS]
+        cells = [f"{r['wiki_ppl']['perplexity']:.2f}", f"{r['lambada_ppl']['perplexity']:.1f}",
+                 f"{r['lambada_ppl']['acc']:.3f}"] + [f"{a:.3f}" for a in accs] + [f"{sum(accs) / len(accs):.3f}"]
+        cells += [f"{row.get('compress_seconds', 0):.0f}", f"{row.get('overhead_pct', 0):.1f}"]
+        lines.append(f"| {row['config']} | " + " | ".join(cells) + " |")
+    (RESULTS / "quality.md").write_text("\n".join(lines) + "\n")
+    plot(rows)
+
+
+def plot(rows: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in rows if "error" not in r]
+    names = [r["config"] for r in ok]
+    ppl = [r["results"]["wiki_ppl"]["perplexity"] for r in ok]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ax.bar(names, ppl, color=["gray" if n == "dense" else "tab:green" if n.startswith("armor") else "tab:blue" for n in names])
+    ax.set_ylabel("wiki perplexity (lower is better)")
+    ax.set_yscale("log")
+    ax.set_title("2:4 compression of SmolLM2-135M-Instruct")
+    plt.xticks(rotation=30, ha="right")
+    fig.tight_layout()
+    fig.savefig(RESULTS / "quality.png", dpi=120)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""End to end on the real model: compress (ARMOR and NoWag-P), resume, bad input, quality ordering."""
+import json
+import subprocess
+import sys
+import time
+
+import torch
+from safetensors import safe_open
+
+from conftest import ROOT, SMALL, run_cli
+from model_executors.sparsity import unpack
+
+
+def test_armor_checkpoint_format(armor_ckpt):
+    config = json.loads((armor_ckpt / "config.json").read_text())
+    q = config["quantization_config"]
+    assert q["quant_method"] == "armor" and q["format_version"] == 1 and q["block_size"] == 32
+    assert len(q["modules"]) == 30 * 7
+    index = json.loads((armor_ckpt / "model.safetensors.index.json").read_text())["weight_map"]
+    prefix = "model.layers.7.mlp.down_proj."
+    assert f"{prefix}weight" not in index
+    with safe_open(armor_ckpt / index[f"{prefix}sparse_values"], "pt") as fh:
+        values, meta = fh.get_tensor(f"{prefix}sparse_values"), fh.get_tensor(f"{prefix}sparse_meta")
+        a, b = fh.get_tensor(f"{prefix}a_blocks"), fh.get_tensor(f"{prefix}b_blocks")
+    assert values.shape == (576, 768) and meta.shape == (576, 192) and meta.dtype == torch.uint8
+    assert a.shape == (18, 32, 32) and b.shape == (48, 32, 32)
+    core = unpack(values, meta)
+    assert bool(((core != 0).reshape(576, -1, 4).sum(-1) <= 2).all())
+    summary = json.loads((armor_ckpt / "compression_summary.json").read_text())
+    assert summary["mean_proxy_loss"] < summary["mean_proxy_loss_nowag_p_start"]
+    assert 0 < summary["overhead_pct_of_dense"] < 15
+
+
+def test_every_armor_matrix_ends_at_or_below_its_nowag_p_start(armor_ckpt):
+    progress = json.loads((armor_ckpt / "armor_progress.json").read_text())
+    assert progress["complete"] and len(progress["matrices"]) == 210
+    for rec in progress["matrices"]:
+        assert rec["loss_final"] <= rec["loss_start"], rec
+        assert abs(rec["loss_stored"] - rec["loss_final"]) <= 1e-4 * rec["loss_start"] + 1e-7, rec
+
+
+def test_baseline_checkpoint_is_plain_dense_with_24_zeros(nowag_ckpt):
+    from transformers import AutoModelForCausalLM
+
+    config = json.loads((nowag_ckpt / "config.json").read_text())
+    assert "quantization_config" not in config
+    model = AutoModelForCausalLM.from_pretrained(nowag_ckpt)
+    w = model.model.layers[3].self_attn.o_proj.weight
+    assert bool(((w != 0).reshape(w.shape[0], -1, 4).sum(-1) <= 2).all())
+    assert model.model.layers[3].input_layernorm.weight.abs().sum() > 0
+
+
+def test_armor_beats_nowag_p_perplexity(armor_ckpt, nowag_ckpt):
+    ppl = {}
+    for name, ckpt in (("armor", armor_ckpt), ("nowag", nowag_ckpt)):
+        proc = run_cli("eval", "--model", str(ckpt), "--tasks", "wiki_ppl", "--limit", "4", "--ctx-len", "512")
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        ppl[name] = float(proc.stdout.split("| wiki_ppl | perplexity |")[1].split("|")[0])
+    assert ppl["armor"] < ppl["nowag"]
+
+
+def _shards(path):
+    return {p.name: p.read_bytes() for p in sorted(path.glob("model-layer-*.safetensors"))}
+
+
+def test_resume_after_kill_gives_an_identical_checkpoint(dense_model, tmp_path):
+    args = ["compress", "--model", str(dense_model), *SMALL, "--method", "armor", "--iters", "3"]
+    whole = tmp_path / "whole"
+    assert run_cli(*args, "--out", str(whole)).returncode == 0
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "armor_serve", *args, "--out", str(killed)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while len(list(killed.glob("model-layer-*.safetensors"))) < 3 and time.time() < deadline:
+        time.sleep(0.2)
+    proc.kill()
+    proc.wait()
+    done_before = json.loads((killed / "armor_progress.json").read_text())["layers_done"]
+    assert 0 < done_before < 30
+    resumed = run_cli(*args, "--out", str(killed))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming" in resumed.stderr
+    assert _shards(killed) == _shards(whole)
+    assert (killed / "model-base.safetensors").read_bytes() == (whole / "model-base.safetensors").read_bytes()
+    # a finished run is not redone
+    again = run_cli(*args, "--out", str(killed))
+    assert again.returncode == 0 and "already complete" in again.stderr
+
+
+def test_bad_inputs_fail_before_heavy_work(dense_model, armor_ckpt, tmp_path):
+    block = run_cli("compress", "--model", str(dense_model), "--out", str(tmp_path / "b"), "--block-size", "128")
+    other = run_cli("compress", "--model", str(dense_model), "--out", str(armor_ckpt), *SMALL, "--method", "wanda")
+    short = run_cli("compress", "--model", str(dense_model), "--out", str(tmp_path / "s"), "--calib-samples",
+                    "100000", "--seq-len", "2048")
+    compressed_input = run_cli("compress", "--model", str(armor_ckpt), "--out", str(tmp_path / "c"))
+    junk_dir = tmp_path / "junk"
+    junk_dir.mkdir()
+    (junk_dir / "notes.txt").write_text("mine")
+    not_empty = run_cli("compress", "--model", str(dense_model), "--out", str(junk_dir))
+    cfg = json.loads((dense_model / "config.json").read_text())
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    (odd / "config.json").write_text(json.dumps({**cfg, "model_type": "gpt2"}))
+    (odd / "model.safetensors").symlink_to(dense_model / "model.safetensors")
+    arch = run_cli("compress", "--model", str(odd), "--out", str(tmp_path / "a"))
+    cases = ((block, "block size 128 does not divide"), (other, "holds a different run"),
+             (short, "fewer than the 100000 asked for"), (compressed_input, "already quantized"),
+             (not_empty, "holds no compression run"), (arch, "no known decoder-layer layout"))
+    for proc, text in cases:
+        assert proc.returncode == 2, (text, proc.stderr[-2000:])
+        assert text in proc.stderr and "Traceback" not in proc.stderr
+    assert (junk_dir / "notes.txt").read_text() == "mine"
