@@ -22,10 +22,10 @@ MC_TASKS = ["hellaswag", "piqa", "arc_easy", "arc_challenge", "boolq", "winogran
 
 
 def configs(blocks: list[int]) -> list[tuple[str, list[str]]]:
-    out = [("dense", []), ("magnitude", ["--method", "magnitude"]), ("wanda", ["--method", "wanda"]),
-           ("sparsegpt", ["--method", "sparsegpt"]), ("nowag-p", ["--method", "nowag-p"])]
-    out += [(f"armor-b{b}", ["--method", "armor", "--block-size", str(b)]) for b in blocks]
-    return out
+    """Most informative first (an interrupted run still compares ARMOR with its start and the baselines)."""
+    armor = [(f"armor-b{b}", ["--method", "armor", "--block-size", str(b)]) for b in blocks]
+    return [("dense", []), ("nowag-p", ["--method", "nowag-p"]), *armor[1:2], ("sparsegpt", ["--method", "sparsegpt"]),
+            ("wanda", ["--method", "wanda"]), ("magnitude", ["--method", "magnitude"]), *armor[:1], *armor[2:]]
 
 
 def armor(*args: str) -> subprocess.CompletedProcess:
@@ -37,7 +37,7 @@ def armor(*args: str) -> subprocess.CompletedProcess:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="dense checkpoint (default: the imported bundled SmolLM2)")
-    p.add_argument("--blocks", default="16,32,64,128")
+    p.add_argument("--blocks", default="16,32,64,128", help="ARMOR block sizes; the 2nd runs first")
     p.add_argument("--iters", type=int, default=200)
     p.add_argument("--calib-samples", type=int, default=32)
     p.add_argument("--seq-len", type=int, default=512)

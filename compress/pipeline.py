@@ -326,9 +326,13 @@ class LayerwiseCompressor:
                 self.progress["seconds"] += time.time() - started
                 started = time.time()
                 _atomic_json(self.out_dir / PROGRESS, self.progress)
+                final = sum(r["loss_final"] for r in records) / len(records)
                 if s.method == "armor":
-                    mean = sum(r["loss_final"] / max(r["loss_start"], 1e-30) for r in records) / len(records)
-                    log.debug("layer %d: ARMOR loss / NoWag-P loss = %.3f (mean over matrices)", i, mean)
+                    start = sum(r["loss_start"] for r in records) / len(records)
+                    log.info("layer %d/%d: mean proxy loss %.4f -> %.4f (NoWag-P start -> ARMOR)", i + 1,
+                             self.n_layers, start, final)
+                else:
+                    log.info("layer %d/%d: mean proxy loss %.4f (%s)", i + 1, self.n_layers, final, s.method)
             body.layers[i] = body.layers[i].to("meta")  # drop the layer's memory before the next one
         return self._finish()
 

@@ -53,3 +53,12 @@ def test_shards_that_cut_a_block_are_refused():
     t = factors(96, 128, 32, seed=0)
     with pytest.raises(ValueError, match="whole blocks of 32"):
         sharding.column_shard(t, 0, 2)  # 48 rows per rank: not a multiple of 32
+
+
+def test_armor_apply_is_traceable_by_torch_compile():
+    t = factors(64, 128, 16, seed=5)
+    core = sparsity.unpack(t["sparse_values"], t["sparse_meta"])
+    x = torch.randn(3, 128)
+    compiled = torch.compile(armor_apply, fullgraph=True, backend="eager")  # fullgraph: no graph breaks allowed
+    torch.testing.assert_close(compiled(x, t["a_blocks"], [core], t["b_blocks"][None], None),
+                               armor_apply(x, t["a_blocks"], [core], t["b_blocks"][None], None))

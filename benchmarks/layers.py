@@ -1,0 +1,134 @@
+"""Layer speed: dense vs plain 2:4 vs ARMOR (per block size) on real projection shapes.
+
+    python -m benchmarks.layers [--device cpu|cuda] [--quick]
+    -> benchmarks/results/layers-<device>.{json,md}
+
+Kernels per device:
+* dense: F.linear with the dense weight (cuBLAS / oneDNN-MKL);
+* 2:4: F.linear with the 2:4 weight, a semi-structured sparse tensor on CUDA (torch picks cuSPARSELt or
+  CUTLASS), dense-with-zeros on CPU (CPUs have no 2:4 kernel: it times the same GEMM as dense);
+* ARMOR: ArmorLinear (B transform, 2:4 GEMM, A transform) with the kernel that device gets.
+Weights are random (never zeros), outputs are checked against the dense product A.S.B; timings are
+medians of repeated calls (CUDA events via triton.testing.do_bench on GPU, perf_counter on CPU).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from model_executors import blockdiag, sparsity
+from model_executors.armor_linear import ArmorLinear
+
+RESULTS = Path(__file__).resolve().parent / "results"
+# (model, matrix) -> (d_out, d_in)
+SHAPES = {
+    "smollm2-135m": {"qkv": (960, 576), "o": (576, 576), "gate_up": (3072, 576), "down": (576, 1536)},
+    "llama3-8b": {"q": (4096, 4096), "k": (1024, 4096), "v": (1024, 4096), "qkv": (6144, 4096), "o": (4096, 4096),
+                  "gate": (14336, 4096), "up": (14336, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)},
+    "llama2-70b": {"qkv": (10240, 8192), "o": (8192, 8192), "gate_up": (57344, 8192), "down": (8192, 28672)},
+}
+
+
+def time_call(fn, device: str, reps: int) -> float:
+    """Median seconds of one call."""
+    if device == "cuda":
+        from triton.testing import do_bench
+
+        return do_bench(fn, warmup=25, rep=100, return_mode="median") / 1e3
+    fn()
+    samples = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+def random_armor(d_out: int, d_in: int, block: int, dtype, device) -> ArmorLinear:
+    g = torch.Generator().manual_seed(d_out * 7 + d_in + block)
+    w = torch.randn(d_out, d_in, generator=g) / d_in ** 0.5
+    mask = sparsity.top2_mask(w.abs())
+    a = torch.eye(block) + 0.05 * torch.randn(d_out // block, block, block, generator=g)
+    b = torch.eye(block) + 0.05 * torch.randn(d_in // block, block, block, generator=g)
+    return ArmorLinear.from_factors(a, w * mask, mask, b, dtype=dtype).to(device)
+
+
+@torch.no_grad()
+def bench_shape(d_out, d_in, tokens, blocks, dtype, device, reps) -> dict:
+    x = torch.randn(tokens, d_in, dtype=dtype, device=device)
+    row = {"d_out": d_out, "d_in": d_in, "tokens": tokens}
+    dense_w = (torch.randn(d_out, d_in, dtype=dtype, device=device) / d_in ** 0.5)
+    row["dense_s"] = time_call(lambda: torch.nn.functional.linear(x, dense_w), device, reps)
+    mask = sparsity.top2_mask(dense_w.abs().float()).to(device)
+    w24 = dense_w * mask
+    if device == "cuda":
+        try:
+            w24 = torch.sparse.to_sparse_semi_structured(w24)
+        except (RuntimeError, ValueError) as err:
+            row["sparse_24_note"] = f"no semi-structured kernel: {err}"
+    row["sparse24_s"] = time_call(lambda: torch.nn.functional.linear(x, w24), device, reps)
+    for block in blocks:
+        if d_out % block or d_in % block:
+            continue
+        mod = random_armor(d_out, d_in, block, dtype, device)
+        ref = x.float() @ (blockdiag.dense(mod.a_blocks.float()) @ mod.dense_core().float() @ blockdiag.dense(mod.b_blocks.float())).T
+        err = ((mod(x).float() - ref).norm() / ref.norm()).item()
+        row[f"armor_b{block}_s"] = time_call(lambda: mod(x), device, reps)
+        row[f"armor_b{block}_relerr"] = err
+        row[f"armor_b{block}_bytes"] = mod.packed_bytes()
+        del mod
+    row["dense_bytes"] = d_out * d_in * dense_w.element_size()
+    return row
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", default=None, help="default: bfloat16 on cuda, float32 on cpu")
+    p.add_argument("--models", default="smollm2-135m,llama3-8b,llama2-70b")
+    p.add_argument("--tokens", default="1,16,128,2048")
+    p.add_argument("--blocks", default="32,64,128")
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--max-gflop", type=float, default=None, help="skip calls above this many GFLOP (CPU time)")
+    args = p.parse_args()
+    dtype = getattr(torch, args.dtype or ("bfloat16" if args.device == "cuda" else "float32"))
+    blocks = [int(b) for b in args.blocks.split(",")]
+    rows, skipped = [], []
+    for model in args.models.split(","):
+        for matrix, (d_out, d_in) in SHAPES[model].items():
+            for tokens in (int(t) for t in args.tokens.split(",")):
+                gflop = 2 * d_out * d_in * tokens / 1e9
+                if args.max_gflop and gflop > args.max_gflop:
+                    skipped.append(f"{model}.{matrix}@{tokens}")
+                    continue
+                row = {"model": model, "matrix": matrix, **bench_shape(d_out, d_in, tokens, blocks, dtype, args.device, args.reps)}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    name = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or platform.machine()
+    payload = {"command": "python -m benchmarks.layers " + " ".join(__import__("sys").argv[1:]), "device": args.device,
+               "device_name": name, "threads": torch.get_num_threads(), "dtype": str(dtype), "torch": torch.__version__,
+               "date": time.strftime("%Y-%m-%d"), "skipped_over_max_gflop": skipped, "rows": rows}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"layers-{args.device}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    lines = [f"`{payload['command']}` on {args.device} ({name}, {payload['threads']} threads, {payload['dtype']}, "
+             f"torch {torch.__version__}, {payload['date']}). Speed-up = dense time / kernel time (>1 is faster than dense).",
+             "", "| model | matrix | tokens | dense ms | 2:4 x | " + " | ".join(f"ARMOR b{b} x" for b in blocks) +
+             " | ARMOR b32 bytes / dense |", "|---" * (6 + len(blocks)) + "|"]
+    for r in rows:
+        cells = [r["model"], r["matrix"], str(r["tokens"]), f"{r['dense_s'] * 1e3:.3f}", f"{r['dense_s'] / r['sparse24_s']:.2f}"]
+        cells += [f"{r['dense_s'] / r[f'armor_b{b}_s']:.2f}" if f"armor_b{b}_s" in r else "n/a" for b in blocks]
+        cells.append(f"{r['armor_b32_bytes'] / r['dense_bytes']:.3f}" if "armor_b32_bytes" in r else "n/a")
+        lines.append("| " + " | ".join(cells) + " |")
+    if skipped:
+        lines += ["", f"Skipped (over --max-gflop {args.max_gflop}): {', '.join(skipped)}"]
+    (RESULTS / f"layers-{args.device}.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
