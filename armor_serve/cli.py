@@ -50,6 +50,12 @@ def cmd_compress(args) -> None:
     run_compress(args)
 
 
+def cmd_serve(args) -> None:
+    from armor_serve.server import serve
+
+    serve(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="armor", description="Compress LLMs with ARMOR 2:4 sparsity and serve them.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -80,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     comp = sub.add_parser("compress", help="2:4-compress a checkpoint with ARMOR or a baseline")
     add_compress_arguments(comp)
     comp.set_defaults(func=cmd_compress)
+
+    from armor_serve.server import add_serve_arguments
+
+    srv = sub.add_parser("serve", help="OpenAI-compatible server (chat + completions) with Prometheus metrics")
+    add_serve_arguments(srv)
+    srv.set_defaults(func=cmd_serve)
     return parser
 
 

@@ -1,0 +1,88 @@
+"""Prometheus metrics of the server (prometheus-client). vLLM's own `vllm:` series share the registry."""
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from pathlib import Path
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from safetensors import safe_open
+
+LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+def checkpoint_weight_bytes(model_dir: str | Path, expanded_core: bool) -> tuple[int, int]:
+    """(resident, dense-equivalent) weight bytes of a checkpoint as an engine holds it.
+
+    ARMOR tensors count as stored (values + metadata + blocks) unless `expanded_core`, when the engine keeps
+    S dense-with-zeros (the reference kernel: CPU hosts); dense-equivalent counts every ARMOR matrix as d_out x d_in.
+    """
+    model_dir = Path(model_dir)
+    resident = dense = 0
+    for file in sorted(model_dir.glob("*.safetensors")):
+        with safe_open(file, "pt") as fh:
+            for key in fh.keys():
+                sl = fh.get_slice(key)
+                shape, size = sl.get_shape(), {"F32": 4, "F16": 2, "BF16": 2, "U8": 1, "I64": 8}.get(sl.get_dtype(), 4)
+                n = 1
+                for d in shape:
+                    n *= d
+                if key.endswith(".sparse_values"):
+                    resident += n * size * (2 if expanded_core else 1)
+                    dense += n * 2 * size
+                elif key.endswith(".sparse_meta"):
+                    resident += 0 if expanded_core else n
+                elif key.endswith((".a_blocks", ".b_blocks")):
+                    resident += n * size
+                else:
+                    resident += n * size
+                    dense += n * size
+    return resident, dense  # a tied lm_head is stored (and held) once, and counted once
+
+
+def _rss_bytes() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class ServerMetrics:
+    def __init__(self, model: str, engine, resident_bytes: int, dense_bytes: int, registry=REGISTRY):
+        label = {"model_name": model}
+        self.model = model
+        self.requests = Counter("armor_requests", "HTTP requests by endpoint and status", ["model_name", "endpoint", "status"], registry=registry)
+        self.prompt_tokens = Counter("armor_prompt_tokens", "Prompt tokens processed", ["model_name"], registry=registry).labels(**label)
+        self.generation_tokens = Counter("armor_generation_tokens", "Tokens generated", ["model_name"], registry=registry).labels(**label)
+        hist = lambda name, doc: Histogram(name, doc, ["model_name"], buckets=LATENCY, registry=registry).labels(**label)
+        self.ttft = hist("armor_time_to_first_token_seconds", "Time from request arrival to its first output token")
+        self.itl = hist("armor_inter_token_latency_seconds", "Time between consecutive output tokens")
+        self.tpot = hist("armor_time_per_output_token_seconds", "(e2e - ttft) / (output tokens - 1) per request")
+        self.e2e = hist("armor_e2e_request_latency_seconds", "Request latency, arrival to last token")
+        self.running = Gauge("armor_requests_running", "Requests being generated", ["model_name"], registry=registry).labels(**label)
+        self.waiting = Gauge("armor_requests_waiting", "Requests queued for a generation slot", ["model_name"], registry=registry).labels(**label)
+        self._window: deque[tuple[float, int]] = deque()
+        tps = Gauge("armor_generation_tokens_per_second", "Generated tokens per second over the last 10 s", ["model_name"], registry=registry)
+        tps.labels(**label).set_function(self.tokens_per_second)
+        Gauge("armor_weights_resident_bytes", "Model weight bytes held by the engine", ["model_name"], registry=registry).labels(**label).set(resident_bytes)
+        Gauge("armor_weights_dense_equivalent_bytes", "Weight bytes of the same model uncompressed", ["model_name"], registry=registry).labels(**label).set(dense_bytes)
+        Gauge("armor_process_resident_memory_bytes", "Server process RSS", registry=registry).set_function(_rss_bytes)
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                for what, fn in (("allocated", torch.cuda.memory_allocated), ("reserved", torch.cuda.memory_reserved),
+                                 ("peak", torch.cuda.max_memory_allocated)):
+                    Gauge(f"armor_cuda_memory_{what}_bytes", f"CUDA memory {what}", registry=registry).set_function(fn)
+        except ImportError:
+            pass
+
+    def tokens_per_second(self, window: float = 10.0) -> float:
+        now = time.monotonic()
+        while self._window and self._window[0][0] < now - window:
+            self._window.popleft()
+        return sum(n for _, n in self._window) / window
+
+    def count_tokens(self, n: int) -> None:
+        if n:
+            self.generation_tokens.inc(n)
+            self._window.append((time.monotonic(), n))

@@ -1,0 +1,73 @@
+"""Start `armor serve` as a real process on 127.0.0.1 and talk to it."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+
+from conftest import ROOT
+
+API_KEY = "test-key"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, model, engine: str, *extra: str, api_key: str | None = API_KEY, name: str = "smollm2-armor"):
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.name = name
+        cmd = [sys.executable, "-m", "armor_serve", "serve", "--model", str(model), "--engine", engine, "--port",
+               str(self.port), "--served-model-name", name, "--max-model-len", "1024", *extra]
+        if api_key:
+            cmd += ["--api-key", api_key]
+        if engine == "vllm":
+            cmd += ["--enforce-eager", "--memory-fraction", "0.2"]
+        self.log = open(os.devnull, "w")
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self.log, stderr=subprocess.PIPE, text=True,
+                                     env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"})
+
+    def wait_ready(self, timeout: float = 600) -> "Server":
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited {self.proc.returncode}: {self.proc.stderr.read()[-4000:]}")
+            try:
+                if httpx.get(self.base + "/health", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        raise TimeoutError("server did not become healthy")
+
+    def client(self, **kw):
+        from openai import OpenAI
+
+        return OpenAI(base_url=self.base + "/v1", api_key=API_KEY, max_retries=0, **kw)
+
+    def metric(self, name: str, **labels) -> float:
+        text = httpx.get(self.base + "/metrics").text
+        total = 0.0
+        for line in text.splitlines():
+            m = re.match(rf"^{re.escape(name)}(\{{[^}}]*\}})? (\S+)$", line)
+            if m and all(f'{k}="{v}"' in (m.group(1) or "") for k, v in labels.items()):
+                total += float(m.group(2))
+        return total
+
+    def stop(self, sig=signal.SIGTERM, timeout: float = 120) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=timeout)
+        finally:
+            self.log.close()

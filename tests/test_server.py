@@ -1,0 +1,157 @@
+"""The OpenAI-compatible server for real: `armor serve` on 127.0.0.1, the compressed SmolLM2, the official
+`openai` client, both engines."""
+import time
+
+import httpx
+import openai
+import pytest
+
+from server_util import API_KEY, Server
+
+ENGINES = ["transformers", "vllm"]
+
+
+@pytest.fixture(scope="module", params=ENGINES)
+def server(request, armor_ckpt):
+    if request.param == "vllm":
+        pytest.importorskip("vllm")
+    srv = Server(armor_ckpt, request.param, "--max-concurrent", "2", "--max-queue", "8").wait_ready()
+    yield srv
+    srv.stop()
+
+
+def chat_ids(tokenizer, content):
+    return tokenizer.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
+                                         tokenize=True, return_dict=False)
+
+
+def test_chat_usage_matches_the_tokenizer(server, tokenizer):
+    client = server.client()
+    reply = client.chat.completions.create(model=server.name, messages=[{"role": "user", "content": "Name a fruit."}],
+                                           max_tokens=8, temperature=0, extra_body={"ignore_eos": True})
+    choice = reply.choices[0]
+    assert choice.finish_reason == "length" and choice.message.role == "assistant" and choice.message.content
+    assert reply.usage.prompt_tokens == len(chat_ids(tokenizer, "Name a fruit."))
+    assert reply.usage.completion_tokens == 8
+    assert reply.usage.total_tokens == reply.usage.prompt_tokens + 8
+
+
+def test_streaming_equals_non_streaming_and_ends_with_usage(server):
+    client = server.client()
+    args = dict(model=server.name, messages=[{"role": "user", "content": "Tell me about the sea."}], max_tokens=10,
+                temperature=0)
+    full = client.chat.completions.create(**args).choices[0].message.content
+    chunks = list(client.chat.completions.create(**args, stream=True, stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == full
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 10
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+
+
+def test_completions_prompt_list_and_n(server):
+    client = server.client()
+    reply = client.completions.create(model=server.name, prompt=["Once upon a time", "The capital of Italy is"],
+                                      max_tokens=4, n=2, temperature=0.9, seed=3)
+    assert sorted(c.index for c in reply.choices) == [0, 1, 2, 3]
+    assert all(c.text for c in reply.choices)
+    echo = client.completions.create(model=server.name, prompt="Hello", max_tokens=2, echo=True, temperature=0)
+    assert echo.choices[0].text.startswith("Hello")
+
+
+def test_stop_sequence_cuts_the_output(server):
+    client = server.client()
+    args = dict(model=server.name, prompt="The numbers one, two, three, four, five,", max_tokens=12, temperature=0)
+    full = client.completions.create(**args).choices[0].text
+    words = full.split()
+    stop = words[1] if len(words) > 1 else words[0]
+    cut = client.completions.create(**args, stop=[stop]).choices[0]
+    assert cut.finish_reason == "stop"
+    assert cut.text == full[: full.index(stop)]
+
+
+def test_seed_makes_sampling_reproducible(server):
+    client = server.client()
+    args = dict(model=server.name, prompt="My favourite animal is", max_tokens=8, temperature=1.0)
+    a = client.completions.create(**args, seed=7).choices[0].text
+    b = client.completions.create(**args, seed=7).choices[0].text
+    others = {client.completions.create(**args, seed=s).choices[0].text for s in (8, 9, 10)}
+    assert a == b
+    assert others - {a}
+
+
+def test_logprobs(server):
+    client = server.client()
+    reply = client.chat.completions.create(model=server.name, messages=[{"role": "user", "content": "Hi"}],
+                                           max_tokens=3, temperature=0, logprobs=True, top_logprobs=2)
+    content = reply.choices[0].logprobs.content
+    assert len(content) == 3
+    for item in content:
+        assert item.logprob <= 0 and len(item.top_logprobs) == 2
+        assert item.top_logprobs[0].logprob >= item.logprob - 1e-4  # greedy: the chosen token is the best
+
+
+def test_metrics_move_by_known_amounts(server, tokenizer):
+    before = {m: server.metric(m, model_name=server.name) for m in
+              ("armor_generation_tokens_total", "armor_prompt_tokens_total", "armor_e2e_request_latency_seconds_count",
+               "armor_time_to_first_token_seconds_count")}
+    ok_before = server.metric("armor_requests_total", endpoint="/v1/chat/completions", status="200")
+    server.client().chat.completions.create(model=server.name, messages=[{"role": "user", "content": "Count."}],
+                                            max_tokens=5, temperature=0, extra_body={"ignore_eos": True})
+    after = {m: server.metric(m, model_name=server.name) for m in before}
+    assert after["armor_generation_tokens_total"] - before["armor_generation_tokens_total"] == 5
+    assert after["armor_prompt_tokens_total"] - before["armor_prompt_tokens_total"] == len(chat_ids(tokenizer, "Count."))
+    assert after["armor_e2e_request_latency_seconds_count"] - before["armor_e2e_request_latency_seconds_count"] == 1
+    assert after["armor_time_to_first_token_seconds_count"] - before["armor_time_to_first_token_seconds_count"] == 1
+    assert server.metric("armor_requests_total", endpoint="/v1/chat/completions", status="200") == ok_before + 1
+    assert server.metric("armor_weights_dense_equivalent_bytes") > 0
+    assert server.metric("armor_weights_resident_bytes") > 0
+    assert server.metric("armor_process_resident_memory_bytes") > 0
+    if server.proc.args[server.proc.args.index("--engine") + 1] == "vllm":
+        text = httpx.get(server.base + "/metrics").text
+        assert "vllm:kv_cache_usage_perc" in text and "vllm:num_requests_running" in text
+
+
+def test_errors_are_openai_shaped(server):
+    client = server.client()
+    msgs = [{"role": "user", "content": "hi"}]
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.chat.completions.create(model=server.name, messages=msgs, extra_body={"best_of_everything": 2})
+    assert "best_of_everything: unsupported field" in bad.value.body["message"]
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="gpt-4o", messages=msgs)
+    with pytest.raises(openai.BadRequestError) as long:
+        client.chat.completions.create(model=server.name, messages=[{"role": "user", "content": "word " * 1500}])
+    assert "1024 tokens" in long.value.body["message"] and "prompt has" in long.value.body["message"]
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model=server.name, messages=msgs, temperature=5)
+    wrong_key = openai.OpenAI(base_url=server.base + "/v1", api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        wrong_key.chat.completions.create(model=server.name, messages=msgs)
+    raw = httpx.post(server.base + "/v1/completions", content=b"{not json", headers={
+        "authorization": f"Bearer {API_KEY}", "content-type": "application/json"})
+    assert raw.status_code == 400 and raw.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_health_version_models_and_request_id(server):
+    assert httpx.get(server.base + "/health").json() == {"status": "ok"}
+    assert httpx.get(server.base + "/version").json()["engine"] in ENGINES
+    models = httpx.get(server.base + "/v1/models", headers={"authorization": f"Bearer {API_KEY}"}).json()
+    assert models["data"][0]["id"] == server.name
+    r = httpx.post(server.base + "/v1/completions", headers={"authorization": f"Bearer {API_KEY}", "x-request-id": "abc-123"},
+                   json={"model": server.name, "prompt": "Hi", "max_tokens": 1})
+    assert r.status_code == 200 and r.headers["x-request-id"] == "abc-123"
+
+
+def test_client_disconnect_aborts_generation(server):
+    headers = {"authorization": f"Bearer {API_KEY}"}
+    body = {"model": server.name, "prompt": "Write a long story.", "max_tokens": 600, "stream": True,
+            "ignore_eos": True}
+    with httpx.stream("POST", server.base + "/v1/completions", json=body, headers=headers, timeout=60) as r:
+        for i, _ in enumerate(r.iter_lines()):
+            if i >= 4:
+                break
+    time.sleep(3)
+    first = server.metric("armor_generation_tokens_total")
+    time.sleep(3)
+    assert server.metric("armor_generation_tokens_total") == first  # nothing is generated for nobody
+    assert server.metric("armor_requests_running") == 0
