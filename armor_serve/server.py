@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import time
 
 from armor_serve.errors import UserError
@@ -62,8 +63,13 @@ def serve(args) -> None:
     resident, dense = checkpoint_weight_bytes(model_dir, expanded_core=not torch.cuda.is_available())
     app = create_app(engine, tokenizer, ServerConfig(name, args.api_key, args.max_concurrent, args.max_queue),
                      resident, dense)
+    # uvicorn drains on SIGTERM/SIGINT and then re-raises the signal to the handler that was installed
+    # before it; a no-op one there turns "drained and stopped" into exit status 0.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
     uvicorn.run(app, host=args.host, port=args.port, log_config=None, timeout_graceful_shutdown=args.drain_timeout,
                 access_log=args.verbose)
+    logging.getLogger("armor_serve.server").info("stopped")
 
 
 def add_serve_arguments(p) -> None:

@@ -257,7 +257,8 @@ class LayerwiseCompressor:
             res = armor(weight, h, cfg, seed=seed, progress=progress)
             module = ArmorLinear.from_factors(res.a_blocks, res.core, res.mask, res.b_blocks, bias, dtype=weight.dtype)
             record.update(loss_start=res.start_loss, loss_final=res.final_loss, iters=res.iters,
-                          loss_stored=loss(module.dense_weight().float()))
+                          loss_stored=loss(module.dense_weight().float()), bytes=module.packed_bytes(),
+                          dense_bytes=module.dense_bytes())
         else:
             if s.method == "magnitude":
                 pruned = baselines.magnitude(weight)
@@ -271,7 +272,8 @@ class LayerwiseCompressor:
             module.weight.data.copy_(pruned)
             if bias is not None:
                 module.bias.data.copy_(bias)
-            record.update(loss_final=loss(pruned.float()))
+            record.update(loss_final=loss(pruned.float()), bytes=weight.numel() * weight.element_size(),
+                          dense_bytes=weight.numel() * weight.element_size())
         return module, record
 
     def _compress_layer(self, i: int, layer, hidden, kwargs, bar) -> list[dict]:
@@ -379,6 +381,8 @@ class LayerwiseCompressor:
             "dense_params_compressed": dense_params,
             "overhead_params": overhead, "overhead_pct_of_dense": 100.0 * overhead / dense_params,
             "checkpoint_bytes": sum(f.stat().st_size for f in files),
+            "compressed_matrix_bytes": sum(r["bytes"] for r in recs),
+            "dense_matrix_bytes": sum(r["dense_bytes"] for r in recs),
             "mean_proxy_loss": sum(r["loss_final"] for r in recs) / len(recs),
         }
         if self.settings.method == "armor":

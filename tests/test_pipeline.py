@@ -29,6 +29,7 @@ def test_armor_checkpoint_format(armor_ckpt):
     summary = json.loads((armor_ckpt / "compression_summary.json").read_text())
     assert summary["mean_proxy_loss"] < summary["mean_proxy_loss_nowag_p_start"]
     assert 0 < summary["overhead_pct_of_dense"] < 15
+    assert 0.5 < summary["compressed_matrix_bytes"] / summary["dense_matrix_bytes"] < 0.7  # 2:4 + meta + blocks
 
 
 def test_every_armor_matrix_ends_at_or_below_its_nowag_p_start(armor_ckpt):
