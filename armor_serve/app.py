@@ -107,8 +107,12 @@ def create_app(engine: Engine, tokenizer, config: ServerConfig, resident_bytes: 
                 return JSONResponse(error_body("missing or wrong API key: send 'Authorization: Bearer <key>'",
                                                "authentication_error", code="invalid_api_key"),
                                     status_code=401, headers={"x-request-id": rid})
+        started = time.monotonic()
         response = await call_next(request)
         response.headers["x-request-id"] = rid
+        if request.url.path.startswith("/v1/"):
+            log.info("request %s %s %s -> %d in %.3fs", rid, request.method, request.url.path, response.status_code,
+                     time.monotonic() - started)
         if request.url.path.startswith("/v1/") and request.method == "POST":
             metrics.requests.labels(config.model_name, request.url.path, str(response.status_code)).inc()
         return response

@@ -105,3 +105,16 @@ def test_fuzzed_requests_never_get_a_500(busy_server, path, body):
     assert r.status_code < 500, r.text
     if r.status_code >= 400:
         assert set(r.json()["error"]) >= {"message", "type"}
+
+
+def test_json_logs_carry_the_request_id(armor_ckpt):
+    import json
+
+    srv = Server(armor_ckpt, "transformers", "--log-format", "json").wait_ready()
+    r = httpx.post(srv.base + "/v1/completions", headers={**AUTH, "x-request-id": "trace-42"},
+                   json={"model": srv.name, "prompt": "Hi", "max_tokens": 1})
+    assert r.status_code == 200
+    srv.stop()
+    records = [json.loads(line) for line in srv.proc.stderr.read().splitlines() if line.startswith("{")]
+    assert records and all({"ts", "level", "logger", "message"} <= set(rec) for rec in records)
+    assert any("trace-42" in rec["message"] for rec in records)
