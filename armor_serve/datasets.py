@@ -60,6 +60,7 @@ def _decode(raw: bytes) -> str:
     return raw.decode("utf-8")
 
 
+_LEFTOVER = ("{{", "}}", "[[", "]]", "{|", "|}")
 _DROP_LINE = re.compile(r"^\s*(\w+\s*)?(thumb|left|right|upright|\d+px)\|", re.I)
 
 
@@ -67,13 +68,18 @@ def strip_markup(wikitext: str) -> str:
     """Plain prose from wiki markup: templates, tables, refs, links and formatting removed."""
     import mwparserfromhell
 
-    # Footnotes are citations, not prose: drop them before parsing.
-    wikitext = re.sub(r"<ref[^>]*/>|<ref[^>]*>.*?</ref>", "", wikitext, flags=re.S | re.I)
+    # Footnotes are citations and tables are not prose: drop both before parsing (innermost tables first).
+    wikitext = re.sub(r"<ref[^>]*/>|<ref[^>]*>.*?</ref>|<nowiki>.*?</nowiki>", "", wikitext, flags=re.S | re.I)
+    table = re.compile(r"\{\|(?:(?!\{\|).)*?\|\}", flags=re.S)
+    while table.search(wikitext):
+        wikitext = table.sub("", wikitext)
     text = mwparserfromhell.parse(wikitext).strip_code(normalize=True, collapse=True, keep_template_params=False)
     lines = []
     for line in text.splitlines():
         line = line.strip()
         if _DROP_LINE.match(line) or line.startswith(("Category:", "File:", "Image:")):
+            continue
+        if any(mark in line for mark in _LEFTOVER):  # markup the parser could not resolve (broken templates)
             continue
         line = re.sub(r"\s+", " ", line)
         lines.append(line)

@@ -70,22 +70,26 @@ def main() -> None:
             row.update(compress_seconds=summary["seconds"], overhead_pct=summary["overhead_pct_of_dense"],
                        checkpoint_bytes=summary["checkpoint_bytes"], mean_proxy_loss=summary["mean_proxy_loss"])
             row["wall_seconds"] = round(time.time() - started, 1)
-        report_path = work / f"{name}.eval.json"
-        if not report_path.is_file():
-            limit_ppl = ["--limit", str(args.ppl_windows)]
-            a = armor("eval", "--model", str(ckpt), "--tasks", "wiki_ppl", *limit_ppl, "--json", str(work / f"{name}.ppl.json"))
-            b = armor("eval", "--model", str(ckpt), "--tasks", TASKS.split(",", 1)[1], "--limit", str(args.limit),
-                      "--json", str(work / f"{name}.tasks.json"))
-            if a.returncode or b.returncode:
-                row["error"] = "eval failed"
-                rows.append(row)
-                continue
-            merged = json.loads((work / f"{name}.ppl.json").read_text())
-            merged["results"].update(json.loads((work / f"{name}.tasks.json").read_text())["results"])
-            report_path.write_text(json.dumps(merged, indent=2))
-        row["results"] = json.loads(report_path.read_text())["results"]
+        ppl_path, tasks_path = work / f"{name}.ppl.json", work / f"{name}.tasks.json"
+        failed = False
+        if not _done(ppl_path):
+            failed |= bool(armor("eval", "--model", str(ckpt), "--tasks", "wiki_ppl", "--limit", str(args.ppl_windows),
+                                 "--json", str(ppl_path)).returncode)
+        if not _done(tasks_path):
+            failed |= bool(armor("eval", "--model", str(ckpt), "--tasks", TASKS.split(",", 1)[1], "--limit",
+                                 str(args.limit), "--json", str(tasks_path)).returncode)
+        if failed:
+            row["error"] = "eval failed"
+            rows.append(row)
+            continue
+        row["results"] = {**json.loads(ppl_path.read_text())["results"], **json.loads(tasks_path.read_text())["results"]}
         rows.append(row)
         write(rows, args)
+
+
+def _done(path: Path) -> bool:
+    """An eval report that finished (armor eval writes a placeholder first)."""
+    return path.is_file() and "results" in json.loads(path.read_text())
 
 
 def write(rows: list[dict], args) -> None:
