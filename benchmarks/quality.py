@@ -42,7 +42,7 @@ def main() -> None:
     p.add_argument("--calib-samples", type=int, default=32)
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--ppl-windows", type=int, default=8, help="wiki_ppl windows of 2048 tokens")
-    p.add_argument("--limit", type=int, default=100, help="examples per zero-shot task and LAMBADA")
+    p.add_argument("--limit", type=int, default=50, help="examples per zero-shot task and LAMBADA")
     p.add_argument("--work", default=str(ROOT / ".cache" / "quality"))
     p.add_argument("--only", help="comma-separated config names to run")
     args = p.parse_args()
@@ -51,40 +51,35 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     model = args.model or armor("model", "import", "smollm2").stdout.strip().splitlines()[-1]
     common = ["--calib-samples", str(args.calib_samples), "--seq-len", str(args.seq_len), "--iters", str(args.iters)]
-    rows = []
     wanted = set(args.only.split(",")) if args.only else None
-    for name, method_args in configs([int(b) for b in args.blocks.split(",")]):
-        if wanted and name not in wanted:
-            continue
-        row = {"config": name}
-        ckpt = Path(model)
+    chosen = [(n, a) for n, a in configs([int(b) for b in args.blocks.split(",")]) if not wanted or n in wanted]
+    rows = {name: {"config": name} for name, _ in chosen}
+    # pass 1: compress and wiki perplexity for every configuration; pass 2: LAMBADA and the zero-shot tasks
+    for name, method_args in chosen:
+        row, ckpt = rows[name], Path(model)
         if method_args:
             ckpt = work / name
-            started = time.time()
-            proc = armor("compress", "--model", model, "--out", str(ckpt), *method_args, *common)
-            if proc.returncode != 0:
+            if armor("compress", "--model", model, "--out", str(ckpt), *method_args, *common).returncode != 0:
                 row["error"] = "compress failed (see log); e.g. a block size that does not divide the model"
-                rows.append(row)
                 continue
             summary = json.loads((ckpt / "compression_summary.json").read_text())
             row.update(compress_seconds=summary["seconds"], overhead_pct=summary["overhead_pct_of_dense"],
                        checkpoint_bytes=summary["checkpoint_bytes"], mean_proxy_loss=summary["mean_proxy_loss"])
-            row["wall_seconds"] = round(time.time() - started, 1)
-        ppl_path, tasks_path = work / f"{name}.ppl.json", work / f"{name}.tasks.json"
-        failed = False
-        if not _done(ppl_path):
-            failed |= bool(armor("eval", "--model", str(ckpt), "--tasks", "wiki_ppl", "--limit", str(args.ppl_windows),
-                                 "--json", str(ppl_path)).returncode)
-        if not _done(tasks_path):
-            failed |= bool(armor("eval", "--model", str(ckpt), "--tasks", TASKS.split(",", 1)[1], "--limit",
-                                 str(args.limit), "--json", str(tasks_path)).returncode)
-        if failed:
-            row["error"] = "eval failed"
-            rows.append(row)
-            continue
-        row["results"] = {**json.loads(ppl_path.read_text())["results"], **json.loads(tasks_path.read_text())["results"]}
-        rows.append(row)
-        write(rows, args)
+        row["checkpoint"] = str(ckpt)
+        evaluate(row, work / f"{name}.ppl.json", ["--tasks", "wiki_ppl", "--limit", str(args.ppl_windows)])
+        write(list(rows.values()), args)
+    for row in rows.values():
+        if "checkpoint" in row and "error" not in row:
+            evaluate(row, work / f"{row['config']}.tasks.json", ["--tasks", TASKS.split(",", 1)[1], "--limit", str(args.limit)])
+            write(list(rows.values()), args)
+
+
+def evaluate(row: dict, path: Path, task_args: list[str]) -> None:
+    """Run `armor eval` unless `path` already holds its finished report; merge the results into `row`."""
+    if not _done(path) and armor("eval", "--model", row["checkpoint"], *task_args, "--json", str(path)).returncode:
+        row["error"] = f"eval failed: {' '.join(task_args)}"
+        return
+    row.setdefault("results", {}).update(json.loads(path.read_text())["results"])
 
 
 def _done(path: Path) -> bool:
@@ -103,14 +98,16 @@ def write(rows: list[dict], args) -> None:
              f"test-split tokens; other tasks: first {args.limit} examples; zero-shot acc (acc_norm for hellaswag, "
              f"arc, openbookqa, piqa as lm-eval reports both).", "", head, "|" + "---|" * (head.count("|") - 1)]
     for row in rows:
-        if "error" in row:
-            lines.append(f"| {row['config']} | {row['error']} |")
+        if "error" in row or "results" not in row:
+            lines.append(f"| {row['config']} | {row.get('error', 'not run yet')} |")
             continue
         r = row["results"]
+        cell = lambda task, key, fmt: format(r[task][key], fmt) if task in r else "–"
         accs = [r[t].get("acc_norm", r[t]["acc"]) if t in ("hellaswag", "arc_easy", "arc_challenge", "openbookqa", "piqa")
-                else r[t]["acc"] for t in MC_TASKS]
-        cells = [f"{r['wiki_ppl']['perplexity']:.2f}", f"{r['lambada_ppl']['perplexity']:.1f}",
-                 f"{r['lambada_ppl']['acc']:.3f}"] + [f"{a:.3f}" for a in accs] + [f"{sum(accs) / len(accs):.3f}"]
+                else r[t]["acc"] for t in MC_TASKS if t in r]
+        cells = [cell("wiki_ppl", "perplexity", ".2f"), cell("lambada_ppl", "perplexity", ".1f"), cell("lambada_ppl", "acc", ".3f")]
+        cells += [f"{a:.3f}" for a in accs] if len(accs) == len(MC_TASKS) else ["–"] * len(MC_TASKS)
+        cells += [f"{sum(accs) / len(accs):.3f}" if len(accs) == len(MC_TASKS) else "–"]
         cells += [f"{row.get('compress_seconds', 0):.0f}", f"{row.get('overhead_pct', 0):.1f}"]
         lines.append(f"| {row['config']} | " + " | ".join(cells) + " |")
     (RESULTS / "quality.md").write_text("\n".join(lines) + "\n")
@@ -123,7 +120,7 @@ def plot(rows: list[dict]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ok = [r for r in rows if "error" not in r]
+    ok = [r for r in rows if "error" not in r and "wiki_ppl" in r.get("results", {})]
     names = [r["config"] for r in ok]
     ppl = [r["results"]["wiki_ppl"]["perplexity"] for r in ok]
     fig, ax = plt.subplots(figsize=(8, 4))
