@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import time
 
@@ -77,7 +78,9 @@ def add_serve_arguments(p) -> None:
     p.add_argument("--engine", choices=["vllm", "transformers"], help="default: vllm when installed")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1 (default: open)")
+    # from the environment too, so the key never shows in the process list (Kubernetes Secret -> env)
+    p.add_argument("--api-key", default=os.environ.get("ARMOR_API_KEY") or None,
+                   help="require 'Authorization: Bearer KEY' on /v1 (default: $ARMOR_API_KEY, else open)")
     p.add_argument("--served-model-name", help="model id clients send (default: the directory name)")
     p.add_argument("--max-model-len", type=int, help="context length (default: the model's)")
     p.add_argument("--dtype", default="float32", help="float32 (CPU), bfloat16, float16, auto")
