@@ -56,6 +56,12 @@ def cmd_serve(args) -> None:
     serve(args)
 
 
+def cmd_bench_serve(args) -> None:
+    from armor_serve.bench.runner import bench_serve
+
+    bench_serve(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="armor", description="Compress LLMs with ARMOR 2:4 sparsity and serve them.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -92,6 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
     srv = sub.add_parser("serve", help="OpenAI-compatible server (chat + completions) with Prometheus metrics")
     add_serve_arguments(srv)
     srv.set_defaults(func=cmd_serve)
+
+    from armor_serve.bench.runner import add_arguments as add_bench_arguments
+
+    bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench_command", required=True)
+    load = bench.add_parser("serve", help="load-test an OpenAI-compatible server (streams every request; "
+                            "metrics as `vllm bench serve` defines them)")
+    add_bench_arguments(load)
+    load.set_defaults(func=cmd_bench_serve)
     return parser
 
 

@@ -26,7 +26,7 @@ class Server:
     def __init__(self, model, engine: str, *extra: str, api_key: str | None = API_KEY, name: str = "smollm2-armor"):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        self.name = name
+        self.name, self.model = name, model
         cmd = [sys.executable, "-m", "armor_serve", "serve", "--model", str(model), "--engine", engine, "--port",
                str(self.port), "--served-model-name", name, "--max-model-len", "1024", *extra]
         if api_key:
