@@ -47,7 +47,7 @@ def _rss_bytes() -> float:
 
 
 class ServerMetrics:
-    def __init__(self, model: str, engine, resident_bytes: int, dense_bytes: int, registry=REGISTRY):
+    def __init__(self, model: str, resident_bytes: int, dense_bytes: int, registry=REGISTRY):
         label = {"model_name": model}
         self.model = model
         self.requests = Counter("armor_requests", "HTTP requests by endpoint and status", ["model_name", "endpoint", "status"], registry=registry)

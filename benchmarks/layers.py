@@ -17,6 +17,7 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -111,8 +112,13 @@ def main() -> None:
                 row = {"model": model, "matrix": matrix, **bench_shape(d_out, d_in, tokens, blocks, dtype, args.device, args.reps)}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
+                write(rows, skipped, args, dtype, blocks)  # after every row: an interrupted run keeps what it measured
+    write(rows, skipped, args, dtype, blocks)
+
+
+def write(rows: list[dict], skipped: list[str], args, dtype, blocks: list[int]) -> None:
     name = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or platform.machine()
-    payload = {"command": "python -m benchmarks.layers " + " ".join(__import__("sys").argv[1:]), "device": args.device,
+    payload = {"command": "python -m benchmarks.layers " + " ".join(sys.argv[1:]), "device": args.device,
                "device_name": name, "threads": torch.get_num_threads(), "dtype": str(dtype), "torch": torch.__version__,
                "date": time.strftime("%Y-%m-%d"), "skipped_over_max_gflop": skipped, "rows": rows}
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -129,7 +135,6 @@ def main() -> None:
     if skipped:
         lines += ["", f"Skipped (over --max-gflop {args.max_gflop}): {', '.join(skipped)}"]
     (RESULTS / f"layers-{args.device}.md").write_text("\n".join(lines) + "\n")
-
 
 if __name__ == "__main__":
     main()

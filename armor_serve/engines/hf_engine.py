@@ -69,8 +69,6 @@ class TransformersEngine:
         self.requested_len = max_model_len
         self.lock = threading.Lock()
         self.aborted: set[str] = set()
-        self.running = 0
-        self.waiting = 0
         self.model = self.tokenizer = None
         self.max_model_len = max_model_len or 0
 
@@ -93,7 +91,6 @@ class TransformersEngine:
         for index in range(sampling.n):
             queue: asyncio.Queue = asyncio.Queue()
             recorder = _LogprobRecorder() if sampling.logprobs is not None else None
-            self.waiting += 1
             worker = asyncio.ensure_future(asyncio.to_thread(self._run, request_id, prompt_ids, sampling, index,
                                                              _Streamer(loop, queue), recorder))
             tokens: list[int] = []
@@ -158,8 +155,6 @@ class TransformersEngine:
         if recorder is not None:
             processors.append(recorder)
         with self.lock:
-            self.waiting -= 1
-            self.running += 1
             try:
                 if request_id in self.aborted:
                     return
@@ -174,7 +169,6 @@ class TransformersEngine:
                     top_k=None, logits_processor=processors, stopping_criteria=StoppingCriteriaList([_Abort()]),
                     streamer=streamer, pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
             finally:
-                self.running -= 1
                 streamer.end()
 
     async def abort(self, request_id: str) -> None:
@@ -183,9 +177,6 @@ class TransformersEngine:
     async def check_health(self) -> None:
         if self.model is None:
             raise RuntimeError("model not loaded")
-
-    def stats(self) -> dict:
-        return {"running": self.running, "waiting": self.waiting}
 
     async def shutdown(self) -> None:
         self.aborted.clear()

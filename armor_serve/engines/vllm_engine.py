@@ -63,9 +63,6 @@ class VllmEngine:
             raise RuntimeError("engine not started")
         await self.engine.check_health()
 
-    def stats(self) -> dict:
-        return {}  # running/waiting/KV usage come from vLLM's own `vllm:` series
-
     async def shutdown(self) -> None:
         if self.engine is not None:
             self.engine.shutdown()
