@@ -7,7 +7,9 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import httpx
 
@@ -33,15 +35,16 @@ class Server:
             cmd += ["--api-key", api_key]
         if engine == "vllm":
             cmd += ["--enforce-eager", "--memory-fraction", "0.2"]
-        self.log = open(os.devnull, "w")
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self.log, stderr=subprocess.PIPE, text=True,
+        # stderr to a file, not a pipe: a pipe nobody reads fills up and blocks a chatty server
+        self.log = tempfile.NamedTemporaryFile("w+", prefix="armor-serve-", suffix=".log")
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=self.log, text=True,
                                      env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"})
 
     def wait_ready(self, timeout: float = 600) -> "Server":
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited {self.proc.returncode}: {self.proc.stderr.read()[-4000:]}")
+                raise RuntimeError(f"server exited {self.proc.returncode}: {self.stderr()[-4000:]}")
             try:
                 if httpx.get(self.base + "/health", timeout=2).status_code == 200:
                     return self
@@ -49,6 +52,9 @@ class Server:
                 pass
             time.sleep(1)
         raise TimeoutError("server did not become healthy")
+
+    def stderr(self) -> str:
+        return Path(self.log.name).read_text(errors="replace")
 
     def client(self, **kw):
         from openai import OpenAI
@@ -67,7 +73,4 @@ class Server:
     def stop(self, sig=signal.SIGTERM, timeout: float = 120) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout=timeout)
-        finally:
-            self.log.close()
+        return self.proc.wait(timeout=timeout)  # the log file lives on with this object: read it after stopping

@@ -17,7 +17,8 @@ def server(request, armor_ckpt):
         pytest.importorskip("vllm")
     srv = Server(armor_ckpt, request.param, "--max-concurrent", "2", "--max-queue", "8").wait_ready()
     yield srv
-    srv.stop()
+    assert srv.stop() == 0
+    assert "Traceback" not in srv.stderr(), srv.stderr()[-4000:]  # a clean SIGTERM shutdown, engine included
 
 
 def chat_ids(tokenizer, content):

@@ -118,6 +118,6 @@ def test_json_logs_carry_the_request_id(armor_ckpt):
                    json={"model": srv.name, "prompt": "Hi", "max_tokens": 1})
     assert r.status_code == 200
     srv.stop()
-    records = [json.loads(line) for line in srv.proc.stderr.read().splitlines() if line.startswith("{")]
+    records = [json.loads(line) for line in srv.stderr().splitlines() if line.startswith("{")]
     assert records and all({"ts", "level", "logger", "message"} <= set(rec) for rec in records)
     assert any("trace-42" in rec["message"] for rec in records)

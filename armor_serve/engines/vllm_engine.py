@@ -4,6 +4,7 @@ vLLM registers its own `vllm:` Prometheus series in the default registry, which 
 """
 from __future__ import annotations
 
+import gc
 from typing import AsyncIterator
 
 from armor_serve.engines.base import GenerationChunk, Sampling
@@ -66,3 +67,7 @@ class VllmEngine:
     async def shutdown(self) -> None:
         if self.engine is not None:
             self.engine.shutdown()
+            # AsyncLLM.__del__ shuts down again; left to interpreter exit it runs after vLLM's module globals
+            # are gone and prints a traceback. Drop the last reference now, while they still exist.
+            self.engine = None
+            gc.collect()
