@@ -14,12 +14,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+import resource
 import signal
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import httpx
 
 from benchmarks.serving import RESULTS, ROOT, start_server
 
@@ -64,6 +68,25 @@ def run_aiperf(args, binary: Path, model: str, name: str, base: str, out_dir: Pa
     return json.loads((out_dir / "profile_export_aiperf.json").read_text())
 
 
+def server_side(base: str) -> tuple[float, float, float, float]:
+    """The server's own TPOT and TTFT histograms (sum, count): the referee for what each client measured."""
+    text = httpx.get(base + "/metrics").text
+    value = lambda name: float(re.search(rf"^{name}{{[^}}]*}} (\S+)$", text, re.M).group(1))
+    return tuple(value(f"armor_{m}_seconds_{part}") for m in ("time_per_output_token", "time_to_first_token")
+                 for part in ("sum", "count"))
+
+
+def measured(fn, base: str) -> tuple:
+    """Run one client; return its result, the server-side TPOT and TTFT means (ms) over that run, and the
+    client's CPU seconds (it shares the machine with the server)."""
+    before, cpu0 = server_side(base), resource.getrusage(resource.RUSAGE_CHILDREN)
+    result = fn()
+    after, cpu1 = server_side(base), resource.getrusage(resource.RUSAGE_CHILDREN)
+    d = [a - b for a, b in zip(after, before)]
+    cpu = (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)
+    return result, 1000 * d[0] / d[1], 1000 * d[2] / d[3], cpu
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=str(ROOT / ".cache" / "quality" / "armor-b32"), help="checkpoint to serve")
@@ -82,11 +105,15 @@ def main() -> None:
     binary = aiperf_binary(ROOT / ".cache" / "aiperf-venv")
     base, name = f"http://127.0.0.1:{args.port}", Path(args.model).name
     server = start_server(args.model, args.engine, args.port, work / "server.log")
-    ours, theirs = [], []
+    ours, theirs, referee = [], [], {"armor_bench": [], "aiperf": []}
     try:
         for i in range(args.repeats):
-            ours.append(run_ours(args, args.model, base, work / f"ours-{i}.json"))
-            theirs.append(run_aiperf(args, binary, args.model, name, base, work / f"aiperf-{i}"))
+            summary, *ref = measured(lambda: run_ours(args, args.model, base, work / f"ours-{i}.json"), base)
+            ours.append(summary)
+            referee["armor_bench"].append(ref)
+            export, *ref = measured(lambda: run_aiperf(args, binary, args.model, name, base, work / f"aiperf-{i}"), base)
+            theirs.append(export)
+            referee["aiperf"].append(ref)
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=120)
@@ -99,7 +126,9 @@ def main() -> None:
         rows.append({"metric": label, "armor_bench": mine, "aiperf": other, "spread_pct": 100 * (b - a) / a})
     command = "python -m benchmarks.loadtester_check " + " ".join(sys.argv[1:])
     payload = {"command": command, "date": time.strftime("%Y-%m-%d"), "settings": vars(args),
-               "aiperf_version": AIPERF_VERSION, "rows": rows}
+               "aiperf_version": AIPERF_VERSION, "rows": rows,
+               "server_side_per_run": {tool: [dict(zip(("tpot_ms", "ttft_ms", "client_cpu_s"), r)) for r in runs]
+                                       for tool, runs in referee.items()}}
     (RESULTS / "loadtester-vs-aiperf.json").write_text(json.dumps(payload, indent=2) + "\n")
     fmt = lambda xs: " / ".join(f"{x:.2f}" for x in xs)
     lines = [f"Command: `{command}` ({payload['date']}). {args.engine} engine serving `{name}`; {args.num_prompts} "
@@ -108,6 +137,11 @@ def main() -> None:
              "| metric | armor bench serve | aiperf " + AIPERF_VERSION + " | spread (aiperf vs ours, means) |",
              "|---|---|---|---|"]
     lines += [f"| {r['metric']} | {fmt(r['armor_bench'])} | {fmt(r['aiperf'])} | {r['spread_pct']:+.1f}% |" for r in rows]
+    col = lambda tool, k: fmt([r[k] for r in payload["server_side_per_run"][tool]])
+    lines += ["", "The server's own histograms over each run (the referee), and the CPU each client used:", "",
+              "| during the run of | server TPOT mean (ms) | server TTFT mean (ms) | client CPU s |", "|---|---|---|---|"]
+    lines += [f"| {tool} | {col(tool, 'tpot_ms')} | {col(tool, 'ttft_ms')} | {col(tool, 'client_cpu_s')} |"
+              for tool in ("armor_bench", "aiperf")]
     (RESULTS / "loadtester-vs-aiperf.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
