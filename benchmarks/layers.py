@@ -98,16 +98,23 @@ def main() -> None:
     p.add_argument("--blocks", default="32,64,128")
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--max-gflop", type=float, default=None, help="skip calls above this many GFLOP (CPU time)")
+    p.add_argument("--resume", action="store_true", help="keep the rows already in the results file, run the rest")
     args = p.parse_args()
     dtype = getattr(torch, args.dtype or ("bfloat16" if args.device == "cuda" else "float32"))
     blocks = [int(b) for b in args.blocks.split(",")]
     rows, skipped = [], []
+    done_file = RESULTS / f"layers-{args.device}.json"
+    if args.resume and done_file.exists():
+        rows = json.loads(done_file.read_text())["rows"]
+    done = {(r["model"], r["matrix"], r["tokens"]) for r in rows}
     for model in args.models.split(","):
         for matrix, (d_out, d_in) in SHAPES[model].items():
             for tokens in (int(t) for t in args.tokens.split(",")):
                 gflop = 2 * d_out * d_in * tokens / 1e9
                 if args.max_gflop and gflop > args.max_gflop:
                     skipped.append(f"{model}.{matrix}@{tokens}")
+                    continue
+                if (model, matrix, tokens) in done:
                     continue
                 row = {"model": model, "matrix": matrix, **bench_shape(d_out, d_in, tokens, blocks, dtype, args.device, args.reps)}
                 rows.append(row)
