@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import resource
 import signal
 import statistics
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.serving import RESULTS, ROOT, start_server
+from benchmarks.serving import RESULTS, ROOT, sample, start_server
 
 AIPERF_VERSION = "0.13.0"
 # (label, our summary key, our stat, aiperf metric, aiperf stat)
@@ -71,8 +70,7 @@ def run_aiperf(args, binary: Path, model: str, name: str, base: str, out_dir: Pa
 def server_side(base: str) -> tuple[float, float, float, float]:
     """The server's own TPOT and TTFT histograms (sum, count): the referee for what each client measured."""
     text = httpx.get(base + "/metrics").text
-    value = lambda name: float(re.search(rf"^{name}{{[^}}]*}} (\S+)$", text, re.M).group(1))
-    return tuple(value(f"armor_{m}_seconds_{part}") for m in ("time_per_output_token", "time_to_first_token")
+    return tuple(sample(text, f"armor_{m}_seconds_{part}") for m in ("time_per_output_token", "time_to_first_token")
                  for part in ("sum", "count"))
 
 

@@ -46,7 +46,8 @@ def start_server(model: str, engine: str, port: int, log: Path) -> subprocess.Po
     raise SystemExit(f"server for {model} did not become healthy in 15 min; see {log}")
 
 
-def gauge(metrics: str, name: str) -> float:
+def sample(metrics: str, name: str) -> float:
+    """The first sample of `name` in Prometheus text (NaN when the server does not export it)."""
     m = re.search(rf"^{name}(?:{{[^}}]*}})? (\S+)$", metrics, re.M)
     return float(m.group(1)) if m else float("nan")
 
@@ -78,9 +79,9 @@ def main() -> None:
         server = start_server(model, args.engine, args.port, work / f"{name}-server.log")
         try:
             metrics = httpx.get(f"http://127.0.0.1:{args.port}/metrics").text
-            memory = {"weights_resident_bytes": gauge(metrics, "armor_weights_resident_bytes"),
-                      "weights_dense_equivalent_bytes": gauge(metrics, "armor_weights_dense_equivalent_bytes"),
-                      "process_rss_bytes": gauge(metrics, "armor_process_resident_memory_bytes")}
+            memory = {"weights_resident_bytes": sample(metrics, "armor_weights_resident_bytes"),
+                      "weights_dense_equivalent_bytes": sample(metrics, "armor_weights_dense_equivalent_bytes"),
+                      "process_rss_bytes": sample(metrics, "armor_process_resident_memory_bytes")}
             cmd = [sys.executable, "-m", "armor_serve", "bench", "serve", "--base-url", f"http://127.0.0.1:{args.port}",
                    "--tokenizer", model, "--num-prompts", str(args.num_prompts), "--input-len", str(args.input_len),
                    "--output-len", str(args.output_len), "--ignore-eos", "--max-concurrency", args.concurrency,

@@ -143,6 +143,8 @@ def test_errors_are_counted_when_the_server_dies_midway(armor_ckpt, tmp_path):
     (["--tokenizer", "/nonexistent"], "no local tokenizer"),
     (["--request-rate", "fast"], "bad --request-rate"),
     (["--dataset", "sharegpt"], "--dataset sharegpt needs --dataset-path"),
+    (["--percentiles", "150"], "bad --percentiles '150'"),
+    (["--max-concurrency", "0"], "must be positive"),
 ])
 def test_bad_input_is_one_clear_line(server, tmp_path, args, message):
     proc = bench(server, tmp_path, "--num-prompts", "1", *args)

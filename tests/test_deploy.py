@@ -197,10 +197,15 @@ def rendered_env(container: dict, secrets: dict[str, str]) -> dict[str, str]:
     return env
 
 
+def process_env(container: dict, secrets: dict) -> dict[str, str]:
+    """What the container's process sees here: its rendered env, with the package's console scripts on PATH."""
+    return {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", **rendered_env(container, secrets)}
+
+
 def run_rendered(container: dict, secrets: dict, cwd: Path, **kw) -> subprocess.CompletedProcess:
-    """A container's command + args + env, run on this machine (the package's console scripts on PATH)."""
-    env = {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", **rendered_env(container, secrets)}
-    return subprocess.run(container["command"] + container.get("args", []), env=env, cwd=cwd, **kw)
+    """A container's command + args + env, run on this machine."""
+    return subprocess.run(container["command"] + container.get("args", []), env=process_env(container, secrets),
+                          cwd=cwd, **kw)
 
 
 def test_copy_init_container_copies_once(helm, tmp_path):
@@ -243,8 +248,8 @@ def test_contract_cpu_profile_with_init_compress(helm, tmp_path):
     server = pod["containers"][0]
     assert server["ports"][0]["containerPort"] == port
     log = open(tmp_path / "server.log", "w")
-    env = {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", **rendered_env(server, secrets)}
-    proc = subprocess.Popen(server["command"] + server["args"], env=env, cwd=tmp_path, stdout=log, stderr=log)
+    proc = subprocess.Popen(server["command"] + server["args"], env=process_env(server, secrets), cwd=tmp_path,
+                            stdout=log, stderr=log)
     base = f"http://127.0.0.1:{port}"
     try:
         startup = server["startupProbe"]

@@ -75,7 +75,6 @@ async def send(http: httpx.AsyncClient, url: str, body: dict, prompt: Prompt, he
                         rec.itl.append(now - last)
                     last = now
                     rec.text += text
-        rec.latency = time.perf_counter() - rec.start
         rec.success = bool(rec.text)
         if not rec.success:
             rec.error = "empty_output"
@@ -88,5 +87,5 @@ async def send(http: httpx.AsyncClient, url: str, body: dict, prompt: Prompt, he
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         rec.error, rec.detail = "bad_stream", repr(err)
     finally:
-        rec.latency = rec.latency or time.perf_counter() - rec.start  # failures too: they occupied a slot
+        rec.latency = time.perf_counter() - rec.start  # failures too: they occupied a slot
     return rec

@@ -90,19 +90,21 @@ def _tokenizer(path: str | None, model: str):
     return AutoTokenizer.from_pretrained(source)
 
 
-async def run_point(cfg: dict, prompts, warmup, rate: float, concurrency: int | None, headers: dict, tokenizer) -> dict:
+async def run_point(cfg: dict, prompts, warmup, headers: dict, tokenizer) -> dict:
     url = cfg["base_url"] + ("/v1/chat/completions" if cfg["endpoint"] == "chat" else "/v1/completions")
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
     async with httpx.AsyncClient(timeout=cfg["timeout"], limits=limits) as http:
+        fire = lambda p: send(http, url, request_body(cfg["endpoint"], cfg["model"], p, cfg["ignore_eos"]), p, headers)
         for p in warmup:
-            await send(http, url, request_body(cfg["endpoint"], cfg["model"], p, cfg["ignore_eos"]), p, headers)
+            await fire(p)
+        concurrency = cfg["max_concurrency"]
         gate = asyncio.Semaphore(concurrency) if concurrency else contextlib.nullcontext()
 
         async def one(p):
             async with gate:
-                return await send(http, url, request_body(cfg["endpoint"], cfg["model"], p, cfg["ignore_eos"]), p, headers)
+                return await fire(p)
 
-        times = arrival_times(len(prompts), rate, cfg["burstiness"], np.random.default_rng(cfg["seed"]))
+        times = arrival_times(len(prompts), cfg["request_rate"], cfg["burstiness"], np.random.default_rng(cfg["seed"]))
         t0 = time.perf_counter()
         tasks = []
         for p, at in zip(prompts, times):
@@ -121,15 +123,19 @@ async def run_point(cfg: dict, prompts, warmup, rate: float, concurrency: int | 
 
 def bench_serve(args) -> list[dict]:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request would drown the table
-    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
-    base_url = args.base_url.rstrip("/").removesuffix("/v1")
-    model = _discover(base_url, args.model, headers)
-    tokenizer = _tokenizer(args.tokenizer, args.model or model)
+    # every flag is checked before the server is asked anything and before the tokenizer loads
     rates = _numbers(args.request_rate, "--request-rate", float)
     concurrencies = _numbers(args.max_concurrency, "--max-concurrency", int) or [None]
     if any(r <= 0 for r in rates) or any(c is not None and c < 1 for c in concurrencies) or args.burstiness <= 0:
         raise UserError("--request-rate, --max-concurrency and --burstiness must be positive")
     percentiles = _numbers(args.percentiles, "--percentiles", float)
+    if not percentiles or not all(0 < q <= 100 for q in percentiles):
+        raise UserError(f"bad --percentiles '{args.percentiles}': give one or more numbers in (0, 100], e.g. 90,99")
+    goodput = _parse_goodput(args.goodput)
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    base_url = args.base_url.rstrip("/").removesuffix("/v1")
+    model = _discover(base_url, args.model, headers)
+    tokenizer = _tokenizer(args.tokenizer, args.model or model)
     prompts = load_prompts(args.dataset, tokenizer, args.num_prompts + args.warmup, args.input_len, args.output_len,
                            args.range_ratio, args.seed, args.dataset_path)
     warmup, prompts = prompts[: args.warmup], prompts[args.warmup :]
@@ -137,7 +143,7 @@ def bench_serve(args) -> list[dict]:
            "input_len": args.input_len, "output_len": args.output_len, "num_prompts": args.num_prompts,
            "burstiness": args.burstiness, "duration": args.duration, "warmup": args.warmup,
            "ignore_eos": args.ignore_eos, "seed": args.seed, "timeout": args.timeout, "percentiles": percentiles,
-           "goodput": _parse_goodput(args.goodput), "command": " ".join(["armor", *sys.argv[1:]])}
+           "goodput": goodput, "command": " ".join(["armor", *sys.argv[1:]])}
     out_dir, sweep = Path(args.result_dir), len(rates) * len(concurrencies) > 1
     pct = f"p{percentiles[-1]:g}"
     results = []
@@ -146,7 +152,7 @@ def bench_serve(args) -> list[dict]:
         label = f"{args.label}-{point.replace('=', '').replace(',', '-')}" if sweep else args.label
         point_cfg = {**cfg, "request_rate": rate, "max_concurrency": conc, "label": label, "point": point}
         result = {"version": RESULT_VERSION, "config": point_cfg,
-                  **asyncio.run(run_point(point_cfg, prompts, warmup, rate, conc, headers, tokenizer))}
+                  **asyncio.run(run_point(point_cfg, prompts, warmup, headers, tokenizer))}
         print(report.console_table(result), flush=True)
         report.write_json(out_dir / f"{label}.json", result)
         report.plot_run(result, out_dir / f"{label}.png")
