@@ -24,8 +24,10 @@ MC_TASKS = ["hellaswag", "piqa", "arc_easy", "arc_challenge", "boolq", "winogran
 def configs(blocks: list[int]) -> list[tuple[str, list[str]]]:
     """Most informative first (an interrupted run still compares ARMOR with its start and the baselines)."""
     armor = [(f"armor-b{b}", ["--method", "armor", "--block-size", str(b)]) for b in blocks]
-    return [("dense", []), ("nowag-p", ["--method", "nowag-p"]), *armor[1:2], ("sparsegpt", ["--method", "sparsegpt"]),
-            ("wanda", ["--method", "wanda"]), ("magnitude", ["--method", "magnitude"]), *armor[:1], *armor[2:]]
+    paper_proxy = ("armor-diag-b32", ["--method", "armor", "--proxy", "diag", "--block-size", "32"])
+    return [("dense", []), ("sparsegpt", ["--method", "sparsegpt"]), *armor[1:2], ("nowag-p", ["--method", "nowag-p"]),
+            paper_proxy, ("wanda", ["--method", "wanda"]), ("magnitude", ["--method", "magnitude"]), *armor[:1],
+            *armor[2:]]
 
 
 def armor(*args: str) -> subprocess.CompletedProcess:
@@ -110,8 +112,26 @@ def write(rows: list[dict], args) -> None:
         cells += [f"{sum(accs) / len(accs):.3f}" if len(accs) == len(MC_TASKS) else "–"]
         cells += [f"{row.get('compress_seconds', 0):.0f}", f"{row.get('overhead_pct', 0):.1f}"]
         lines.append(f"| {row['config']} | " + " | ".join(cells) + " |")
+    lines += gap_closed(rows)
     (RESULTS / "quality.md").write_text("\n".join(lines) + "\n")
     plot(rows)
+
+
+def gap_closed(rows: list[dict]) -> list[str]:
+    """The issue's target: the share of the (best baseline -> dense) perplexity gap each ARMOR row closes."""
+    out = []
+    for task in ("wiki_ppl", "lambada_ppl"):
+        ppl = {r["config"]: r["results"][task]["perplexity"] for r in rows if task in r.get("results", {})}
+        baselines = {k: v for k, v in ppl.items() if k in ("magnitude", "wanda", "sparsegpt", "nowag-p")}
+        if "dense" not in ppl or not baselines:
+            continue
+        best = min(baselines, key=baselines.get)
+        for name, value in ppl.items():
+            if name.startswith("armor"):
+                share = (baselines[best] - value) / (baselines[best] - ppl["dense"])
+                out.append(f"* {task}: {name} closes {100 * share:.0f}% of the gap between the best baseline "
+                           f"({best}, {baselines[best]:.2f}) and dense ({ppl['dense']:.2f}): {value:.2f}")
+    return [""] + out if out else []
 
 
 def plot(rows: list[dict]) -> None:

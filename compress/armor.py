@@ -1,24 +1,29 @@
 """ARMOR (Liu et al., arXiv 2510.05528): W ~ A (S) B with S 2:4-sparse and A, B block-diagonal.
 
-Notation (see docs/algorithm.md): W (d_out x d_in), h_j = sum_t x_tj^2 the diagonal of the calibration
-Gram matrix. The proxy loss of a reconstruction What is
+Notation (see docs/algorithm.md): W (d_out x d_in), X the calibration inputs of the layer. The proxy loss
+of a reconstruction What weighs the error by the calibration Gram matrix H = X^T X:
 
-    L(What) = sum_ij h_j (W_ij - What_ij)^2 / sum_ij h_j W_ij^2        (1 = the all-zero reconstruction)
+    L(What) = tr((W - What) H (W - What)^T) / tr(W H W^T)              (1 = the all-zero reconstruction)
 
-The factorisation lives in NoWag's normalised space, W = diag(r) Wn diag(c):
+either with H's diagonal h only (the paper's NoWag-style proxy, `proxy="diag"`) or with the full H
+(`proxy="hessian"`: the layer-output error ||(W - What) X^T||^2 that SparseGPT minimises). The
+factorisation lives in NoWag's normalised space, W = diag(r) Wn diag(c):
 
     What = diag(r) . A . S . B . diag(c),   S = V (.) M,  M a 2:4 mask,
 
-A = B = I and M = the NoWag-P mask at the start, so L starts at NoWag-P's loss. The stored factors fold
-the scales in (diag(r) A and B diag(c) are still block-diagonal), so no scale vectors are needed.
+A = B = I at the start and (M, V) a 2:4 pruning of W (NoWag-P for the diagonal proxy, SparseGPT for the
+full one), so L starts at that baseline's loss. The stored factors fold the scales in (diag(r) A and
+B diag(c) are still block-diagonal), so no scale vectors are needed.
 
-Block coordinate descent, one iteration:
-  (a) continuous: one Adam step on (A, B, V) with M fixed;
+Block coordinate descent, one iteration (after measuring the loss and its gradient at the current state):
   (b) discrete: for every (A-block, B-block) pair one group of 4 is drawn (probability ~ L1 norm of dL/dS
-      on the group) and replaced by the exact best of the 6 two-of-four supports with optimal values,
-      all pairs at once (they touch disjoint blocks of What, so the joint update is exact). A group is only
-      replaced when that lowers the loss, so step (b) never increases L.
-The best state seen is returned, so the final loss is never above the NoWag-P start.
+      on the group) and replaced by the exact best of the 6 two-of-four supports with optimal values.
+      Pairs in different A-blocks touch different rows, and the loss is a sum over rows, so their changes
+      add up exactly; pairs sharing an A-block interact through H's off-diagonal blocks (full proxy only),
+      so each A-block's joint change is measured exactly and kept only when it lowers L. Step (b) never
+      increases L.
+  (a) continuous: one Adam step on (A, B, V) with M fixed, from the measured gradient.
+The best state seen is returned, so the final loss is never above the start.
 """
 from __future__ import annotations
 
@@ -30,11 +35,12 @@ import torch
 
 from compress.baselines import normalize, nowag_p_mask
 from model_executors import blockdiag
-from model_executors.sparsity import GROUP
+from model_executors.sparsity import GROUP, top2_mask
 
 log = logging.getLogger(__name__)
 
 SUPPORTS = torch.tensor(list(itertools.combinations(range(GROUP), 2)))  # the 6 two-of-four supports
+PROXIES = ("diag", "hessian")
 
 
 @dataclass
@@ -60,10 +66,37 @@ class ArmorResult:
         return blockdiag.right(blockdiag.left(self.a_blocks, self.core), self.b_blocks)
 
 
-class ArmorProblem:
-    """The state (A, B, V, M) of one matrix and the pieces of its loss."""
+def _column_weighted(e: torch.Tensor, hc: torch.Tensor) -> torch.Tensor:
+    """e @ Hc, with Hc a matrix or (the diagonal proxy) a vector of its diagonal."""
+    return e @ hc if hc.dim() == 2 else e * hc
 
-    def __init__(self, weight: torch.Tensor, h: torch.Tensor, block: int):
+
+class _WeightedSquare(torch.autograd.Function):
+    """L = sum_i w_i R_i Hc R_i^T / scale over the rows R_i of R; also returns R Hc, which the backward pass
+    (dL/dR = 2 w R Hc / scale) and the discrete step reuse: one matmul per iteration instead of three."""
+
+    @staticmethod
+    def forward(ctx, resid, row_w, hc, scale):
+        resid_w = _column_weighted(resid, hc)
+        ctx.save_for_backward(resid_w, row_w)
+        ctx.scale = scale
+        ctx.mark_non_differentiable(resid_w)
+        return (row_w[:, None] * resid * resid_w).sum() / scale, resid_w
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_resid_w):
+        resid_w, row_w = ctx.saved_tensors
+        return 2 * grad_loss * row_w[:, None] * resid_w / ctx.scale, None, None, None
+
+
+class ArmorProblem:
+    """The state (A, B, V, M) of one matrix and the pieces of its loss.
+
+    `gram` is the calibration Gram matrix H (d_in x d_in) or its diagonal h (d_in,); `start` a 2:4-pruned
+    W to start from (zeros where pruned), by default NoWag-P's pruning.
+    """
+
+    def __init__(self, weight: torch.Tensor, gram: torch.Tensor, block: int, start: torch.Tensor | None = None):
         d_out, d_in = weight.shape
         for dim in (d_out, d_in):
             if dim % block:
@@ -71,30 +104,46 @@ class ArmorProblem:
         if block % GROUP:
             raise ValueError(f"block size {block} must be a multiple of {GROUP}")
         self.block = block
-        self.wn, row, col = normalize(weight)
-        self.row, self.col = row, col
-        # Loss weights in the normalised space: h_j (W - What)_ij^2 = (r_i c_j sqrt(h_j))^2 (Wn - ASB)_ij^2.
-        self.rw = row
-        self.cw = col * h.float().clamp_min(0).sqrt()
-        self.scale = (self.wn * self.rw[:, None] * self.cw[None, :]).pow(2).sum().clamp_min(1e-30)
-        self.mask = nowag_p_mask(weight, h)
-        self.values = self.wn.clone()
+        self.wn, self.row, self.col = normalize(weight)
+        c = self.col
+        # Loss weights in the normalised space: rows r_i^2, columns diag(c) H diag(c).
+        gram = gram.float()
+        self.hc = c.pow(2) * gram.clamp_min(0) if gram.dim() == 1 else c[:, None] * gram * c[None, :]
+        self.scale = (self.row[:, None].pow(2) * self.wn * _column_weighted(self.wn, self.hc)).sum().clamp_min(1e-30)
+        nb = d_in // block  # the diagonal (b x b) blocks of Hc, which the discrete step uses
+        if self.full:
+            self.hc_blocks = self.hc.view(nb, block, nb, block).diagonal(dim1=0, dim2=2).permute(2, 0, 1)
+        else:
+            self.hc_blocks = torch.diag_embed(self.hc.view(nb, block))
+        if start is None:  # NoWag-P: the 2 largest normalised |w|^2 h_j of every group
+            self.mask = nowag_p_mask(weight, gram.diagonal() if gram.dim() == 2 else gram)
+            self.values = self.wn.clone()
+        else:
+            self.mask = top2_mask(start.float().abs())
+            self.values = start.float() / self.row[:, None] / c[None, :]
         self.a = blockdiag.identity_blocks(d_out, block)
         self.b = blockdiag.identity_blocks(d_in, block)
+
+    @property
+    def full(self) -> bool:
+        return self.hc.dim() == 2
 
     def product(self, a, core, b) -> torch.Tensor:
         return blockdiag.right(blockdiag.left(a, core), b)
 
-    def loss_of(self, a, core, b) -> torch.Tensor:
-        err = (self.wn - self.product(a, core, b)) * self.rw[:, None] * self.cw[None, :]
-        return err.pow(2).sum() / self.scale
+    def loss_of(self, a, core, b) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loss (differentiable) and the weighted residual (What - Wn) Hc that the discrete step needs."""
+        return _WeightedSquare.apply(self.product(a, core, b) - self.wn, self.row.pow(2), self.hc, self.scale)
 
     def loss(self) -> float:
-        return self.loss_of(self.a, self.values * self.mask, self.b).item()
+        return self.loss_of(self.a, self.values * self.mask, self.b)[0].item()
 
     @torch.no_grad()
-    def discrete_step(self, grad_s: torch.Tensor, generator: torch.Generator) -> int:
-        """One exact sparse-core update per (A-block, B-block) pair; returns how many groups changed."""
+    def discrete_step(self, grad_s: torch.Tensor, generator: torch.Generator, resid_w: torch.Tensor | None = None) -> int:
+        """One exact sparse-core update per (A-block, B-block) pair; returns how many groups changed.
+
+        `resid_w`: (What - Wn) Hc of the current state when the caller has it (`loss_of` returns it).
+        """
         bsz = self.block
         d_out, d_in = self.wn.shape
         na, nb, gpr = d_out // bsz, d_in // bsz, bsz // GROUP  # gpr: groups per block row
@@ -105,32 +154,28 @@ class ArmorProblem:
         cdf = g.cumsum(1)  # inverse-CDF sampling: same law as torch.multinomial, a fraction of the cost
         u = torch.rand(pairs, 1, generator=generator, dtype=cdf.dtype) * cdf[:, -1:]
         pick = torch.searchsorted(cdf, u).squeeze(1).clamp_max(g.shape[1] - 1)
-        ja = torch.arange(pairs) // nb  # A-block of each pair
-        kb = torch.arange(pairs) % nb  # B-block of each pair
+        ja, kb = torch.arange(pairs) // nb, torch.arange(pairs) % nb  # A-block and B-block of each pair
         u, v = pick // gpr, pick % gpr  # row within the A-block, group within the B-block row
         rows = ja * bsz + u
-        cols = kb * bsz + v * GROUP  # first column of the group
-        group_cols = cols[:, None] + torch.arange(GROUP)
-
-        core = self.values * self.mask
-        s0 = core[rows[:, None], group_cols]  # (pairs, 4) current group values
+        group_cols = (kb * bsz + v * GROUP)[:, None] + torch.arange(GROUP)
+        s0 = self.values[rows[:, None], group_cols] * self.mask[rows[:, None], group_cols]  # (pairs, 4)
         a_col = self.a[ja, :, u]  # (pairs, b): column `rows` of A inside its block
         b_rows = self.b[kb[:, None], v[:, None] * GROUP + torch.arange(GROUP), :]  # (pairs, 4, b)
-        # 2. the block's loss as a function of the group's values s, with D_r, D_c the loss weights:
-        #    ||D_r (R - a s0^T Bg + a s^T Bg) D_c||^2 = const + 2 s.f + alpha s^T G s
-        resid = self.product(self.a, core, self.b) - self.wn  # (d_out, d_in)
-        rw2 = self.rw.pow(2).reshape(na, bsz)
-        cw2 = self.cw.pow(2).reshape(nb, bsz)
-        wa = (a_col.reshape(na, nb, bsz) * rw2[:, None, :])  # D_r^2 a, per pair
-        # z = R^T D_r^2 a on the pair's B-block columns, for all pairs with one batched matmul
-        z = torch.bmm(wa, resid.reshape(na, bsz, d_in)).reshape(na, nb, nb, bsz)
-        z = z.diagonal(dim1=1, dim2=2).permute(0, 2, 1).reshape(pairs, bsz)
-        alpha = (wa.reshape(pairs, bsz) * a_col).sum(1)  # a^T D_r^2 a
-        z = z - alpha[:, None] * (s0[:, None, :] @ b_rows).squeeze(1)  # remove the group's own share
-        b_w = b_rows * cw2[kb][:, None, :]  # Bg D_c^2
-        f = (b_w @ z[:, :, None]).squeeze(2)  # (pairs, 4)
-        gram = b_w @ b_rows.transpose(1, 2)  # Bg D_c^2 Bg^T, (pairs, 4, 4)
+        if resid_w is None:
+            resid_w = _column_weighted(self.product(self.a, self.values * self.mask, self.b) - self.wn, self.hc)
+
+        # 2. each pair's loss as a function of its group's values s, everything else fixed (D_r^2: the row
+        #    weights, Hk: the B-block's diagonal block of Hc): const + 2 s.f + alpha s^T G s with
+        #    alpha = a^T D_r^2 a, G = Bg Hk Bg^T, f = Bg (R Hc)^T D_r^2 a - alpha G s0 (own share out)
+        wa = a_col * self.row.pow(2).reshape(na, bsz).repeat_interleave(nb, 0)  # D_r^2 a
+        block_rw = resid_w.view(na, bsz, nb, bsz).permute(0, 2, 1, 3).reshape(pairs, bsz, bsz)
+        alpha = (wa * a_col).sum(1)
+        bh = (b_rows.view(na, nb, GROUP, bsz) @ self.hc_blocks).view(pairs, GROUP, bsz)  # Bg Hk
+        gram = bh @ b_rows.transpose(1, 2)  # (pairs, 4, 4)
+        f = (b_rows @ (block_rw.transpose(1, 2) @ wa[:, :, None])).squeeze(2)
+        f = f - alpha[:, None] * (gram @ s0[:, :, None]).squeeze(2)
         cur = 2 * (s0 * f).sum(1) + alpha * torch.einsum("pg,pgh,ph->p", s0, gram, s0)
+        # 3. the best of the 6 supports: s_T = -G_TT^-1 f_T / alpha, value -f_T^T G_TT^-1 f_T / alpha
         i0, i1 = SUPPORTS[:, 0], SUPPORTS[:, 1]
         g00, g11, g01 = gram[:, i0, i0], gram[:, i1, i1], gram[:, i0, i1]  # (pairs, 6)
         damp = 1e-12 * (g00 + g11) + 1e-30
@@ -138,23 +183,32 @@ class ArmorProblem:
         det = g00 * g11 - g01.pow(2)
         f0, f1 = f[:, i0], f[:, i1]
         safe_alpha = alpha.clamp_min(1e-30)[:, None]
-        # optimal values of each support: s_T = -G_TT^-1 f_T / alpha; gain = -f_T^T G_TT^-1 f_T / alpha
         x0 = -(g11 * f0 - g01 * f1) / det / safe_alpha
         x1 = -(g00 * f1 - g01 * f0) / det / safe_alpha
         new = -(g11 * f0.pow(2) - 2 * g01 * f0 * f1 + g00 * f1.pow(2)) / det / safe_alpha
         new = torch.where((det > 0) & (alpha[:, None] > 0), new, torch.full_like(new, float("inf")))
         best_new, best = new.min(1)
         accept = best_new < cur - 1e-12 * cur.abs()
+        sup = SUPPORTS[best]  # (pairs, 2)
+        vals = torch.stack([x0.gather(1, best[:, None]), x1.gather(1, best[:, None])], dim=1).squeeze(2)
+        s1 = torch.where(accept[:, None], torch.zeros_like(s0).scatter_(1, sup, vals), s0)
+
+        # 4. Pairs of different A-blocks touch different rows and the loss is a sum over rows, so their
+        #    changes add up exactly. Pairs of one A-block interact through the off-diagonal blocks of H (full
+        #    proxy only): measure each A-block's joint change exactly and keep it only when it lowers the loss.
+        d_bg = ((s1 - s0)[:, None, :] @ b_rows).view(na, nb, bsz)  # (s1 - s0)^T Bg on the pair's B-block
+        d_r = torch.einsum("jkb,jkc->jbkc", a_col.view(na, nb, bsz), d_bg).reshape(d_out, d_in)  # change of R
+        change = self.row.pow(2)[:, None] * d_r * (2 * resid_w + _column_weighted(d_r, self.hc))
+        keep = change.view(na, -1).sum(1) < 0
+        accept &= keep.repeat_interleave(nb)
         if not bool(accept.any()):
             return 0
         p = accept.nonzero().squeeze(1)
-        sup = SUPPORTS[best[p]]  # (n, 2)
-        vals = torch.stack([x0[p, best[p]], x1[p, best[p]]], dim=1)
-        r, c = rows[p], cols[p]
-        self.mask[r[:, None], c[:, None] + torch.arange(GROUP)] = False
-        self.values[r[:, None], c[:, None] + torch.arange(GROUP)] = 0.0
-        self.mask[r[:, None], c[:, None] + sup] = True
-        self.values[r[:, None], c[:, None] + sup] = vals
+        r, cols = rows[p, None], group_cols[p]
+        self.mask[r, cols] = False
+        self.values[r, cols] = 0.0
+        self.mask[r, cols[:, :1] + sup[p]] = True
+        self.values[r, cols[:, :1] + sup[p]] = vals[p]
         return int(p.numel())
 
     def result(self, start_loss: float, final_loss: float, iters: int) -> ArmorResult:
@@ -163,25 +217,36 @@ class ArmorProblem:
         return ArmorResult(a, self.values * self.mask, self.mask.clone(), b, start_loss, final_loss, iters)
 
 
-def armor(weight: torch.Tensor, h: torch.Tensor, cfg: ArmorConfig, seed: int = 0, progress=None) -> ArmorResult:
-    """Factorise one weight matrix; `progress(iter, loss)` is called every iteration when given."""
-    prob = ArmorProblem(weight, h, cfg.block_size)
+def proxy_loss(weight: torch.Tensor, what: torch.Tensor, gram: torch.Tensor) -> float:
+    """L(What) for the Gram matrix H or its diagonal h (1 = the all-zero reconstruction)."""
+    w, gram = weight.float(), gram.float()
+    err = w - what.float()
+    return ((err * _column_weighted(err, gram)).sum() / (w * _column_weighted(w, gram)).sum().clamp_min(1e-30)).item()
+
+
+def armor(weight: torch.Tensor, gram: torch.Tensor, cfg: ArmorConfig, seed: int = 0, progress=None,
+          start: torch.Tensor | None = None) -> ArmorResult:
+    """Factorise one weight matrix; `progress(iter, loss)` is called every iteration when given.
+
+    `gram`: the calibration Gram matrix or its diagonal (which proxy); `start`: a 2:4 pruning to start from.
+    """
+    prob = ArmorProblem(weight, gram, cfg.block_size, start)
     gen = torch.Generator().manual_seed(seed)
     a = prob.a.requires_grad_()
     b = prob.b.requires_grad_()
     values = prob.values.requires_grad_()
     opt = torch.optim.Adam([a, b, values], lr=cfg.lr, fused=True)
-    start = best = float("inf")
+    start_loss = best = float("inf")
     best_state = None
     since_best, it = 0, 0
     for it in range(cfg.iters + 1):
-        # the forward pass measures the state left by the previous iteration: keep it if it is the best
+        # measure the current state (kept if it is the best so far), then step from it
         core = values * prob.mask
         core.retain_grad()
-        loss_t = prob.loss_of(a, core, b)
+        loss_t, resid_w = prob.loss_of(a, core, b)
         loss = loss_t.item()
         if it == 0:
-            start = loss
+            start_loss = loss
         elif progress:
             progress(it, loss)
         if loss < best:
@@ -192,13 +257,13 @@ def armor(weight: torch.Tensor, h: torch.Tensor, cfg: ArmorConfig, seed: int = 0
             since_best += 1
         if it == cfg.iters or since_best >= cfg.patience:
             break
-        # (a) continuous step with the mask fixed; dL/dS of the whole core also drives step (b)'s sampling
         opt.zero_grad(set_to_none=True)
         loss_t.backward()
+        # (b) discrete step, exact at the measured state; dL/dS drives its sampling
+        prob.discrete_step(core.grad, gen, resid_w)
+        # (a) continuous step with the gradient of the measured state
         opt.step()
-        # (b) discrete step on the sparse core
-        prob.discrete_step(core.grad, gen)
     with torch.no_grad():
         prob.a, prob.b, prob.values, prob.mask = best_state
         final = prob.loss()
-    return prob.result(start, final, it)
+    return prob.result(start_loss, final, it)

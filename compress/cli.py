@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from compress.pipeline import METHODS, Settings, compress_checkpoint
+from compress.pipeline import METHODS, PROXIES, Settings, compress_checkpoint
 
 
 def add_compress_arguments(parser) -> None:
@@ -13,6 +13,11 @@ def add_compress_arguments(parser) -> None:
     parser.add_argument("--out", required=True, help="output checkpoint directory (resumes a killed run)")
     parser.add_argument("--method", default=d.method, choices=METHODS)
     parser.add_argument("--block-size", type=int, default=d.block_size, help="ARMOR block size b (16/32/64/128)")
+    parser.add_argument("--proxy", default=d.proxy, choices=PROXIES,
+                        help="ARMOR's layer loss: 'hessian' weighs errors by the full calibration Gram matrix and "
+                             "starts from SparseGPT; 'diag' is the paper's NoWag proxy (its diagonal), from NoWag-P")
+    parser.add_argument("--hessian-damp", type=float, default=d.hessian_damp,
+                        help="ridge added to the full-Gram proxy, as a fraction of mean(diag H)")
     parser.add_argument("--iters", type=int, default=d.iters, help="ARMOR BCD iterations per matrix (paper: 3000)")
     parser.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate of the continuous step")
     parser.add_argument("--patience", type=int, default=d.patience, help="stop after N iterations without improvement")
@@ -26,7 +31,7 @@ def add_compress_arguments(parser) -> None:
 def run_compress(args) -> None:
     from armor_serve.model_import import require_checkpoint
 
-    settings = Settings(method=args.method, block_size=args.block_size, iters=args.iters, lr=args.lr,
+    settings = Settings(method=args.method, block_size=args.block_size, proxy=args.proxy, hessian_damp=args.hessian_damp, iters=args.iters, lr=args.lr,
                         patience=args.patience, calib_samples=args.calib_samples, seq_len=args.seq_len,
                         seed=args.seed, batch_size=args.batch_size)
     summary = compress_checkpoint(require_checkpoint(args.model), Path(args.out), settings, overwrite=args.overwrite)

@@ -27,7 +27,7 @@ from torch import nn
 from tqdm import tqdm
 
 from compress import baselines
-from compress.armor import ArmorConfig, armor
+from compress.armor import PROXIES, ArmorConfig, armor, proxy_loss
 from compress.weights import CheckpointWeights
 from armor_serve.errors import UserError
 from model_executors import format as fmt
@@ -43,6 +43,7 @@ LINEARS = {  # module path inside a decoder layer -> which calibration statistic
     "self_attn.q_proj": "attn_in", "self_attn.k_proj": "attn_in", "self_attn.v_proj": "attn_in",
     "self_attn.o_proj": "o_in", "mlp.gate_proj": "mlp_in", "mlp.up_proj": "mlp_in", "mlp.down_proj": "down_in",
 }
+ARMOR_ONLY = ("block_size", "proxy", "hessian_damp", "iters", "lr", "patience")
 PROGRESS = "armor_progress.json"
 SUMMARY = "compression_summary.json"
 
@@ -51,6 +52,7 @@ SUMMARY = "compression_summary.json"
 class Settings:
     method: str = "armor"
     block_size: int = 32
+    proxy: str = "hessian"  # ARMOR's loss: the full Gram matrix (from SparseGPT) or its diagonal (from NoWag-P)
     iters: int = 300
     lr: float = 3e-3
     patience: int = 100
@@ -58,6 +60,7 @@ class Settings:
     seq_len: int = 512
     seed: int = 0
     sparsegpt_damp: float = 0.01
+    hessian_damp: float = 0.1  # ridge of the full-Gram proxy, as a fraction of mean(diag H)
     batch_size: int = 8
 
     def fingerprint(self, model_dir: Path) -> dict:
@@ -65,7 +68,24 @@ class Settings:
         for file in sorted(model_dir.glob("*.safetensors")):
             stat = file.stat()
             source.update(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-        return {"settings": asdict(self), "source": str(model_dir), "source_hash": source.hexdigest()}
+        return {"settings": self.relevant(), "source": str(model_dir), "source_hash": source.hexdigest()}
+
+    @property
+    def uses_hessian(self) -> bool:
+        """ARMOR with the full-Gram proxy, which needs H and a SparseGPT start."""
+        return self.method == "armor" and self.proxy == "hessian"
+
+    def relevant(self) -> dict:
+        """The settings that shape this method's result (a baseline run is not told apart by ARMOR flags)."""
+        settings = asdict(self)
+        if self.method != "armor":
+            for name in ARMOR_ONLY:
+                settings.pop(name)
+        if self.method != "sparsegpt" and not self.uses_hessian:
+            settings.pop("sparsegpt_damp")
+        if self.method == "armor" and not self.uses_hessian:
+            settings.pop("hessian_damp")
+        return settings
 
 
 def _sha256(path: Path) -> str:
@@ -97,6 +117,10 @@ def check_model(config, settings: Settings) -> None:
         raise UserError("the input checkpoint is already quantized/compressed; start from a dense checkpoint")
     if settings.method != "armor":
         return
+    if settings.proxy not in PROXIES:
+        raise UserError(f"unknown proxy '{settings.proxy}'; choose from {', '.join(PROXIES)}")
+    if settings.hessian_damp < 0:
+        raise UserError(f"--hessian-damp must be >= 0 (a fraction of mean(diag H)), got {settings.hessian_damp}")
     b = settings.block_size
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     dims = {"hidden_size": config.hidden_size, "intermediate_size": config.intermediate_size,
@@ -131,6 +155,10 @@ class LayerwiseCompressor:
         self.n_layers = self.config.num_hidden_layers
         self.fingerprint = settings.fingerprint(model_dir)
         self.progress = self._open_output(overwrite)
+
+    @property
+    def start_method(self) -> str:
+        return "sparsegpt" if self.settings.uses_hessian else "nowag-p"
 
     # ---- output directory and resume state ----
     def _open_output(self, overwrite: bool) -> dict:
@@ -218,7 +246,7 @@ class LayerwiseCompressor:
 
     @torch.no_grad()
     def _statistics(self, layer, hidden, kwargs) -> dict[str, dict[str, torch.Tensor]]:
-        need_full = self.settings.method == "sparsegpt"
+        need_full = self.settings.method == "sparsegpt" or self.settings.uses_hessian
         stats: dict[str, dict[str, torch.Tensor]] = {}
 
         def hook(name):
@@ -243,8 +271,6 @@ class LayerwiseCompressor:
         s = self.settings
         weight, bias = linear.weight.data, linear.bias.data if linear.bias is not None else None
         h = stats["h"].float()
-        w32 = weight.float()
-        loss = lambda what: ((w32 - what).pow(2) * h).sum().item() / max((w32.pow(2) * h).sum().item(), 1e-30)
         record = {"layer": i, "matrix": name, "shape": list(weight.shape)}
         if s.method == "armor":
             seed = s.seed * 1_000_003 + i * 101 + list(LINEARS).index(name)
@@ -254,10 +280,16 @@ class LayerwiseCompressor:
                     bar.set_postfix_str(f"L{i} {name} it {it}/{s.iters} loss {value:.4f}")
 
             cfg = ArmorConfig(block_size=s.block_size, iters=s.iters, lr=s.lr, patience=s.patience)
-            res = armor(weight, h, cfg, seed=seed, progress=progress)
+            gram, start = h, None  # the paper's proxy starts from NoWag-P (ARMOR's own default start)
+            if self.settings.uses_hessian:
+                gram = stats["H"].float()
+                start = baselines.sparsegpt(weight, gram, damp=s.sparsegpt_damp)
+                # A ridge on H keeps BCD from fitting the few calibration tokens (docs/algorithm.md).
+                gram = gram + torch.eye(gram.shape[0]) * s.hessian_damp * gram.diagonal().mean()
+            res = armor(weight, gram, cfg, seed=seed, progress=progress, start=start)
             module = ArmorLinear.from_factors(res.a_blocks, res.core, res.mask, res.b_blocks, bias, dtype=weight.dtype)
             record.update(loss_start=res.start_loss, loss_final=res.final_loss, iters=res.iters,
-                          loss_stored=loss(module.dense_weight().float()), bytes=module.packed_bytes(),
+                          loss_stored=proxy_loss(weight, module.dense_weight(), gram), bytes=module.packed_bytes(),
                           dense_bytes=module.dense_bytes())
         else:
             if s.method == "magnitude":
@@ -272,7 +304,7 @@ class LayerwiseCompressor:
             module.weight.data.copy_(pruned)
             if bias is not None:
                 module.bias.data.copy_(bias)
-            record.update(loss_final=loss(pruned.float()), bytes=weight.numel() * weight.element_size(),
+            record.update(loss_final=proxy_loss(weight, pruned, h), bytes=weight.numel() * weight.element_size(),
                           dense_bytes=weight.numel() * weight.element_size())
         return module, record
 
@@ -331,8 +363,8 @@ class LayerwiseCompressor:
                 final = sum(r["loss_final"] for r in records) / len(records)
                 if s.method == "armor":
                     start = sum(r["loss_start"] for r in records) / len(records)
-                    log.info("layer %d/%d: mean proxy loss %.4f -> %.4f (NoWag-P start -> ARMOR)", i + 1,
-                             self.n_layers, start, final)
+                    log.info("layer %d/%d: mean %s proxy loss %.4f -> %.4f (%s start -> ARMOR)", i + 1,
+                             self.n_layers, s.proxy, start, final, self.start_method)
                 else:
                     log.info("layer %d/%d: mean proxy loss %.4f (%s)", i + 1, self.n_layers, final, s.method)
             body.layers[i] = body.layers[i].to("meta")  # drop the layer's memory before the next one
@@ -376,7 +408,7 @@ class LayerwiseCompressor:
             overhead = sum((r["shape"][0] + r["shape"][1]) * b for r in recs)  # entries of A and B
         files = {self.out_dir / f for f in set(weight_map.values())}
         summary = {
-            "method": self.settings.method, "settings": asdict(self.settings), "source": str(self.model_dir),
+            "method": self.settings.method, "settings": self.settings.relevant(), "source": str(self.model_dir),
             "seconds": round(self.progress["seconds"], 1), "matrices": len(recs),
             "dense_params_compressed": dense_params,
             "overhead_params": overhead, "overhead_pct_of_dense": 100.0 * overhead / dense_params,
@@ -386,7 +418,8 @@ class LayerwiseCompressor:
             "mean_proxy_loss": sum(r["loss_final"] for r in recs) / len(recs),
         }
         if self.settings.method == "armor":
-            summary["mean_proxy_loss_nowag_p_start"] = sum(r["loss_start"] for r in recs) / len(recs)
+            summary.update(proxy=self.settings.proxy, start_method=self.start_method,
+                           mean_proxy_loss_start=sum(r["loss_start"] for r in recs) / len(recs))
         return summary
 
 

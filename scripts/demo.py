@@ -76,8 +76,9 @@ def main() -> None:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=120)
     summary = json.loads((armored / "compression_summary.json").read_text())
-    print(f"\nARMOR: {summary['seconds']}s, proxy loss {summary['mean_proxy_loss']:.4f} "
-          f"(NoWag-P start {summary['mean_proxy_loss_nowag_p_start']:.4f}), checkpoint {summary['checkpoint_bytes'] / 1e6:.0f} MB")
+    print(f"\nARMOR: {summary['seconds']}s, {summary['proxy']} proxy loss {summary['mean_proxy_loss']:.4f} "
+          f"({summary['start_method']} start {summary['mean_proxy_loss_start']:.4f}), "
+          f"checkpoint {summary['checkpoint_bytes'] / 1e6:.0f} MB")
 
 
 if __name__ == "__main__":

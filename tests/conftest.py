@@ -50,3 +50,8 @@ def armor_ckpt(tmp_path_factory, dense_model) -> Path:
 @pytest.fixture(scope="session")
 def nowag_ckpt(tmp_path_factory, dense_model) -> Path:
     return compress_fixture(tmp_path_factory, dense_model, "nowag", "--method", "nowag-p")
+
+
+@pytest.fixture(scope="session")
+def sparsegpt_ckpt(tmp_path_factory, dense_model) -> Path:
+    return compress_fixture(tmp_path_factory, dense_model, "sparsegpt", "--method", "sparsegpt")

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from compress.armor import ArmorConfig, ArmorProblem, armor
-from compress.baselines import nowag_p
+from compress.baselines import nowag_p, sparsegpt
 from model_executors import blockdiag, sparsity
 from model_executors.armor_linear import ArmorLinear
 
@@ -12,34 +12,42 @@ LAYERS = ["model.layers.2.self_attn.q_proj", "model.layers.11.self_attn.k_proj",
 
 @pytest.fixture(scope="module")
 def real_layers(dense_model, tokenizer):
-    """(weight, h) of a few real projections, h gathered with forward hooks on real calibration text."""
+    """(weight, h, H) of a few real projections: the Gram matrix H = X^T X of their inputs on real calibration
+    text, gathered with forward hooks, and its diagonal h."""
     from transformers import AutoModelForCausalLM
 
     from armor_serve.datasets import calibration_samples
 
     model = AutoModelForCausalLM.from_pretrained(dense_model)
-    h = {}
+    gram = {}
 
     def hook(name):
         def add(_m, args, _o):
-            x = args[0].reshape(-1, args[0].shape[-1])
-            h[name] = h.get(name, 0) + x.pow(2).sum(0)
+            x = args[0].reshape(-1, args[0].shape[-1]).double()
+            gram[name] = gram.get(name, 0) + x.T @ x
         return add
 
     for name in LAYERS:
         model.get_submodule(name).register_forward_hook(hook(name))
     with torch.no_grad():
         model(calibration_samples(tokenizer, 4, 128, seed=0))
-    return {name: (model.get_submodule(name).weight.data.clone(), h[name]) for name in LAYERS}
+    return {name: (model.get_submodule(name).weight.data.clone(), gram[name].diagonal().float(), gram[name].float())
+            for name in LAYERS}
 
 
 def proxy_loss(w, h, what):
     return (((w - what) ** 2) * h).sum() / ((w ** 2) * h).sum()
 
 
+def output_loss(w, gram, what):
+    """The layer-output error ||(W - What) X^T||^2 relative to ||W X^T||^2, in float64."""
+    e, w, gram = (w - what).double(), w.double(), gram.double()
+    return ((e @ gram) * e).sum() / ((w @ gram) * w).sum()
+
+
 @pytest.mark.parametrize("name", LAYERS)
 def test_start_is_nowag_p_and_discrete_steps_never_increase_the_loss(real_layers, name):
-    w, h = real_layers[name]
+    w, h, _ = real_layers[name]
     prob = ArmorProblem(w, h, 32)
     start = prob.loss()
     assert start == pytest.approx(proxy_loss(w, h, nowag_p(w, h)).item(), rel=1e-4)
@@ -55,7 +63,7 @@ def test_start_is_nowag_p_and_discrete_steps_never_increase_the_loss(real_layers
 
 @pytest.mark.parametrize("name", LAYERS)
 def test_final_loss_never_above_nowag_p_and_factors_reconstruct_exactly(real_layers, name):
-    w, h = real_layers[name]
+    w, h, _ = real_layers[name]
     res = armor(w, h, ArmorConfig(block_size=32, iters=40), seed=0)
     assert res.final_loss <= res.start_loss
     assert res.final_loss < 0.9 * res.start_loss  # ARMOR must actually improve on its NoWag-P start
@@ -82,7 +90,38 @@ def test_bad_block_sizes_are_rejected():
 
 
 def test_same_seed_same_result(real_layers):
-    w, h = real_layers[LAYERS[1]]
+    w, h, _ = real_layers[LAYERS[1]]
     a = armor(w, h, ArmorConfig(iters=10), seed=3)
     b = armor(w, h, ArmorConfig(iters=10), seed=3)
     assert torch.equal(a.core, b.core) and torch.equal(a.a_blocks, b.a_blocks)
+
+
+@pytest.mark.parametrize("name", LAYERS)
+def test_hessian_proxy_starts_at_sparsegpt_and_discrete_steps_never_increase_it(real_layers, name):
+    w, _, gram = real_layers[name]
+    start_w = sparsegpt(w, gram)
+    prob = ArmorProblem(w, gram, 32, start=start_w)
+    assert prob.loss() == pytest.approx(output_loss(w, gram, start_w).item(), rel=1e-4)
+    # A and B away from the identity, so pairs of one A-block really interact through H
+    g = torch.Generator().manual_seed(1)
+    prob.a += 0.05 * torch.randn(prob.a.shape, generator=g)
+    prob.b += 0.05 * torch.randn(prob.b.shape, generator=g)
+    losses, changed = [prob.loss()], 0
+    for _ in range(15):
+        changed += prob.discrete_step(torch.rand_like(w), g)
+        losses.append(prob.loss())
+    assert changed > 0
+    assert all(b <= a * (1 + 1e-6) for a, b in zip(losses, losses[1:]))
+    assert losses[-1] < losses[0]
+    assert sparsity.is_24(prob.values * prob.mask) and bool((prob.mask.reshape(w.shape[0], -1, 4).sum(-1) == 2).all())
+
+
+@pytest.mark.parametrize("name", LAYERS)
+def test_hessian_proxy_beats_its_sparsegpt_start_on_the_layer_output(real_layers, name):
+    w, _, gram = real_layers[name]
+    start_w = sparsegpt(w, gram)
+    res = armor(w, gram, ArmorConfig(block_size=32, iters=40), seed=0, start=start_w)
+    assert res.start_loss == pytest.approx(output_loss(w, gram, start_w).item(), rel=1e-4)
+    assert output_loss(w, gram, res.reconstruct()).item() == pytest.approx(res.final_loss, rel=1e-4)
+    assert res.final_loss < 0.9 * res.start_loss
+    assert sparsity.is_24(res.core)
