@@ -41,12 +41,13 @@ def test_streaming_equals_non_streaming_and_ends_with_usage(server):
     client = server.client()
     args = dict(model=server.name, messages=[{"role": "user", "content": "Tell me about the sea."}], max_tokens=10,
                 temperature=0)
-    full = client.chat.completions.create(**args).choices[0].message.content
+    # the small-calibration ARMOR fixture may end its greedy reply early (EOS): compare with the plain call
+    reply = client.chat.completions.create(**args)
     chunks = list(client.chat.completions.create(**args, stream=True, stream_options={"include_usage": True}))
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    assert text == full
-    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 10
-    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    assert text == reply.choices[0].message.content
+    assert chunks[-1].choices == [] and chunks[-1].usage == reply.usage and 1 <= reply.usage.completion_tokens <= 10
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == reply.choices[0].finish_reason
 
 
 def test_completions_prompt_list_and_n(server):
