@@ -37,6 +37,11 @@ def nowag_p(weight: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     return weight * nowag_p_mask(weight, h)
 
 
+def ridge(gram: torch.Tensor, fraction: float) -> torch.Tensor:
+    """`gram + fraction * mean(diag gram) * I`: the dampening SparseGPT and ARMOR's full-Gram proxy share."""
+    return gram + torch.eye(gram.shape[0], dtype=gram.dtype) * fraction * gram.diagonal().mean()
+
+
 @torch.no_grad()
 def sparsegpt(weight: torch.Tensor, hessian: torch.Tensor, block: int = 128, damp: float = 0.01) -> torch.Tensor:
     """SparseGPT (Frantar & Alistarh 2023) with 2:4 groups: OBS pruning with error compensation.
@@ -50,7 +55,7 @@ def sparsegpt(weight: torch.Tensor, hessian: torch.Tensor, block: int = 128, dam
     dead = torch.diag(h) == 0
     h[dead, dead] = 1.0
     w[:, dead] = 0.0
-    h += torch.eye(d_in) * damp * torch.diag(h).mean()
+    h = ridge(h, damp)
     # Upper Cholesky factor of H^-1: row j holds the OBS update coefficients for column j.
     hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
     for start in range(0, d_in, block):

@@ -285,7 +285,7 @@ class LayerwiseCompressor:
                 gram = stats["H"].float()
                 start = baselines.sparsegpt(weight, gram, damp=s.sparsegpt_damp)
                 # A ridge on H keeps BCD from fitting the few calibration tokens (docs/algorithm.md).
-                gram = gram + torch.eye(gram.shape[0]) * s.hessian_damp * gram.diagonal().mean()
+                gram = baselines.ridge(gram, s.hessian_damp)
             res = armor(weight, gram, cfg, seed=seed, progress=progress, start=start)
             module = ArmorLinear.from_factors(res.a_blocks, res.core, res.mask, res.b_blocks, bias, dtype=weight.dtype)
             record.update(loss_start=res.start_loss, loss_final=res.final_loss, iters=res.iters,
