@@ -12,6 +12,7 @@ import argparse
 import json
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -31,9 +32,26 @@ def configs(blocks: list[int]) -> list[tuple[str, list[str]]]:
 
 
 def armor(*args: str) -> subprocess.CompletedProcess:
+    """Run the CLI; its progress goes to our stderr live, and its stderr is also kept for the error it ends with."""
     cmd = [sys.executable, "-m", "armor_serve", *args]
     print("+ armor", " ".join(args), flush=True)
-    return subprocess.run(cmd, cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=sys.stderr)
+    # stdout goes to a file so a chatty stdout can never fill a pipe while we read stderr
+    with tempfile.TemporaryFile("w+") as stdout, subprocess.Popen(cmd, cwd=ROOT, text=True, stdout=stdout,
+                                                                   stderr=subprocess.PIPE) as proc:
+        err = []
+        for chunk in iter(lambda: proc.stderr.read(256), ""):
+            sys.stderr.write(chunk)
+            err.append(chunk)
+        proc.wait()
+        stdout.seek(0)
+        out = stdout.read()
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, "".join(err))
+
+
+def cli_error(result: subprocess.CompletedProcess) -> str:
+    """The `armor: error: ...` line the CLI ends a refused run with, else a pointer to the log."""
+    said = [line for line in result.stderr.splitlines() if line.startswith("armor: error:")]
+    return said[-1].removeprefix("armor: ") if said else f"exit status {result.returncode} (see the log)"
 
 
 def main() -> None:
@@ -61,8 +79,9 @@ def main() -> None:
         row, ckpt = rows[name], Path(model)
         if method_args:
             ckpt = work / name
-            if armor("compress", "--model", model, "--out", str(ckpt), *method_args, *common).returncode != 0:
-                row["error"] = "compress failed (see log); e.g. a block size that does not divide the model"
+            done = armor("compress", "--model", model, "--out", str(ckpt), *method_args, *common)
+            if done.returncode != 0:
+                row["error"] = f"compress failed: {cli_error(done)}"
                 continue
             summary = json.loads((ckpt / "compression_summary.json").read_text())
             row.update(compress_seconds=summary["seconds"], overhead_pct=summary["overhead_pct_of_dense"],
