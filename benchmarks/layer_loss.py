@@ -68,10 +68,10 @@ def main() -> None:
     rows = []
     for name, (w, fit, held_out) in gram_matrices(model, MATRICES, args.calib_samples, args.seq_len).items():
         h = fit.diagonal()
-        sgpt = baselines.sparsegpt(w, fit)
+        sgpt, damped = baselines.sparsegpt(w, fit), baselines.ridge(fit, damp)
         row = {"matrix": name, "shape": list(w.shape), "nowag-p": proxy_loss(w, baselines.nowag_p(w, h), held_out),
                "sparsegpt": proxy_loss(w, sgpt, held_out)}
-        for proxy, (g, start) in {"diag": (h, None), "hessian": (baselines.ridge(fit, damp), sgpt), "hessian-nodamp": (fit, sgpt)}.items():
+        for proxy, (g, start) in {"diag": (h, None), "hessian": (damped, sgpt), "hessian-nodamp": (fit, sgpt)}.items():
             began = time.time()
             res = armor(w, g, ArmorConfig(iters=args.iters), start=start)
             row[f"armor-{proxy}"] = proxy_loss(w, res.reconstruct(), held_out)
