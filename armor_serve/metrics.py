@@ -12,11 +12,13 @@ from safetensors import safe_open
 LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 
-def checkpoint_weight_bytes(model_dir: str | Path, expanded_core: bool) -> tuple[int, int]:
+def checkpoint_weight_bytes(model_dir: str | Path, expanded_core: bool, scratch_bytes: int = 0) -> tuple[int, int]:
     """(resident, dense-equivalent) weight bytes of a checkpoint as an engine holds it.
 
-    ARMOR tensors count as stored (values + metadata + blocks) unless `expanded_core`, when the engine keeps
-    S dense-with-zeros (the reference kernel: CPU hosts); dense-equivalent counts every ARMOR matrix as d_out x d_in.
+    ARMOR tensors count as stored (values + metadata/bitmask + blocks: the packed CPU kernel holds exactly
+    that) unless `expanded_core`, when the engine keeps S dense-with-zeros (the reference kernel); plus the
+    kernel's largest scratch buffer (`scratch_bytes`) when the checkpoint has ARMOR layers. Dense-equivalent
+    counts every ARMOR matrix as d_out x d_in.
     """
     model_dir = Path(model_dir)
     resident = dense = 0
@@ -38,6 +40,8 @@ def checkpoint_weight_bytes(model_dir: str | Path, expanded_core: bool) -> tuple
                 else:
                     resident += n * size
                     dense += n * size
+    if resident != dense:
+        resident += scratch_bytes
     return resident, dense  # a tied lm_head is stored (and held) once, and counted once
 
 

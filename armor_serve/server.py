@@ -60,8 +60,13 @@ def serve(args) -> None:
     engine = create_engine(engine_kind, str(model_dir), dtype=args.dtype, max_model_len=args.max_model_len,
                            enforce_eager=args.enforce_eager, memory_fraction=memory_fraction, served_name=name)
 
-    # the vLLM plugin and the transformers engine keep S dense-with-zeros where no 2:4 kernel exists (CPU)
-    resident, dense = checkpoint_weight_bytes(model_dir, expanded_core=not torch.cuda.is_available())
+    # both engines run ARMOR layers through the packed CPU kernel (S stays packed) where it is built and the
+    # dtype is float32/bfloat16; elsewhere (CUDA for now, float16) they hold S dense-with-zeros
+    from model_executors import cpu_kernel
+
+    packed = not torch.cuda.is_available() and cpu_kernel.available() and args.dtype in ("float32", "bfloat16", "auto")
+    resident, dense = checkpoint_weight_bytes(model_dir, expanded_core=not packed,
+                                              scratch_bytes=cpu_kernel.scratch_bytes() if packed else 0)
     app = create_app(engine, tokenizer, ServerConfig(name, args.api_key, args.max_concurrent, args.max_queue),
                      resident, dense)
     # uvicorn drains on SIGTERM/SIGINT and then re-raises the signal to the handler that was installed

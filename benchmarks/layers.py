@@ -1,13 +1,14 @@
 """Layer speed: dense vs plain 2:4 vs ARMOR (per block size) on real projection shapes.
 
-    python -m benchmarks.layers [--device cpu|cuda] [--quick]
-    -> benchmarks/results/layers-<device>.{json,md}
+    python -m benchmarks.layers [--device cpu|cuda] [--dtype float32|bfloat16]
+    -> benchmarks/results/layers-<device>-<dtype>.{json,md}
 
 Kernels per device:
-* dense: F.linear with the dense weight (cuBLAS / oneDNN-MKL);
-* 2:4: F.linear with the 2:4 weight, a semi-structured sparse tensor on CUDA (torch picks cuSPARSELt or
-  CUTLASS), dense-with-zeros on CPU (CPUs have no 2:4 kernel: it times the same GEMM as dense);
-* ARMOR: ArmorLinear (B transform, 2:4 GEMM, A transform) with the kernel that device gets.
+* dense: F.linear with the dense weight (cuBLAS / MKL or oneDNN);
+* 2:4 (CUDA only): F.linear with the 2:4 weight as a semi-structured sparse tensor (cuSPARSELt or CUTLASS);
+  CPUs have no library 2:4 kernel, so the column is left out there;
+* ARMOR: ArmorLinear with the kernel that device gets (`auto`): on CPU the packed 2:4 kernel
+  (torch.ops.armor.linear: B transform, sparse product from the packed core, A transform, one op).
 Weights are random (never zeros), outputs are checked against the dense product A.S.B; timings are
 medians of repeated calls (CUDA events via triton.testing.do_bench on GPU, perf_counter on CPU).
 """
@@ -66,14 +67,13 @@ def bench_shape(d_out, d_in, tokens, blocks, dtype, device, reps) -> dict:
     row = {"d_out": d_out, "d_in": d_in, "tokens": tokens}
     dense_w = (torch.randn(d_out, d_in, dtype=dtype, device=device) / d_in ** 0.5)
     row["dense_s"] = time_call(lambda: torch.nn.functional.linear(x, dense_w), device, reps)
-    mask = sparsity.top2_mask(dense_w.abs().float()).to(device)
-    w24 = dense_w * mask
     if device == "cuda":
+        w24 = dense_w * sparsity.top2_mask(dense_w.abs().float()).to(device)
         try:
             w24 = torch.sparse.to_sparse_semi_structured(w24)
         except (RuntimeError, ValueError) as err:
             row["sparse_24_note"] = f"no semi-structured kernel: {err}"
-    row["sparse24_s"] = time_call(lambda: torch.nn.functional.linear(x, w24), device, reps)
+        row["sparse24_s"] = time_call(lambda: torch.nn.functional.linear(x, w24), device, reps)
     for block in blocks:
         if d_out % block or d_in % block:
             continue
@@ -83,7 +83,8 @@ def bench_shape(d_out, d_in, tokens, blocks, dtype, device, reps) -> dict:
         err = ((mod(x).float() - ref).norm() / ref.norm()).item()
         row[f"armor_b{block}_s"] = time_call(lambda: mod(x), device, reps)
         row[f"armor_b{block}_relerr"] = err
-        row[f"armor_b{block}_bytes"] = mod.packed_bytes()
+        row[f"armor_b{block}_kernel"] = mod._mode
+        row[f"armor_b{block}_bytes"] = mod.resident_bytes()
         del mod
     row["dense_bytes"] = d_out * d_in * dense_w.element_size()
     return row
@@ -96,6 +97,7 @@ def main() -> None:
     p.add_argument("--models", default="smollm2-135m,llama3-8b,llama2-70b")
     p.add_argument("--tokens", default="1,16,128,2048")
     p.add_argument("--blocks", default="32,64,128")
+    p.add_argument("--matrices", default=None, help="comma list of matrix names to keep (default: all)")
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--max-gflop", type=float, default=None, help="skip calls above this many GFLOP (CPU time)")
     p.add_argument("--resume", action="store_true", help="keep the rows already in the results file, run the rest")
@@ -103,12 +105,14 @@ def main() -> None:
     dtype = getattr(torch, args.dtype or ("bfloat16" if args.device == "cuda" else "float32"))
     blocks = [int(b) for b in args.blocks.split(",")]
     rows, skipped = [], []
-    done_file = RESULTS / f"layers-{args.device}.json"
+    done_file = RESULTS / f"layers-{args.device}-{str(dtype).removeprefix('torch.')}.json"
     if args.resume and done_file.exists():
         rows = json.loads(done_file.read_text())["rows"]
     done = {(r["model"], r["matrix"], r["tokens"]) for r in rows}
     for model in args.models.split(","):
         for matrix, (d_out, d_in) in SHAPES[model].items():
+            if args.matrices and matrix not in args.matrices.split(","):
+                continue
             for tokens in (int(t) for t in args.tokens.split(",")):
                 gflop = 2 * d_out * d_in * tokens / 1e9
                 if args.max_gflop and gflop > args.max_gflop:
@@ -123,25 +127,40 @@ def main() -> None:
     write(rows, skipped, args, dtype, blocks)
 
 
+def device_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    from model_executors import cpu_kernel
+
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.machine())
+    return f"{cpu}, ARMOR kernel path {cpu_kernel.isa() if cpu_kernel.available() else 'none (reference)'}"
+
+
 def write(rows: list[dict], skipped: list[str], args, dtype, blocks: list[int]) -> None:
-    name = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or platform.machine()
+    name = device_name(args.device)
+    stem = f"layers-{args.device}-{str(dtype).removeprefix('torch.')}"
     payload = {"command": "python -m benchmarks.layers " + " ".join(sys.argv[1:]), "device": args.device,
                "device_name": name, "threads": torch.get_num_threads(), "dtype": str(dtype), "torch": torch.__version__,
                "date": time.strftime("%Y-%m-%d"), "skipped_over_max_gflop": skipped, "rows": rows}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"layers-{args.device}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    (RESULTS / f"{stem}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    cuda = args.device == "cuda"
     lines = [f"`{payload['command']}` on {args.device} ({name}, {payload['threads']} threads, {payload['dtype']}, "
-             f"torch {torch.__version__}, {payload['date']}). Speed-up = dense time / kernel time (>1 is faster than dense).",
-             "", "| model | matrix | tokens | dense ms | 2:4 x | " + " | ".join(f"ARMOR b{b} x" for b in blocks) +
-             " | ARMOR b32 bytes / dense |", "|---" * (6 + len(blocks)) + "|"]
+             f"torch {torch.__version__}, {payload['date']}). Speed-up = dense time / kernel time (>1 is faster than "
+             "dense), medians; random non-zero weights; every ARMOR output checked against the folded A.S.B product.",
+             "", "| model | matrix | tokens | dense ms | " + ("2:4 x | " if cuda else "") +
+             " | ".join(f"ARMOR b{b} x" for b in blocks) + " | ARMOR b32 bytes / dense |",
+             "|---" * (5 + cuda + len(blocks)) + "|"]
     for r in rows:
-        cells = [r["model"], r["matrix"], str(r["tokens"]), f"{r['dense_s'] * 1e3:.3f}", f"{r['dense_s'] / r['sparse24_s']:.2f}"]
+        cells = [r["model"], r["matrix"], str(r["tokens"]), f"{r['dense_s'] * 1e3:.3f}"]
+        if cuda:
+            cells.append(f"{r['dense_s'] / r['sparse24_s']:.2f}" if "sparse24_s" in r else "n/a")
         cells += [f"{r['dense_s'] / r[f'armor_b{b}_s']:.2f}" if f"armor_b{b}_s" in r else "n/a" for b in blocks]
         cells.append(f"{r['armor_b32_bytes'] / r['dense_bytes']:.3f}" if "armor_b32_bytes" in r else "n/a")
         lines.append("| " + " | ".join(cells) + " |")
     if skipped:
         lines += ["", f"Skipped (over --max-gflop {args.max_gflop}): {', '.join(skipped)}"]
-    (RESULTS / f"layers-{args.device}.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
 
 if __name__ == "__main__":
     main()

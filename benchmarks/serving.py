@@ -46,6 +46,14 @@ def start_server(model: str, engine: str, port: int, log: Path) -> subprocess.Po
     raise SystemExit(f"server for {model} did not become healthy in 15 min; see {log}")
 
 
+def tree_rss_bytes(pid: int) -> int:
+    """RSS of the server and every process it started (vLLM's engine core holds the weights)."""
+    import psutil
+
+    procs = [psutil.Process(pid)] + psutil.Process(pid).children(recursive=True)
+    return sum(p.memory_info().rss for p in procs if p.is_running())
+
+
 def sample(metrics: str, name: str) -> float:
     """The first sample of `name` in Prometheus text (NaN when the server does not export it)."""
     m = re.search(rf"^{name}(?:{{[^}}]*}})? (\S+)$", metrics, re.M)
@@ -81,12 +89,14 @@ def main() -> None:
             metrics = httpx.get(f"http://127.0.0.1:{args.port}/metrics").text
             memory = {"weights_resident_bytes": sample(metrics, "armor_weights_resident_bytes"),
                       "weights_dense_equivalent_bytes": sample(metrics, "armor_weights_dense_equivalent_bytes"),
-                      "process_rss_bytes": sample(metrics, "armor_process_resident_memory_bytes")}
+                      "process_rss_bytes": sample(metrics, "armor_process_resident_memory_bytes"),
+                      "tree_rss_start_bytes": tree_rss_bytes(server.pid)}
             cmd = [sys.executable, "-m", "armor_serve", "bench", "serve", "--base-url", f"http://127.0.0.1:{args.port}",
                    "--tokenizer", model, "--num-prompts", str(args.num_prompts), "--input-len", str(args.input_len),
                    "--output-len", str(args.output_len), "--ignore-eos", "--max-concurrency", args.concurrency,
                    "--warmup", "2", "--result-dir", str(work), "--label", name]
             subprocess.run(cmd, cwd=ROOT, check=True)
+            memory["tree_rss_end_bytes"] = tree_rss_bytes(server.pid)
         finally:
             server.send_signal(signal.SIGTERM)
             server.wait(timeout=120)
@@ -101,11 +111,28 @@ def main() -> None:
     write(rows, args)
 
 
+def ratio_lines(rows: list[dict]) -> list[str]:
+    """ARMOR / dense at each concurrency, both measured in this run."""
+    dense = {r["max_concurrency"]: r for r in rows if r["model"] == "dense"}
+    out = ["", "ARMOR / dense, same run:", "", "| max conc. | output tok/s | TPOT p50 | weights resident | "
+           "server+engine RSS |", "|---" * 5 + "|"]
+    for r in (r for r in rows if r["model"] == "armor" and r["max_concurrency"] in dense):
+        d = dense[r["max_concurrency"]]
+        out.append(f"| {r['max_concurrency']} | {r['output_throughput'] / d['output_throughput']:.2f} | "
+                   f"{r['tpot_p50_ms'] / d['tpot_p50_ms']:.2f} | "
+                   f"{r['weights_resident_bytes'] / d['weights_resident_bytes']:.3f} | "
+                   f"{r.get('tree_rss_end_bytes', float('nan')) / d.get('tree_rss_end_bytes', float('nan')):.3f} |")
+    return out
+
+
 def write(rows: list[dict], args) -> None:
     command = "python -m benchmarks.serving " + " ".join(sys.argv[1:])
     import torch
 
-    host = torch.cuda.get_device_name() if torch.cuda.is_available() else f"{os.cpu_count()} CPU cores, no GPU"
+    from model_executors import cpu_kernel
+
+    host = torch.cuda.get_device_name() if torch.cuda.is_available() else \
+        f"{os.cpu_count()} CPU cores, no GPU, ARMOR CPU kernel path {cpu_kernel.isa() if cpu_kernel.available() else 'none'}"
     payload = {"command": command, "date": time.strftime("%Y-%m-%d"), "settings": vars(args), "rows": rows,
                "host": host}
     (RESULTS / f"{args.out}.json").write_text(json.dumps(payload, indent=2) + "\n")
@@ -114,13 +141,15 @@ def write(rows: list[dict], args) -> None:
              f"{args.input_len} tokens, exactly {args.output_len} output tokens (ignore_eos), {args.num_prompts} "
              "requests per point, all sent at once under the concurrency cap.", "",
              "| model | max conc. | output tok/s | total tok/s | req/s | TTFT p50 ms | TTFT p99 ms | TPOT p50 ms | "
-             "TPOT p99 ms | weights resident MiB | dense-equivalent MiB | RSS MiB |", "|---" * 12 + "|"]
+             "TPOT p99 ms | weights resident MiB | dense-equivalent MiB | API RSS MiB | server+engine RSS MiB |",
+             "|---" * 13 + "|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['max_concurrency']} | {r['output_throughput']:.1f} | "
                      f"{r['total_token_throughput']:.1f} | {r['request_throughput']:.2f} | {r['ttft_p50_ms']:.0f} | "
                      f"{r['ttft_p99_ms']:.0f} | {r['tpot_p50_ms']:.1f} | {r['tpot_p99_ms']:.1f} | "
                      f"{mib(r['weights_resident_bytes'])} | {mib(r['weights_dense_equivalent_bytes'])} | "
-                     f"{mib(r['process_rss_bytes'])} |")
+                     f"{mib(r['process_rss_bytes'])} | {mib(r.get('tree_rss_end_bytes', float('nan')))} |")
+    lines += ratio_lines(rows)
     (RESULTS / f"{args.out}.md").write_text("\n".join(lines) + "\n")
 
     import matplotlib

@@ -1,11 +1,15 @@
 """`ArmorLinear`: y = A (S (B x)) + bias with A, B block-diagonal and S 2:4 sparse.
 
-Kernels, picked by device:
-* reference (CPU, or any device): block-diagonal transforms as batched matmuls, S dense-with-zeros;
-* cuda: S as a semi-structured sparse tensor (cuSPARSELt/CUTLASS via torch) when torch supports the
-  shape and dtype; otherwise the reference path, with the reason logged once;
-* fold: A S B multiplied into one dense weight at load time (for hosts where sparsity brings nothing).
-The packed checkpoint tensors stay the module's state; the executable form is built lazily.
+Kernels, picked by device (`kernel="auto"`) or by name:
+* packed (CPU): `torch.ops.armor.linear` (model_executors/cpu_kernel.py) reads S straight from its packed
+  form (kept values + a bitmask of their positions, converted in place from the checkpoint's position
+  codes once, at load time); no dense copy of S is ever held;
+* sparse (CUDA): S as a semi-structured sparse tensor (cuSPARSELt/CUTLASS via torch) when torch supports
+  the shape and dtype; otherwise the reference path, with the reason logged once;
+* reference (any device): S unpacked to dense-with-zeros inside each call (and dropped after it), the
+  block-diagonal transforms as batched matmuls; the semantics every other kernel is tested against;
+* fold (explicit opt-in): A S B multiplied into one dense weight, held (for hosts where sparsity brings nothing).
+`state_dict()` always returns the checkpoint format, whatever the in-memory layout.
 """
 from __future__ import annotations
 
@@ -14,10 +18,10 @@ import logging
 import torch
 from torch import nn
 
-from model_executors import blockdiag, sparsity
+from model_executors import blockdiag, cpu_kernel, sparsity
 
 log = logging.getLogger(__name__)
-KERNELS = ("auto", "reference", "sparse", "fold")
+KERNELS = ("auto", "packed", "sparse", "reference", "fold")
 
 
 class ArmorLinear(nn.Module):
@@ -26,14 +30,15 @@ class ArmorLinear(nn.Module):
         super().__init__()
         if kernel not in KERNELS:
             raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
-        self.in_features, self.out_features, self.kernel = in_features, out_features, kernel
+        self.in_features, self.out_features, self._kernel = in_features, out_features, kernel
         self.register_buffer("sparse_values", torch.zeros(out_features, in_features // 2, dtype=dtype, device=device))
         self.register_buffer("sparse_meta", torch.zeros(out_features, in_features // 8, dtype=torch.uint8, device=device))
         self.register_buffer("a_blocks", torch.zeros(out_features // block_a, block_a, block_a, dtype=dtype, device=device))
         self.register_buffer("b_blocks", torch.zeros(in_features // block_b, block_b, block_b, dtype=dtype, device=device))
         self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype, device=device), requires_grad=False) if bias else None
-        self._core = None  # executable form of S, built on first use
-        self._mode = None
+        self._meta_is_bitmask = False  # True once `sparse_meta` holds the packed kernel's bitmask layout
+        self._core = None  # executable form of S for the sparse and fold kernels
+        self._mode = self._device = None
 
     @classmethod
     def from_factors(cls, a_blocks, core, mask, b_blocks, bias=None, dtype=None, kernel="auto") -> "ArmorLinear":
@@ -49,15 +54,29 @@ class ArmorLinear(nn.Module):
             mod.bias.data.copy_(bias.to(dtype))
         return mod
 
+    @property
+    def kernel(self) -> str:
+        return self._kernel
+
+    @kernel.setter
+    def kernel(self, name: str) -> None:
+        if name not in KERNELS:
+            raise ValueError(f"kernel must be one of {KERNELS}, got {name!r}")
+        self._kernel, self._mode, self._core = name, None, None  # re-prepared on the next call
+
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"block_a={self.a_blocks.shape[-1]}, block_b={self.b_blocks.shape[-1]}, kernel={self.kernel}")
 
+    def meta_codes(self) -> torch.Tensor:
+        """The checkpoint's position codes, whatever layout `sparse_meta` holds now."""
+        return sparsity.bitmask_to_codes(self.sparse_meta) if self._meta_is_bitmask else self.sparse_meta
+
     def validate(self, name: str) -> None:
-        sparsity.check_packed(self.sparse_values, self.sparse_meta, name)
+        sparsity.check_packed(self.sparse_values, self.meta_codes(), name)
 
     def dense_core(self) -> torch.Tensor:
-        return sparsity.unpack(self.sparse_values, self.sparse_meta)
+        return sparsity.unpack(self.sparse_values, self.meta_codes())
 
     def dense_weight(self) -> torch.Tensor:
         """A S B as one dense matrix (fold mode, tests)."""
@@ -70,11 +89,41 @@ class ArmorLinear(nn.Module):
     def dense_bytes(self) -> int:
         return self.in_features * self.out_features * self.sparse_values.element_size()
 
-    def _prepare(self, x: torch.Tensor) -> None:
-        mode = self.kernel
-        if mode == "auto":
-            mode = "sparse" if x.is_cuda else "reference"
-        if mode == "fold":
+    def resident_bytes(self) -> int:
+        """Bytes this layer holds now: the packed tensors, plus the dense S or A S B the sparse / fold kernels keep."""
+        core = self._core
+        extra = 0
+        if isinstance(core, torch.Tensor) and not core.is_sparse and core.layout == torch.strided:
+            extra = core.numel() * core.element_size()
+        elif core is not None:  # semi-structured: compressed values + metadata
+            extra = sum(t.numel() * t.element_size() for t in (core.packed, core.meta) if t is not None)
+        return self.packed_bytes() + extra
+
+    def pick_kernel(self, device: torch.device) -> tuple[str, str]:
+        """(kernel, why) that `auto` resolves to on `device`."""
+        if self.kernel != "auto":
+            return self.kernel, "asked for"
+        if device.type == "cuda":
+            return "sparse", "CUDA device"
+        reason = cpu_kernel.unusable_reason(self.sparse_values, self.a_blocks, self.b_blocks)
+        return ("reference", reason) if reason else ("packed", f"{cpu_kernel.isa()} CPU kernel")
+
+    def prepare(self, device: torch.device | None = None) -> None:
+        """Build the executable form once (at load time; forward does it on first use otherwise)."""
+        device = device or self.sparse_values.device
+        mode, why = self.pick_kernel(device)
+        if mode == "reference" and self.kernel == "auto":
+            log.warning("ArmorLinear %dx%d: reference kernel (S unpacked in every call): %s",
+                        self.out_features, self.in_features, why)
+        self._core = None
+        if mode == "packed":
+            reason = cpu_kernel.unusable_reason(self.sparse_values, self.a_blocks, self.b_blocks)
+            if reason:
+                raise ValueError(f"ArmorLinear {self.out_features}x{self.in_features}: kernel='packed' cannot run: {reason}")
+            if not self._meta_is_bitmask:
+                self.sparse_meta.copy_(sparsity.codes_to_bitmask(self.sparse_meta))
+                self._meta_is_bitmask = True
+        elif mode == "fold":
             self._core = self.dense_weight()
         elif mode == "sparse":
             try:
@@ -82,21 +131,32 @@ class ArmorLinear(nn.Module):
             except (RuntimeError, ValueError) as err:
                 log.warning("ArmorLinear %dx%d: semi-structured sparse kernel unavailable (%s); using the "
                             "reference kernel", self.out_features, self.in_features, err)
-                mode, self._core = "reference", self.dense_core()
-        else:
-            self._core = self.dense_core()
-        self._mode = mode
+                mode = "reference"
+        self._mode, self._device = mode, device
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._core is None or self._core.device != x.device:
-            self._prepare(x)
+        if self._mode is None or self._device != x.device:
+            self.prepare(x.device)
+        if self._mode == "packed":
+            return cpu_kernel.linear(x, self.sparse_values, self.sparse_meta, self.a_blocks, self.b_blocks,
+                                     [self.out_features], self.bias)
         if self._mode == "fold":
             return nn.functional.linear(x, self._core, self.bias)
+        core = self._core if self._mode == "sparse" else self.dense_core()
         y = blockdiag.apply(self.b_blocks, x)
-        y = nn.functional.linear(y, self._core)
+        y = nn.functional.linear(y, core)
         y = blockdiag.apply(self.a_blocks, y)
         return y + self.bias if self.bias is not None else y
 
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self._meta_is_bitmask:  # always save the checkpoint format
+            destination[prefix + "sparse_meta"] = self.meta_codes()
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._meta_is_bitmask, self._mode, self._core = False, None, None  # the buffer holds codes again
+
     def _apply(self, fn, recurse=True):
-        self._core = None  # .to()/.cuda()/dtype changes invalidate the executable form
+        self._mode, self._core = None, None  # .to()/.cuda()/dtype changes invalidate the executable form
         return super()._apply(fn, recurse)

@@ -71,3 +71,24 @@ def check_packed(values: torch.Tensor, meta: torch.Tensor, name: str) -> None:
     codes = torch.stack([meta & 0xF, meta >> 4], dim=-1)
     if not bool(((codes & 0x3) < (codes >> 2)).all()):
         raise ValueError(f"{name}: sparse core is not 2:4 (a group's kept positions are not two distinct indices)")
+
+
+# Kernel layout: the same bytes per group, as a bitmask of the kept positions (bit j of byte k <=> input
+# 8k + j kept), so a SIMD kernel loads a row's mask straight into a lane mask. Made once at load time.
+_CODE_TO_BITS = torch.tensor([(1 << (c & 3)) | (1 << (c >> 2)) for c in range(16)], dtype=torch.uint8)
+_BITS_TO_CODE = torch.zeros(16, dtype=torch.uint8)
+for _code in range(16):
+    if (_code & 3) < (_code >> 2):
+        _BITS_TO_CODE[int(_CODE_TO_BITS[_code])] = _code
+
+
+def codes_to_bitmask(meta: torch.Tensor) -> torch.Tensor:
+    """Checkpoint metadata (4-bit position codes) -> kernel bitmask, same shape and dtype."""
+    lut = _CODE_TO_BITS.to(meta.device)
+    return lut[(meta & 0xF).long()] | (lut[(meta >> 4).long()] << 4)
+
+
+def bitmask_to_codes(mask: torch.Tensor) -> torch.Tensor:
+    """Kernel bitmask -> checkpoint metadata (the inverse of codes_to_bitmask)."""
+    lut = _BITS_TO_CODE.to(mask.device)
+    return lut[(mask & 0xF).long()] | (lut[(mask >> 4).long()] << 4)

@@ -2,7 +2,8 @@
 
 Registers a quantization config and an HfQuantizer named "armor": before the weights load, every module
 listed in `quantization_config.modules` is swapped for an ArmorLinear of the matching shape; after, each
-one is validated (2:4 metadata, finite factors) so a broken checkpoint fails with the layer's name.
+one is validated (2:4 metadata, finite factors) so a broken checkpoint fails with the layer's name, then
+prepared for its kernel (on CPU: the packed 2:4 kernel, see model_executors/armor_linear.py).
 """
 from __future__ import annotations
 
@@ -60,6 +61,9 @@ class ArmorHfQuantizer(HfQuantizer):
 
     def _process_model_after_weight_loading(self, model, **kwargs):
         validate_loaded(model)
+        for mod in model.modules():
+            if isinstance(mod, ArmorLinear):
+                mod.prepare()  # the executable form, once, at load time (packed kernel: bitmask in place)
         return model
 
     def is_serializable(self, safe_serialization=None):

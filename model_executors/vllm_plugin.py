@@ -5,6 +5,11 @@ vLLM fuses q/k/v into qkv_proj and gate/up into gate_up_proj while the checkpoin
 original matrix. A fused layer keeps, per rank: the rows of every shard's S (concatenated), the A blocks
 of every shard (concatenated, still block-diagonal), and one B per shard (each shard reads x through its
 own B). Tensor parallelism follows model_executors.sharding.
+
+Kernels: on CPU the packed 2:4 kernel (`torch.ops.armor.linear`, one call per fused layer: each shard's rows
+read that shard's B x) keeps S packed (values + position bitmask, converted in place at load time). Elsewhere
+(CUDA until its sparse path lands, or a CPU build without the extension, or float16) the reference kernel
+holds S dense-with-zeros per shard, and says so in the log once per process.
 """
 from __future__ import annotations
 
@@ -18,10 +23,10 @@ from vllm.model_executor.layers.quantization import register_quantization_config
 from vllm.model_executor.layers.quantization.base_config import QuantizationConfig
 
 from model_executors import format as fmt
-from model_executors import sharding, sparsity
+from model_executors import cpu_kernel, sharding, sparsity
 from model_executors.fused import armor_apply
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("vllm.armor")  # under "vllm": vLLM's log handlers print it
 _QKV = {"q": 0, "k": 1, "v": 2}
 
 
@@ -127,14 +132,32 @@ class ArmorLinearMethod(LinearMethodBase):
         if missing:
             raise ValueError(f"{self.prefix}: ARMOR tensors missing from the checkpoint: {', '.join(missing)}")
         sparsity.check_packed(layer.sparse_values.data, layer.sparse_meta.data, self.prefix)
-        # Reference kernel on every host vLLM runs here: S dense-with-zeros, one matrix per shard.
-        core = sparsity.unpack(layer.sparse_values.data, layer.sparse_meta.data)
+        values = layer.sparse_values.data
+        reason = cpu_kernel.unusable_reason(values, layer.a_blocks, layer.b_blocks)
+        if not reason:
+            _log_once(logging.INFO, f"ARMOR layers run the packed 2:4 CPU kernel ({cpu_kernel.isa()} path)")
+            layer.sparse_meta.data.copy_(sparsity.codes_to_bitmask(layer.sparse_meta.data))
+            layer.armor_kernel = "packed"
+            return
+        _log_once(logging.WARNING, f"ARMOR layers run the reference kernel (S held dense-with-zeros): {reason}")
+        # Reference kernel: S dense-with-zeros, one matrix per shard; the packed copies are freed.
+        core = sparsity.unpack(values, layer.sparse_meta.data)
         layer.armor_cores = list(core.split(layer.armor_shard_sizes, dim=0))
-        # the packed copies are no longer needed at run time: free them
-        layer.sparse_values = nn.Parameter(layer.sparse_values.data.new_empty(0), requires_grad=False)
+        layer.sparse_values = nn.Parameter(values.new_empty(0), requires_grad=False)
         layer.sparse_meta = nn.Parameter(layer.sparse_meta.data.new_empty(0), requires_grad=False)
+        layer.armor_kernel = "reference"
 
     def apply(self, layer, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        if layer.armor_kernel == "packed":
+            return cpu_kernel.linear(x, layer.sparse_values, layer.sparse_meta, layer.a_blocks, layer.b_blocks,
+                                     layer.armor_shard_sizes, bias)
         return armor_apply(x, layer.a_blocks, layer.armor_cores, layer.b_blocks, bias)
 
 
+_logged: set[str] = set()
+
+
+def _log_once(level: int, message: str) -> None:
+    if message not in _logged:
+        _logged.add(message)
+        log.log(level, message)

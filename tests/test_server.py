@@ -105,8 +105,9 @@ def test_metrics_move_by_known_amounts(server, tokenizer):
     assert after["armor_e2e_request_latency_seconds_count"] - before["armor_e2e_request_latency_seconds_count"] == 1
     assert after["armor_time_to_first_token_seconds_count"] - before["armor_time_to_first_token_seconds_count"] == 1
     assert server.metric("armor_requests_total", endpoint="/v1/chat/completions", status="200") == ok_before + 1
-    assert server.metric("armor_weights_dense_equivalent_bytes") > 0
-    assert server.metric("armor_weights_resident_bytes") > 0
+    # ARMOR layers stay packed (values + bitmask + A/B blocks) on CPU: the server holds less than dense
+    dense, resident = server.metric("armor_weights_dense_equivalent_bytes"), server.metric("armor_weights_resident_bytes")
+    assert 0 < resident < 0.85 * dense
     assert server.metric("armor_process_resident_memory_bytes") > 0
     if server.proc.args[server.proc.args.index("--engine") + 1] == "vllm":
         text = httpx.get(server.base + "/metrics").text

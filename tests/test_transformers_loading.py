@@ -22,6 +22,8 @@ def test_modules_are_armor_and_memory_is_compressed(loaded):
     packed = sum(m.packed_bytes() for m in mods)
     dense = sum(m.dense_bytes() for m in mods)
     assert 0.5 < packed / dense < 0.7  # 2:4 values + 4-bit metadata + blocks
+    # prepared at load time for the packed CPU kernel, holding nothing beyond the packed tensors
+    assert all(m._mode == "packed" and m.resident_bytes() == m.packed_bytes() for m in mods)
 
 
 def test_logits_match_the_dense_product_model(loaded, armor_ckpt, tokenizer):

@@ -31,6 +31,7 @@ def vllm_result(armor_ckpt, tokenizer, tmp_path_factory):
                           capture_output=True, text=True, timeout=900, env=VLLM_ENV)
     lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stderr[-4000:]
+    assert "ARMOR layers run the packed 2:4 CPU kernel" in proc.stdout + proc.stderr  # not the reference path
     return req, json.loads(lines[-1][len("RESULT "):])
 
 

@@ -1,0 +1,81 @@
+"""The packed 2:4 CPU kernel, `torch.ops.armor.linear` (C++ in model_executors/csrc, built by `pip install`).
+
+    y = armor_cpu.linear(x, values, meta, a_blocks, b_blocks, shard_sizes, bias)
+computes y = A [S_s (B_s x)]_s + bias straight from the checkpoint's packed core (values + 4-bit position
+codes per group of 4), for float32 and bfloat16 weights, any token count: fused layers (qkv, gate_up) pass
+one B per shard (b_blocks of shape (shards, n, b, b)) and the shards' row counts. The op has a fake (meta)
+implementation, so torch.compile and vLLM's CPU engine trace it as one node.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+
+import torch
+
+log = logging.getLogger(__name__)
+
+try:
+    from model_executors import _C
+except ImportError as err:  # a source tree used without `pip install` (the extension is built there)
+    _C, _IMPORT_ERROR = None, err
+
+
+def available() -> bool:
+    return _C is not None
+
+
+def unavailable_reason() -> str:
+    return "" if _C else (f"the ARMOR CPU extension is not built ({_IMPORT_ERROR}); run `pip install "
+                          f"--no-build-isolation -e .` (or `make install`) to compile it")
+
+
+@functools.cache
+def isa() -> str:
+    """The instruction-set path the kernel runs (avx512, avx2 or portable); logged once, a warning for portable."""
+    name = _C.isa()
+    if name == "portable":
+        log.warning("ARMOR CPU kernel: this CPU has neither AVX-512 (F/BW/VL) nor AVX2+FMA; running the portable "
+                    "(scalar) path, which is slower than dense")
+    else:
+        log.info("ARMOR CPU kernel: %s path", name)
+    return name
+
+
+PACKED_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def unusable_reason(values: torch.Tensor, a_blocks: torch.Tensor, b_blocks: torch.Tensor) -> str:
+    """Why the packed kernel cannot run a layer with these tensors ("" when it can)."""
+    if values.device.type != "cpu":
+        return f"the packed 2:4 kernel runs on CPU; this layer is on {values.device}"
+    if _C is None:
+        return unavailable_reason()
+    if values.dtype not in PACKED_DTYPES:
+        return f"the packed CPU kernel takes float32 or bfloat16 weights, not {values.dtype}"
+    block = max(a_blocks.shape[-1], b_blocks.shape[-1])
+    if block > _C.max_block():
+        return f"block size {block} is over the packed CPU kernel's {_C.max_block()}"
+    return ""
+
+
+def scratch_bytes() -> int:
+    """The largest buffer one call allocates besides activations: the prefill path's panel of dense S."""
+    return _C.prefill_scratch_bytes() if _C else 0
+
+
+def use_isa(name: str) -> None:
+    """Pin a path (tests, benchmarks); raises when this CPU cannot run it."""
+    _C.use_isa(name)
+    isa.cache_clear()
+
+
+def linear(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, a_blocks: torch.Tensor,
+           b_blocks: torch.Tensor, shard_sizes: list[int], bias: torch.Tensor | None = None) -> torch.Tensor:
+    return torch.ops.armor.linear(x, values, meta, a_blocks, b_blocks, shard_sizes, bias)
+
+
+if _C is not None:
+    @torch.library.register_fake("armor::linear")
+    def _linear_fake(x, values, meta, a_blocks, b_blocks, shard_sizes, bias):
+        return x.new_empty((*x.shape[:-1], values.shape[0]))

@@ -1,0 +1,197 @@
+// torch custom op armor::linear(x, values, mask, a_blocks, b_blocks, shard_sizes, bias) on CPU:
+// y = A [S_s (B_s x)]_s + bias straight from the packed 2:4 core (kept values + a bitmask of their positions,
+// model_executors/cpu_kernel.py), never a dense S.
+//
+// Two paths, picked by token count:
+// * decode (T <= prefill_min_tokens - 1): B x, then per A-block of rows the sparse product from the packed
+//   core (accumulators in registers, the core read once) and A applied while those rows are in cache;
+// * prefill (larger T, compute-bound): S is decompressed panel by panel into a small scratch buffer that
+//   feeds torch's dense GEMM (MKL / oneDNN), then A.
+// The kernels come in AVX-512, AVX2 and portable builds (kernel_*.cpp), picked at run time by CPUID.
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "kernels.h"
+
+namespace {
+
+bool cpu_has(const std::string& isa) {
+#if defined(__x86_64__)
+  __builtin_cpu_init();
+  if (isa == "avx512_bf16")
+    return cpu_has("avx512") && __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512vbmi2");
+  if (isa == "avx512")
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+  if (isa == "avx2") return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#endif
+  return isa == "portable";
+}
+
+armor::Kernels kernels_for(const std::string& isa) {
+  TORCH_CHECK(cpu_has(isa), "ARMOR CPU kernel '", isa, "' needs instructions this CPU lacks (or is unknown); ",
+              "choose one of avx512_bf16, avx512, avx2, portable");
+#if defined(__x86_64__)
+  if (isa == "avx512_bf16") {
+    armor::Kernels k = armor::avx512_kernels();
+    k.name = "avx512_bf16";
+    k.sparse_rows_bf16 = armor::avx512_bf16_rows();
+    k.decompress = armor::avx512_bf16_decompress;
+    return k;
+  }
+  if (isa == "avx512") return armor::avx512_kernels();
+  if (isa == "avx2") return armor::avx2_kernels();
+#endif
+  return armor::portable_kernels();
+}
+
+std::string best_isa() {
+  const char* forced = std::getenv("ARMOR_CPU_ISA");  // tests and benchmarks pin a path
+  if (forced && *forced) return forced;
+  for (const char* isa : {"avx512_bf16", "avx512", "avx2"})
+    if (cpu_has(isa)) return isa;
+  return "portable";
+}
+
+armor::Kernels& active() {
+  static armor::Kernels k = kernels_for(best_isa());
+  return k;
+}
+
+constexpr int64_t kMaxBlock = 128;  // largest A/B block (generic.h block_matvec's buffer)
+constexpr int64_t kPanelBytes = 4 << 20;  // the prefill path's scratch: one panel of S, dense
+
+// Token counts from which the prefill path runs, per weight dtype, from `python -m benchmarks.kernel_crossover`
+// (benchmarks/results/kernel-crossover-cpu.md): for float32 the direct kernel beat MKL's GEMM at every token
+// count measured (1..2048), for bfloat16 oneDNN's GEMM wins from about 64 tokens.
+int64_t g_prefill_min_tokens[2] = {int64_t(1) << 40, 64};  // float32, bfloat16
+
+// Few tokens (memory-bound): B x, then the packed core read once, A applied per block of rows in cache.
+at::Tensor decode(const armor::Layer& L, const armor::Kernels& k, const at::Tensor& x, const std::vector<int64_t>& shard_rows) {
+  const int64_t T = x.size(0), d_in = L.d_in, nb = d_in / L.bb;
+  at::Tensor xb = at::empty({L.n_shards, T, d_in}, x.options());
+  at::parallel_for(0, L.n_shards * nb, 1, [&](int64_t i0, int64_t i1) {
+    std::vector<float> bt(L.bb * L.bb);
+    for (int64_t i = i0; i < i1;) {
+      const int64_t s = i / nb, end = std::min(i1, (s + 1) * nb);
+      k.b_transform(L, s, i % nb, i % nb + (end - i), x.data_ptr<float>(), T, xb.data_ptr<float>() + s * T * d_in,
+                    bt.data());
+      i = end;
+    }
+  });
+  at::Tensor y = at::empty({T, L.d_out}, x.options());
+  const at::Tensor xb16 = L.bf16 && k.sparse_rows_bf16 ? xb.to(at::kBFloat16) : at::Tensor();
+  at::parallel_for(0, L.d_out / L.ba, 1, [&](int64_t j0, int64_t j1) {
+    std::vector<float> scratch((T + L.ba) * L.ba);
+    if (xb16.defined())
+      k.sparse_rows_bf16(L, j0, j1, reinterpret_cast<const uint16_t*>(xb16.data_ptr()), T, y.data_ptr<float>(),
+                         scratch.data());
+    else
+      k.sparse_rows(L, j0, j1, xb.data_ptr<float>(), T, y.data_ptr<float>(), scratch.data());
+  });
+  return y;
+}
+
+// Many tokens (compute-bound): S decompressed panel by panel into a small scratch buffer that feeds torch's
+// dense GEMM (oneDNN / MKL); B and A in the weight dtype end to end, as the reference computes, so the only
+// (T x d) buffers are the transformed input and the GEMM output (A is applied to it in place).
+at::Tensor prefill(const armor::Layer& L, const armor::Kernels& k, const at::Tensor& x, const at::Tensor& values,
+                   const std::vector<int64_t>& shard_rows) {
+  const int64_t T = x.size(0), d_in = L.d_in, esize = values.element_size(), nb = d_in / L.bb;
+  const int64_t panel = std::max<int64_t>(1, kPanelBytes / (d_in * esize));  // rows
+  at::Tensor scratch = at::empty({std::min(panel, L.d_out), d_in}, values.options());
+  at::Tensor xs = at::empty({T, d_in}, x.options()), z = at::empty({T, L.d_out}, x.options());
+  for (int64_t s = 0; s < L.n_shards; ++s) {
+    at::parallel_for(0, nb, 1, [&](int64_t b0, int64_t b1) {
+      std::vector<float> bt(L.bb * L.bb);
+      k.b_transform_w(L, s, b0, b1, x.data_ptr(), T, xs.data_ptr(), bt.data());
+    });
+    for (int64_t p0 = shard_rows[s]; p0 < shard_rows[s + 1]; p0 += panel) {  // never across a shard boundary
+      const int64_t rows = std::min(panel, shard_rows[s + 1] - p0);
+      at::Tensor dense = scratch.narrow(0, 0, rows);
+      at::parallel_for(p0, p0 + rows, 16, [&](int64_t r0, int64_t r1) {
+        k.decompress(L, r0, r1, static_cast<char*>(dense.data_ptr()) + (r0 - p0) * d_in * esize);
+      });
+      at::Tensor out = z.narrow(1, p0, rows);
+      at::mm_out(out, xs, dense.t());
+    }
+  }
+  at::parallel_for(0, L.d_out / L.ba, 1, [&](int64_t j0, int64_t j1) {
+    std::vector<float> bt(L.ba * L.ba);
+    k.a_transform_w(L, j0, j1, z.data_ptr(), T, z.data_ptr(), bt.data());  // in place: y = A z + bias
+  });
+  return z;
+}
+
+at::Tensor armor_linear(const at::Tensor& x, const at::Tensor& values, const at::Tensor& mask,
+                        const at::Tensor& a_blocks, const at::Tensor& b_blocks, at::IntArrayRef shard_sizes,
+                        const std::optional<at::Tensor>& bias) {
+  TORCH_CHECK(values.dim() == 2 && mask.dim() == 2 && mask.scalar_type() == at::kByte,
+              "armor::linear: values must be 2-D and mask 2-D uint8");
+  const auto wtype = values.scalar_type();
+  TORCH_CHECK(wtype == at::kFloat || wtype == at::kBFloat16, "armor::linear: weights must be float32 or bfloat16, got ",
+              wtype, "; load the model with dtype float32 or bfloat16");
+  const int64_t d_out = values.size(0), d_in = values.size(1) * 2;
+  TORCH_CHECK(d_in % 8 == 0 && mask.size(0) == d_out && mask.size(1) == d_in / 8,
+              "armor::linear: mask shape ", mask.sizes(), " does not match values ", values.sizes());
+  TORCH_CHECK(x.size(-1) == d_in, "armor::linear: input has ", x.size(-1), " features, the layer expects ", d_in);
+  at::Tensor bb = b_blocks.dim() == 3 ? b_blocks.unsqueeze(0) : b_blocks;
+  TORCH_CHECK(a_blocks.dim() == 3 && bb.dim() == 4 && a_blocks.scalar_type() == wtype && bb.scalar_type() == wtype,
+              "armor::linear: a_blocks (n, b, b) and b_blocks ([shards,] n, b, b) must have the values' dtype");
+  const int64_t ba = a_blocks.size(-1), bsz = bb.size(-1), n_shards = bb.size(0);
+  TORCH_CHECK(ba <= kMaxBlock && bsz <= kMaxBlock, "armor::linear: block sizes ", ba, " / ", bsz,
+              " exceed the CPU kernel's ", kMaxBlock);
+  TORCH_CHECK(a_blocks.size(0) * ba == d_out && bb.size(1) * bsz == d_in,
+              "armor::linear: block shapes ", a_blocks.sizes(), " / ", bb.sizes(), " do not tile ", d_out, "x", d_in);
+  TORCH_CHECK(static_cast<int64_t>(shard_sizes.size()) == n_shards, "armor::linear: ", shard_sizes.size(),
+              " shard sizes for ", n_shards, " B transforms");
+  std::vector<int64_t> shard_rows{0};
+  for (int64_t s : shard_sizes) {
+    TORCH_CHECK(s % ba == 0, "armor::linear: shard of ", s, " rows is not a multiple of the A block size ", ba);
+    shard_rows.push_back(shard_rows.back() + s);
+  }
+  TORCH_CHECK(shard_rows.back() == d_out, "armor::linear: shard sizes add up to ", shard_rows.back(), ", not ", d_out);
+
+  const at::Tensor vals = values.contiguous(), msk = mask.contiguous(), a = a_blocks.contiguous(), b = bb.contiguous();
+  at::Tensor bias32;
+  if (bias && bias->defined()) bias32 = bias->to(at::kFloat).contiguous();
+  const at::Tensor x2 = x.reshape({-1, d_in});
+  const int64_t T = x2.size(0);
+  const armor::Layer L{d_in, d_out, ba, bsz, n_shards, shard_rows.data(), vals.data_ptr(), msk.data_ptr<uint8_t>(),
+                       a.data_ptr(), b.data_ptr(), wtype == at::kBFloat16,
+                       bias32.defined() ? bias32.data_ptr<float>() : nullptr};
+  const armor::Kernels& k = active();
+  auto out_shape = x.sizes().vec();
+  out_shape.back() = d_out;
+  if (T == 0) return at::empty(out_shape, x.options());
+
+  const at::Tensor y = T < g_prefill_min_tokens[L.bf16]
+                           ? decode(L, k, x2.to(at::kFloat).contiguous(), shard_rows)
+                           : prefill(L, k, x2.to(wtype).contiguous(), vals, shard_rows);
+  return y.to(x.scalar_type()).reshape(out_shape);
+}
+
+}  // namespace
+
+TORCH_LIBRARY(armor, m) {
+  m.def("linear(Tensor x, Tensor values, Tensor mask, Tensor a_blocks, Tensor b_blocks, int[] shard_sizes, "
+        "Tensor? bias) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(armor, CPU, m) { m.impl("linear", &armor_linear); }
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "ARMOR CPU kernels (registers torch.ops.armor.linear)";
+  m.def("isa", [] { return std::string(active().name); }, "the instruction-set path in use");
+  m.def("cpu_has", &cpu_has, "whether this CPU can run the named path (avx512, avx2, portable)");
+  m.def("use_isa", [](const std::string& isa) { active() = kernels_for(isa); }, "pin a path (tests, benchmarks)");
+  m.def("prefill_scratch_bytes", [] { return kPanelBytes; });
+  m.def("max_block", [] { return kMaxBlock; });
+  m.def("prefill_min_tokens", [](bool bf16) { return g_prefill_min_tokens[bf16]; });
+  m.def("set_prefill_min_tokens", [](bool bf16, int64_t n) { g_prefill_min_tokens[bf16] = n; },
+        "token count from which the decompress + dense GEMM path runs (benchmarks)");
+}

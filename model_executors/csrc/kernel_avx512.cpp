@@ -1,0 +1,120 @@
+// AVX-512 path (F + BW + VL): per 16 inputs, 8 kept values are expanded into their lanes by the 16-bit
+// mask of kept positions (vexpandps), then one FMA per token: the packed core is read once, never unpacked.
+#include "kernels.h"
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")
+#include <immintrin.h>
+
+namespace {
+#include "generic.h"
+
+inline __m512 expand8(const float* v, __mmask16 k) {
+  return _mm512_maskz_expand_ps(k, _mm512_castps256_ps512(_mm256_loadu_ps(v)));
+}
+inline __m512 expand8(const uint16_t* v, __mmask16 k) {
+  __m256i w = _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(v))), 16);
+  return _mm512_maskz_expand_ps(k, _mm512_castps256_ps512(_mm256_castsi256_ps(w)));
+}
+// the last 8 inputs of a row whose length is 8 mod 16: 4 kept values, never read past the row
+inline __m512 expand4(const float* v, __mmask16 k) {
+  return _mm512_maskz_expand_ps(k, _mm512_castps256_ps512(_mm256_maskz_loadu_ps(0x0F, v)));
+}
+inline __m512 expand4(const uint16_t* v, __mmask16 k) {
+  __m256i w = _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_maskz_loadu_epi16(0x0F, v)), 16);
+  return _mm512_maskz_expand_ps(k, _mm512_castps256_ps512(_mm256_castsi256_ps(w)));
+}
+
+inline __mmask16 mask16(const uint8_t* m) {  // one kmovw from memory (no trip through a general register)
+  return _load_mask16(reinterpret_cast<__mmask16*>(const_cast<uint8_t*>(m)));
+}
+
+constexpr int kPrefetch = 8192;  // bytes ahead in a row's values (measured: 1 KB 1.37x, 4 KB 1.75x, 8 KB 1.9x dense on SmolLM2, 1 thread)
+
+// R rows x TT tokens of z, accumulators in registers.
+template <typename W, int R, int TT>
+inline void tile(const W* const* v, const uint8_t* const* m, const float* x, int64_t d_in, float* z, int64_t ld_z) {
+  __m512 acc[R][TT];
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
+    for (int t = 0; t < TT; ++t) acc[r][t] = _mm512_setzero_ps();
+  const int64_t full = d_in / 16;
+  for (int64_t c = 0; c < full; ++c) {
+    __m512 xv[TT];
+#pragma GCC unroll 16
+    for (int t = 0; t < TT; ++t) xv[t] = _mm512_loadu_ps(x + t * d_in + 16 * c);
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      // rows are short (a few KB): the prefetchers lag behind four streams of values and masks at once
+      _mm_prefetch(reinterpret_cast<const char*>(v[r] + 8 * c) + kPrefetch, _MM_HINT_T0);
+      if ((c & 15) == 0) _mm_prefetch(reinterpret_cast<const char*>(m[r] + 2 * c) + kPrefetch / 8, _MM_HINT_T0);
+      const __mmask16 k = mask16(m[r] + 2 * c);
+      const __m512 w = expand8(v[r] + 8 * c, k);
+#pragma GCC unroll 16
+      for (int t = 0; t < TT; ++t) acc[r][t] = _mm512_fmadd_ps(w, xv[t], acc[r][t]);
+    }
+  }
+  if (d_in & 8) {
+    __m512 xv[TT];
+#pragma GCC unroll 16
+    for (int t = 0; t < TT; ++t) xv[t] = _mm512_maskz_loadu_ps(0x00FF, x + t * d_in + 16 * full);
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      const __m512 w = expand4(v[r] + 8 * full, static_cast<__mmask16>(m[r][2 * full]));
+#pragma GCC unroll 16
+      for (int t = 0; t < TT; ++t) acc[r][t] = _mm512_fmadd_ps(w, xv[t], acc[r][t]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
+    for (int t = 0; t < TT; ++t) z[t * ld_z + r] = _mm512_reduce_add_ps(acc[r][t]);
+}
+
+template <typename W, int R>
+inline void row_group(const armor::Layer& L, int64_t r, const float* xs, int64_t T, float* z, int64_t ld_z) {
+  const int64_t d_in = L.d_in;
+  const W* v[R];
+  const uint8_t* m[R];
+  for (int i = 0; i < R; ++i) {
+    v[i] = static_cast<const W*>(L.values) + (r + i) * (d_in / 2);
+    m[i] = L.mask + (r + i) * (d_in / 8);
+  }
+  int64_t t = 0;
+  for (; t + 4 <= T; t += 4) tile<W, R, 4>(v, m, xs + t * d_in, d_in, z + t * ld_z, ld_z);
+  switch (T - t) {
+    case 3: tile<W, R, 3>(v, m, xs + t * d_in, d_in, z + t * ld_z, ld_z); break;
+    case 2: tile<W, R, 2>(v, m, xs + t * d_in, d_in, z + t * ld_z, ld_z); break;
+    case 1: tile<W, R, 1>(v, m, xs + t * d_in, d_in, z + t * ld_z, ld_z); break;
+    default: break;
+  }
+}
+
+// 16 dense weights from 8 packed ones: float32 lanes, or bf16 bits (widened, expanded, narrowed: exact)
+inline void store_dense(float* o, const float* v, __mmask16 k) { _mm512_storeu_ps(o, expand8(v, k)); }
+inline void store_dense(uint16_t* o, const uint16_t* v, __mmask16 k) {
+  const __m512i w = _mm512_cvtepu16_epi32(_mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(v))));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(o), _mm512_cvtepi32_epi16(_mm512_maskz_expand_epi32(k, w)));
+}
+
+struct Avx512 {
+  template <typename W>
+  static void decompress(const armor::Layer& L, int64_t r0, int64_t r1, void* out) {
+    const int64_t d_in = L.d_in;
+    if (d_in % 16) return decompress_impl<W>(L, r0, r1, out);
+    for (int64_t r = r0; r < r1; ++r) {
+      const W* v = static_cast<const W*>(L.values) + r * (d_in / 2);
+      const uint8_t* m = L.mask + r * (d_in / 8);
+      W* o = static_cast<W*>(out) + (r - r0) * d_in;
+      for (int64_t c = 0; c < d_in / 16; ++c) store_dense(o + 16 * c, v + 8 * c, mask16(m + 2 * c));
+    }
+  }
+  template <typename W>
+  static void rows(const armor::Layer& L, int64_t r0, int64_t n, const float* xs, int64_t T, float* z, int64_t ld_z) {
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) row_group<W, 4>(L, r0 + i, xs, T, z + i, ld_z);
+    for (; i < n; ++i) row_group<W, 1>(L, r0 + i, xs, T, z + i, ld_z);
+  }
+};
+}  // namespace
+
+armor::Kernels armor::avx512_kernels() { return make_kernels<Avx512>("avx512"); }

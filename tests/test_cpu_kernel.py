@@ -1,0 +1,185 @@
+"""The packed 2:4 CPU kernel (torch.ops.armor.linear) against the reference A.S.B product.
+
+Every instruction-set path this CPU can run (avx512_bf16, avx512, avx2, portable) and both the decode path
+(packed core read directly) and the prefill path (panel decompression + dense GEMM) are checked, whatever
+the token-count thresholds are.
+"""
+import logging
+
+import pytest
+import torch
+
+from model_executors import blockdiag, cpu_kernel, sharding, sparsity
+from model_executors.armor_linear import ArmorLinear
+from model_executors.fused import armor_apply
+
+pytestmark = pytest.mark.skipif(not cpu_kernel.available(), reason="extension not built")
+ISAS = [isa for isa in ("avx512_bf16", "avx512", "avx2", "portable") if cpu_kernel.available() and cpu_kernel._C.cpu_has(isa)]
+TOL = {torch.float32: 2e-5, torch.bfloat16: 2e-2}  # relative Frobenius error
+
+
+def test_extension_is_built_and_picks_the_best_path():
+    # CI installs from a fresh clone: the extension must have been compiled by `pip install`
+    assert cpu_kernel.available(), cpu_kernel.unavailable_reason()
+    assert cpu_kernel.isa() == ISAS[0]
+
+
+def layer(d_out, d_in, ba, bb, dtype, seed=0, shards=1):
+    """Random non-zero factors: values, bitmask, A blocks, B blocks (shards, n, bb, bb)."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(d_out, d_in, generator=g)
+    mask = sparsity.top2_mask(torch.rand(d_out, d_in, generator=g))
+    values, codes = sparsity.pack(w * mask, mask)
+    a = torch.eye(ba) + 0.2 * torch.randn(d_out // ba, ba, ba, generator=g)
+    b = torch.eye(bb) + 0.2 * torch.randn(shards, d_in // bb, bb, bb, generator=g)
+    return values.to(dtype), codes, a.to(dtype), b.to(dtype)
+
+
+def reference(x, values, codes, a, b, shard_sizes, bias):
+    """y = A [S_s (B_s x)]_s + bias in float32 with S dense (the semantics the kernel must match)."""
+    cores = list(sparsity.unpack(values.float(), codes).split(shard_sizes))
+    return armor_apply(x.float(), a.float(), cores, b.float(), None if bias is None else bias.float())
+
+
+def relerr(y, ref):
+    return ((y.float() - ref).norm() / ref.norm()).item()
+
+
+@pytest.fixture(params=["decode", "prefill"])
+def path(request):
+    """Force one path for every token count; restore the measured thresholds after."""
+    saved = {bf: cpu_kernel._C.prefill_min_tokens(bf) for bf in (False, True)}
+    for bf in (False, True):
+        cpu_kernel._C.set_prefill_min_tokens(bf, 1 << 40 if request.param == "decode" else 0)
+    yield request.param
+    for bf, n in saved.items():
+        cpu_kernel._C.set_prefill_min_tokens(bf, n)
+
+
+@pytest.fixture(params=ISAS)
+def isa(request):
+    cpu_kernel.use_isa(request.param)
+    yield request.param
+    cpu_kernel.use_isa(ISAS[0])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("tokens", [1, 3, 16, 257, 2048])
+def test_kernel_matches_reference(isa, path, dtype, tokens):
+    if isa == "portable" and tokens == 2048:
+        pytest.skip("scalar path: 2048 tokens is covered by the SIMD paths, 257 covers its tiling")
+    # d_in = 200: 8 inputs past a multiple of 16 and of 32 (the SIMD tails); A and B blocks of different sizes
+    values, codes, a, b = layer(96, 200, 16, 8, dtype, seed=tokens)
+    x = torch.randn(tokens, 200).to(dtype)
+    bias = torch.randn(96).to(dtype)
+    for with_bias in (bias, None):
+        y = cpu_kernel.linear(x, values, sparsity.codes_to_bitmask(codes), a, b, [96], with_bias)
+        assert y.dtype == dtype and y.shape == (tokens, 96)
+        assert relerr(y, reference(x, values, codes, a, b, [96], with_bias)) < TOL[dtype]
+
+
+@pytest.mark.parametrize("d_in", [40, 48, 56, 64])  # every remainder mod 32 (the bf16 path's chunk)
+def test_input_tails(isa, path, d_in):
+    for dtype in (torch.float32, torch.bfloat16):
+        values, codes, a, b = layer(32, d_in, 8, 8, dtype, seed=d_in)
+        x = torch.randn(5, d_in).to(dtype)
+        y = cpu_kernel.linear(x, values, sparsity.codes_to_bitmask(codes), a, b, [32], None)
+        assert relerr(y, reference(x, values, codes, a, b, [32], None)) < TOL[dtype]
+
+
+def test_non_contiguous_and_batched_inputs(path):
+    values, codes, a, b = layer(64, 128, 32, 32, torch.float32)
+    mask = sparsity.codes_to_bitmask(codes)
+    wide = torch.randn(2, 7, 256)
+    x = wide[..., ::2]  # strided last dimension, 3-D batch
+    assert not x.is_contiguous()
+    y = cpu_kernel.linear(x, values, mask, a, b, [64], None)
+    assert y.shape == (2, 7, 64)
+    ref = reference(x.reshape(-1, 128), values, codes, a, b, [64], None).reshape(2, 7, 64)
+    assert relerr(y, ref) < TOL[torch.float32]
+    xt = torch.randn(128, 9).t()  # transposed view
+    assert relerr(cpu_kernel.linear(xt, values, mask, a, b, [64], None), reference(xt, values, codes, a, b, [64], None)) < 2e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_qkv_and_gate_up_layouts(path, dtype):
+    # qkv: shards of different heights, each reading x through its own B; gate_up: two equal shards
+    for sizes in ([64, 32, 32], [96, 96]):
+        values, codes, a, b = layer(sum(sizes), 128, 16, 32, dtype, seed=len(sizes), shards=len(sizes))
+        x = torch.randn(6, 128).to(dtype)
+        bias = torch.randn(sum(sizes)).to(dtype)
+        y = cpu_kernel.linear(x, values, sparsity.codes_to_bitmask(codes), a, b, sizes, bias)
+        assert relerr(y, reference(x, values, codes, a, b, sizes, bias)) < TOL[dtype]
+
+
+@pytest.mark.parametrize("tp", [2, 4])
+def test_tensor_parallel_pieces(tp):
+    """Each rank's piece (model_executors.sharding) through the kernel reassembles the full layer."""
+    values, codes, a, b = layer(128, 256, 16, 16, torch.float32)
+    t = {"sparse_values": values, "sparse_meta": codes, "a_blocks": a, "b_blocks": b[0]}
+    x = torch.randn(4, 256)
+    full = reference(x, values, codes, a, b, [128], None)
+
+    def run(p, xs):
+        return cpu_kernel.linear(xs, p["sparse_values"], sparsity.codes_to_bitmask(p["sparse_meta"]), p["a_blocks"],
+                                 p["b_blocks"], [p["sparse_values"].shape[0]], None)
+
+    cols = torch.cat([run(sharding.column_shard(t, r, tp), x) for r in range(tp)], -1)
+    q = 256 // tp
+    rows = sum(run(sharding.row_shard(t, r, tp), x[:, r * q:(r + 1) * q]) for r in range(tp))
+    assert relerr(cols, full) < 2e-5 and relerr(rows, full) < 2e-5
+
+
+def test_torch_compile_traces_the_op():
+    values, codes, a, b = layer(64, 128, 16, 16, torch.float32)
+    mask = sparsity.codes_to_bitmask(codes)
+    fn = lambda x: cpu_kernel.linear(x, values, mask, a, b, [64], None) * 2  # noqa: E731
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")  # fake tensors: the registered fake impl
+    x = torch.randn(3, 128)
+    torch.testing.assert_close(compiled(x), fn(x))
+
+
+def test_bad_shapes_are_refused_with_a_message():
+    values, codes, a, b = layer(64, 128, 16, 16, torch.float32)
+    mask = sparsity.codes_to_bitmask(codes)
+    with pytest.raises(RuntimeError, match="input has 100 features, the layer expects 128"):
+        cpu_kernel.linear(torch.randn(2, 100), values, mask, a, b, [64], None)
+    with pytest.raises(RuntimeError, match="shard sizes add up to 48, not 64"):
+        cpu_kernel.linear(torch.randn(2, 128), values, mask, a, b, [48], None)
+    with pytest.raises(RuntimeError, match="weights must be float32 or bfloat16"):
+        cpu_kernel.linear(torch.randn(2, 128), values.half(), mask, a.half(), b.half(), [64], None)
+    with pytest.raises(RuntimeError, match="lacks|unknown"):
+        cpu_kernel.use_isa("sse9")
+
+
+def module(dtype=torch.float32, kernel="auto"):
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(96, 64, generator=g)
+    mask = sparsity.top2_mask(w.abs())
+    a = torch.eye(32) + 0.1 * torch.randn(3, 32, 32, generator=g)
+    b = torch.eye(32) + 0.1 * torch.randn(2, 32, 32, generator=g)
+    return ArmorLinear.from_factors(a, w * mask, mask, b, bias=torch.randn(96, generator=g), dtype=dtype, kernel=kernel)
+
+
+def test_armor_linear_runs_packed_and_holds_no_dense_copy():
+    mod, ref = module(), module(kernel="reference")
+    codes = mod.sparse_meta.clone()
+    x = torch.randn(5, 64)
+    y = mod(x)
+    assert mod._mode == "packed" and mod.resident_bytes() == mod.packed_bytes()
+    torch.testing.assert_close(y, ref(x), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(y, x @ mod.dense_weight().T + mod.bias, rtol=1e-5, atol=1e-5)
+    # in memory the metadata is the kernel's bitmask; saved, it is the checkpoint's codes again
+    assert not torch.equal(mod.sparse_meta, codes)
+    assert torch.equal(mod.state_dict()["sparse_meta"], codes)
+    assert ref.resident_bytes() == ref.packed_bytes()  # reference unpacks inside the call only
+    mod.kernel = "fold"  # switching kernels re-prepares
+    torch.testing.assert_close(mod(x), y, rtol=1e-5, atol=1e-5)
+    assert mod._mode == "fold" and mod.resident_bytes() > mod.packed_bytes()
+
+
+def test_float16_falls_back_to_the_reference_kernel_and_says_why(caplog):
+    mod = module(torch.float16)
+    with caplog.at_level(logging.WARNING):
+        mod(torch.randn(2, 64, dtype=torch.float16))
+    assert mod._mode == "reference" and "float32 or bfloat16" in caplog.text
