@@ -4,7 +4,10 @@
     -> benchmarks/results/layers-<device>-<dtype>.{json,md}
 
 Kernels per device:
-* dense: F.linear with the dense weight (cuBLAS / MKL or oneDNN);
+* dense: F.linear with the dense weight (cuBLAS; on CPU MKL for float32, oneDNN for bfloat16);
+* dense oneDNN (CPU, when vLLM is installed): vLLM's CPU GEMM (`onednn_mm`, weights prepacked once), what
+  vLLM's CPU engine runs for dense layers; on AMD CPUs it is far faster than MKL's float32 GEMM, so it is
+  the baseline that decides serving speed;
 * 2:4 (CUDA only): F.linear with the 2:4 weight as a semi-structured sparse tensor (cuSPARSELt or CUTLASS);
   CPUs have no library 2:4 kernel, so the column is left out there;
 * ARMOR: ArmorLinear with the kernel that device gets (`auto`): on CPU the packed 2:4 kernel
@@ -52,6 +55,17 @@ def time_call(fn, device: str, reps: int) -> float:
     return statistics.median(samples)
 
 
+def onednn_linear(w: torch.Tensor):
+    """vLLM's CPU dense GEMM on `w` (oneDNN, prepacked once), or None without vLLM."""
+    try:
+        from vllm import _custom_ops as ops
+
+        handler = ops.create_onednn_mm(w.t(), 32)
+    except (ImportError, AttributeError, RuntimeError):
+        return None
+    return lambda x: ops.onednn_mm(handler, x, None)
+
+
 def random_armor(d_out: int, d_in: int, block: int, dtype, device) -> ArmorLinear:
     g = torch.Generator().manual_seed(d_out * 7 + d_in + block)
     w = torch.randn(d_out, d_in, generator=g) / d_in ** 0.5
@@ -67,6 +81,9 @@ def bench_shape(d_out, d_in, tokens, blocks, dtype, device, reps) -> dict:
     row = {"d_out": d_out, "d_in": d_in, "tokens": tokens}
     dense_w = (torch.randn(d_out, d_in, dtype=dtype, device=device) / d_in ** 0.5)
     row["dense_s"] = time_call(lambda: torch.nn.functional.linear(x, dense_w), device, reps)
+    onednn = onednn_linear(dense_w) if device == "cpu" else None
+    if onednn:
+        row["dense_onednn_s"] = time_call(lambda: onednn(x), device, reps)
     if device == "cuda":
         w24 = dense_w * sparsity.top2_mask(dense_w.abs().float()).to(device)
         try:
@@ -149,13 +166,17 @@ def write(rows: list[dict], skipped: list[str], args, dtype, blocks: list[int]) 
              f"torch {torch.__version__}, {payload['date']}). Speed-up = dense time / kernel time (>1 is faster than "
              "dense), medians; random non-zero weights; every ARMOR output checked against the folded A.S.B product.",
              "", "| model | matrix | tokens | dense ms | " + ("2:4 x | " if cuda else "") +
-             " | ".join(f"ARMOR b{b} x" for b in blocks) + " | ARMOR b32 bytes / dense |",
-             "|---" * (5 + cuda + len(blocks)) + "|"]
+             " | ".join(f"ARMOR b{b} x" for b in blocks) + (" | dense oneDNN ms | ARMOR b32 x vs oneDNN" if not cuda else "")
+             + " | ARMOR b32 bytes / dense |", "|---" * (5 + cuda + len(blocks) + 2 * (not cuda)) + "|"]
     for r in rows:
         cells = [r["model"], r["matrix"], str(r["tokens"]), f"{r['dense_s'] * 1e3:.3f}"]
         if cuda:
             cells.append(f"{r['dense_s'] / r['sparse24_s']:.2f}" if "sparse24_s" in r else "n/a")
         cells += [f"{r['dense_s'] / r[f'armor_b{b}_s']:.2f}" if f"armor_b{b}_s" in r else "n/a" for b in blocks]
+        if not cuda:
+            has = "dense_onednn_s" in r and "armor_b32_s" in r
+            cells += [f"{r['dense_onednn_s'] * 1e3:.3f}" if has else "n/a",
+                      f"{r['dense_onednn_s'] / r['armor_b32_s']:.2f}" if has else "n/a"]
         cells.append(f"{r['armor_b32_bytes'] / r['dense_bytes']:.3f}" if "armor_b32_bytes" in r else "n/a")
         lines.append("| " + " | ".join(cells) + " |")
     if skipped:

@@ -28,17 +28,15 @@ class ArmorLinear(nn.Module):
     def __init__(self, in_features: int, out_features: int, block_a: int, block_b: int, bias: bool = False,
                  dtype=torch.float32, device=None, kernel: str = "auto"):
         super().__init__()
-        if kernel not in KERNELS:
-            raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
-        self.in_features, self.out_features, self._kernel = in_features, out_features, kernel
+        self.in_features, self.out_features = in_features, out_features
+        self.kernel = kernel  # validated by the setter
         self.register_buffer("sparse_values", torch.zeros(out_features, in_features // 2, dtype=dtype, device=device))
         self.register_buffer("sparse_meta", torch.zeros(out_features, in_features // 8, dtype=torch.uint8, device=device))
         self.register_buffer("a_blocks", torch.zeros(out_features // block_a, block_a, block_a, dtype=dtype, device=device))
         self.register_buffer("b_blocks", torch.zeros(in_features // block_b, block_b, block_b, dtype=dtype, device=device))
         self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype, device=device), requires_grad=False) if bias else None
         self._meta_is_bitmask = False  # True once `sparse_meta` holds the packed kernel's bitmask layout
-        self._core = None  # executable form of S for the sparse and fold kernels
-        self._mode = self._device = None
+        self._device = None  # where the executable form (`_mode`, `_core`, set by the kernel setter) was built
 
     @classmethod
     def from_factors(cls, a_blocks, core, mask, b_blocks, bias=None, dtype=None, kernel="auto") -> "ArmorLinear":
@@ -62,7 +60,8 @@ class ArmorLinear(nn.Module):
     def kernel(self, name: str) -> None:
         if name not in KERNELS:
             raise ValueError(f"kernel must be one of {KERNELS}, got {name!r}")
-        self._kernel, self._mode, self._core = name, None, None  # re-prepared on the next call
+        self._kernel = name
+        self._mode, self._core = None, None  # (re)prepared on the next call; _core: S for the sparse/fold kernels
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

@@ -1,10 +1,11 @@
 """The packed 2:4 CPU kernel, `torch.ops.armor.linear` (C++ in model_executors/csrc, built by `pip install`).
 
-    y = armor_cpu.linear(x, values, meta, a_blocks, b_blocks, shard_sizes, bias)
-computes y = A [S_s (B_s x)]_s + bias straight from the checkpoint's packed core (values + 4-bit position
-codes per group of 4), for float32 and bfloat16 weights, any token count: fused layers (qkv, gate_up) pass
-one B per shard (b_blocks of shape (shards, n, b, b)) and the shards' row counts. The op has a fake (meta)
-implementation, so torch.compile and vLLM's CPU engine trace it as one node.
+    y = cpu_kernel.linear(x, values, mask, a_blocks, b_blocks, shard_sizes, bias)
+computes y = A [S_s (B_s x)]_s + bias straight from the packed core: the checkpoint's kept values and the
+bitmask of their positions (`sparsity.codes_to_bitmask` of the checkpoint's metadata, made once at load
+time), for float32 and bfloat16 weights, any token count. Fused layers (qkv, gate_up) pass one B per shard
+(b_blocks of shape (shards, n, b, b)) and the shards' row counts. The op has a fake (meta) implementation,
+so torch.compile and vLLM's CPU engine trace it as one node. docs/executors.md describes the kernels.
 """
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ def unavailable_reason() -> str:
 
 @functools.cache
 def isa() -> str:
-    """The instruction-set path the kernel runs (avx512, avx2 or portable); logged once, a warning for portable."""
+    """The instruction-set path the kernel runs (avx512_bf16, avx512, avx2 or portable); logged once, a
+    warning for portable."""
     name = _C.isa()
     if name == "portable":
         log.warning("ARMOR CPU kernel: this CPU has neither AVX-512 (F/BW/VL) nor AVX2+FMA; running the portable "
@@ -70,12 +72,12 @@ def use_isa(name: str) -> None:
     isa.cache_clear()
 
 
-def linear(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, a_blocks: torch.Tensor,
+def linear(x: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, a_blocks: torch.Tensor,
            b_blocks: torch.Tensor, shard_sizes: list[int], bias: torch.Tensor | None = None) -> torch.Tensor:
-    return torch.ops.armor.linear(x, values, meta, a_blocks, b_blocks, shard_sizes, bias)
+    return torch.ops.armor.linear(x, values, mask, a_blocks, b_blocks, shard_sizes, bias)
 
 
 if _C is not None:
     @torch.library.register_fake("armor::linear")
-    def _linear_fake(x, values, meta, a_blocks, b_blocks, shard_sizes, bias):
+    def _linear_fake(x, values, mask, a_blocks, b_blocks, shard_sizes, bias):
         return x.new_empty((*x.shape[:-1], values.shape[0]))

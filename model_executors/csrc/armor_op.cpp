@@ -67,8 +67,8 @@ constexpr int64_t kPanelBytes = 4 << 20;  // the prefill path's scratch: one pan
 
 // Token counts from which the prefill path runs, per weight dtype, from `python -m benchmarks.kernel_crossover`
 // (benchmarks/results/kernel-crossover-cpu.md): for float32 the direct kernel beat MKL's GEMM at every token
-// count measured (1..2048), for bfloat16 oneDNN's GEMM wins from about 64 tokens.
-int64_t g_prefill_min_tokens[2] = {int64_t(1) << 40, 64};  // float32, bfloat16
+// count measured (1..2048), for bfloat16 oneDNN's GEMM wins from 32-64 tokens.
+int64_t g_prefill_min_tokens[2] = {int64_t(1) << 40, 48};  // float32, bfloat16
 
 // Few tokens (memory-bound): B x, then the packed core read once, A applied per block of rows in cache.
 at::Tensor decode(const armor::Layer& L, const armor::Kernels& k, const at::Tensor& x, const std::vector<int64_t>& shard_rows) {
