@@ -2,8 +2,8 @@
 
 Kernels, picked by device (`kernel="auto"`) or by name:
 * packed (CPU): `torch.ops.armor.linear` (model_executors/cpu_kernel.py) reads S straight from its packed
-  form (kept values + a bitmask of their positions, converted in place from the checkpoint's position
-  codes once, at load time); no dense copy of S is ever held;
+  form; the buffers are turned into the kernel layout in place once, at load time (position codes ->
+  bitmask, A/B blocks transposed: the same bytes); no dense copy of S is ever held;
 * sparse (CUDA): S as a semi-structured sparse tensor (cuSPARSELt/CUTLASS via torch) when torch supports
   the shape and dtype; otherwise the reference path, with the reason logged once;
 * reference (any device): S unpacked to dense-with-zeros inside each call (and dropped after it), the
@@ -35,7 +35,7 @@ class ArmorLinear(nn.Module):
         self.register_buffer("a_blocks", torch.zeros(out_features // block_a, block_a, block_a, dtype=dtype, device=device))
         self.register_buffer("b_blocks", torch.zeros(in_features // block_b, block_b, block_b, dtype=dtype, device=device))
         self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype, device=device), requires_grad=False) if bias else None
-        self._meta_is_bitmask = False  # True once `sparse_meta` holds the packed kernel's bitmask layout
+        self._kernel_layout = False  # True while the buffers hold the packed kernel's layout (cpu_kernel.py)
         self._device = None  # where the executable form (`_mode`, `_core`, set by the kernel setter) was built
 
     @classmethod
@@ -67,19 +67,31 @@ class ArmorLinear(nn.Module):
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"block_a={self.a_blocks.shape[-1]}, block_b={self.b_blocks.shape[-1]}, kernel={self.kernel}")
 
-    def meta_codes(self) -> torch.Tensor:
-        """The checkpoint's position codes, whatever layout `sparse_meta` holds now."""
-        return sparsity.bitmask_to_codes(self.sparse_meta) if self._meta_is_bitmask else self.sparse_meta
+    def checkpoint_factors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(position codes, A blocks, B blocks) in the checkpoint layout, whatever layout the buffers hold now."""
+        if self._kernel_layout:
+            return cpu_kernel.checkpoint_layout(self.sparse_meta, self.a_blocks, self.b_blocks)
+        return self.sparse_meta, self.a_blocks, self.b_blocks
+
+    def _use_kernel_layout(self, on: bool) -> None:
+        if on != self._kernel_layout:
+            if on:
+                cpu_kernel.to_kernel_layout(self.sparse_meta, self.a_blocks, self.b_blocks)
+            else:
+                for buf, value in zip((self.sparse_meta, self.a_blocks, self.b_blocks), self.checkpoint_factors()):
+                    buf.copy_(value)
+            self._kernel_layout = on
 
     def validate(self, name: str) -> None:
-        sparsity.check_packed(self.sparse_values, self.meta_codes(), name)
+        sparsity.check_packed(self.sparse_values, self.checkpoint_factors()[0], name)
 
     def dense_core(self) -> torch.Tensor:
-        return sparsity.unpack(self.sparse_values, self.meta_codes())
+        return sparsity.unpack(self.sparse_values, self.checkpoint_factors()[0])
 
     def dense_weight(self) -> torch.Tensor:
         """A S B as one dense matrix (fold mode, tests)."""
-        return blockdiag.right(blockdiag.left(self.a_blocks, self.dense_core()), self.b_blocks)
+        _, a_blocks, b_blocks = self.checkpoint_factors()
+        return blockdiag.right(blockdiag.left(a_blocks, self.dense_core()), b_blocks)
 
     def packed_bytes(self) -> int:
         bufs = [self.sparse_values, self.sparse_meta, self.a_blocks, self.b_blocks]
@@ -119,10 +131,8 @@ class ArmorLinear(nn.Module):
             reason = cpu_kernel.unusable_reason(self.sparse_values, self.a_blocks, self.b_blocks)
             if reason:
                 raise ValueError(f"ArmorLinear {self.out_features}x{self.in_features}: kernel='packed' cannot run: {reason}")
-            if not self._meta_is_bitmask:
-                self.sparse_meta.copy_(sparsity.codes_to_bitmask(self.sparse_meta))
-                self._meta_is_bitmask = True
-        elif mode == "fold":
+        self._use_kernel_layout(mode == "packed")  # the other kernels read the checkpoint layout
+        if mode == "fold":
             self._core = self.dense_weight()
         elif mode == "sparse":
             try:
@@ -138,7 +148,7 @@ class ArmorLinear(nn.Module):
             self.prepare(x.device)
         if self._mode == "packed":
             return cpu_kernel.linear(x, self.sparse_values, self.sparse_meta, self.a_blocks, self.b_blocks,
-                                     [self.out_features], self.bias)
+                                     [self.out_features], self.bias)  # kernel layout (prepare)
         if self._mode == "fold":
             return nn.functional.linear(x, self._core, self.bias)
         core = self._core if self._mode == "sparse" else self.dense_core()
@@ -149,12 +159,13 @@ class ArmorLinear(nn.Module):
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         super()._save_to_state_dict(destination, prefix, keep_vars)
-        if self._meta_is_bitmask:  # always save the checkpoint format
-            destination[prefix + "sparse_meta"] = self.meta_codes()
+        if self._kernel_layout:  # always save the checkpoint format
+            for name, value in zip(("sparse_meta", "a_blocks", "b_blocks"), self.checkpoint_factors()):
+                destination[prefix + name] = value
 
     def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)
-        self._meta_is_bitmask, self._mode, self._core = False, None, None  # the buffer holds codes again
+        self._kernel_layout, self._mode, self._core = False, None, None  # the buffers hold the checkpoint layout again
 
     def _apply(self, fn, recurse=True):
         self._mode, self._core = None, None  # .to()/.cuda()/dtype changes invalidate the executable form

@@ -1,10 +1,12 @@
 """The packed 2:4 CPU kernel, `torch.ops.armor.linear` (C++ in model_executors/csrc, built by `pip install`).
 
-    y = cpu_kernel.linear(x, values, mask, a_blocks, b_blocks, shard_sizes, bias)
-computes y = A [S_s (B_s x)]_s + bias straight from the packed core: the checkpoint's kept values and the
-bitmask of their positions (`sparsity.codes_to_bitmask` of the checkpoint's metadata, made once at load
-time), for float32 and bfloat16 weights, any token count. Fused layers (qkv, gate_up) pass one B per shard
-(b_blocks of shape (shards, n, b, b)) and the shards' row counts. The op has a fake (meta) implementation,
+    to_kernel_layout(meta, a_blocks, b_blocks)        # once, at load time, in place
+    y = cpu_kernel.linear(x, values, meta, a_blocks, b_blocks, shard_sizes, bias)
+computes y = A [S_s (B_s x)]_s + bias straight from the packed core, for float32 and bfloat16 weights, any
+token count. The kernel layout holds the same bytes as the checkpoint: the kept values as stored, a bitmask
+of their positions instead of the position codes (a SIMD kernel loads it straight into a lane mask), and the
+A/B blocks transposed (each input then scales a contiguous column: no horizontal sums). Fused layers (qkv,
+gate_up) pass one B per shard (b_blocks of shape (shards, n, b, b)) and the shards' row counts. The op has a fake (meta) implementation,
 so torch.compile and vLLM's CPU engine trace it as one node. docs/executors.md describes the kernels.
 """
 from __future__ import annotations
@@ -13,6 +15,8 @@ import functools
 import logging
 
 import torch
+
+from model_executors import sparsity
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +65,19 @@ def unusable_reason(values: torch.Tensor, a_blocks: torch.Tensor, b_blocks: torc
     return ""
 
 
+def to_kernel_layout(meta: torch.Tensor, a_blocks: torch.Tensor, b_blocks: torch.Tensor) -> None:
+    """Checkpoint layout -> kernel layout, in place (same shapes and bytes): codes -> bitmask, blocks transposed."""
+    meta.copy_(sparsity.codes_to_bitmask(meta))
+    for blocks in (a_blocks, b_blocks):
+        blocks.copy_(blocks.transpose(-1, -2).contiguous())
+
+
+def checkpoint_layout(mask: torch.Tensor, a_blocks_t: torch.Tensor, b_blocks_t: torch.Tensor):
+    """Kernel layout -> (meta codes, a_blocks, b_blocks) in the checkpoint layout, as new tensors."""
+    return (sparsity.bitmask_to_codes(mask), a_blocks_t.transpose(-1, -2).contiguous(),
+            b_blocks_t.transpose(-1, -2).contiguous())
+
+
 def scratch_bytes() -> int:
     """The largest buffer one call allocates besides activations: the prefill path's panel of dense S."""
     return _C.prefill_scratch_bytes() if _C else 0
@@ -72,12 +89,13 @@ def use_isa(name: str) -> None:
     isa.cache_clear()
 
 
-def linear(x: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, a_blocks: torch.Tensor,
-           b_blocks: torch.Tensor, shard_sizes: list[int], bias: torch.Tensor | None = None) -> torch.Tensor:
-    return torch.ops.armor.linear(x, values, mask, a_blocks, b_blocks, shard_sizes, bias)
+def linear(x: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, a_blocks_t: torch.Tensor,
+           b_blocks_t: torch.Tensor, shard_sizes: list[int], bias: torch.Tensor | None = None) -> torch.Tensor:
+    """The op on tensors in the kernel layout (`to_kernel_layout`)."""
+    return torch.ops.armor.linear(x, values, mask, a_blocks_t, b_blocks_t, shard_sizes, bias)
 
 
 if _C is not None:
     @torch.library.register_fake("armor::linear")
-    def _linear_fake(x, values, mask, a_blocks, b_blocks, shard_sizes, bias):
+    def _linear_fake(x, values, mask, a_blocks_t, b_blocks_t, shard_sizes, bias):
         return x.new_empty((*x.shape[:-1], values.shape[0]))

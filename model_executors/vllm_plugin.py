@@ -7,7 +7,8 @@ of every shard (concatenated, still block-diagonal), and one B per shard (each s
 own B). Tensor parallelism follows model_executors.sharding.
 
 Kernels: on CPU the packed 2:4 kernel (`torch.ops.armor.linear`, one call per fused layer: each shard's rows
-read that shard's B x) keeps S packed (values + position bitmask, converted in place at load time). Elsewhere
+read that shard's B x) keeps S packed, its tensors turned into the kernel layout in place at load time
+(position bitmask, transposed A/B blocks: the same bytes). Elsewhere
 (CUDA until its sparse path lands, or a CPU build without the extension, or float16) the reference kernel
 holds S dense-with-zeros per shard, and says so in the log once per process.
 """
@@ -136,7 +137,7 @@ class ArmorLinearMethod(LinearMethodBase):
         reason = cpu_kernel.unusable_reason(values, layer.a_blocks, layer.b_blocks)
         if not reason:
             _log_once(logging.INFO, f"ARMOR layers run the packed 2:4 CPU kernel ({cpu_kernel.isa()} path)")
-            layer.sparse_meta.data.copy_(sparsity.codes_to_bitmask(layer.sparse_meta.data))
+            cpu_kernel.to_kernel_layout(layer.sparse_meta.data, layer.a_blocks.data, layer.b_blocks.data)
             layer.armor_kernel = "packed"
             return
         _log_once(logging.WARNING, f"ARMOR layers run the reference kernel (S held dense-with-zeros): {reason}")

@@ -35,6 +35,13 @@ def layer(d_out, d_in, ba, bb, dtype, seed=0, shards=1):
     return values.to(dtype), codes, a.to(dtype), b.to(dtype)
 
 
+def kernel_layout(codes, a, b):
+    """(mask, a_t, b_t): what the op reads, made from the checkpoint layout as the loaders make it."""
+    mask, a_t, b_t = codes.clone(), a.clone(), b.clone()
+    cpu_kernel.to_kernel_layout(mask, a_t, b_t)
+    return mask, a_t, b_t
+
+
 def reference(x, values, codes, a, b, shard_sizes, bias):
     """y = A [S_s (B_s x)]_s + bias in float32 with S dense (the semantics the kernel must match)."""
     cores = list(sparsity.unpack(values.float(), codes).split(shard_sizes))
@@ -73,7 +80,7 @@ def test_kernel_matches_reference(isa, path, dtype, tokens):
     x = torch.randn(tokens, 200).to(dtype)
     bias = torch.randn(96).to(dtype)
     for with_bias in (bias, None):
-        y = cpu_kernel.linear(x, values, sparsity.codes_to_bitmask(codes), a, b, [96], with_bias)
+        y = cpu_kernel.linear(x, values, *kernel_layout(codes, a, b), [96], with_bias)
         assert y.dtype == dtype and y.shape == (tokens, 96)
         assert relerr(y, reference(x, values, codes, a, b, [96], with_bias)) < TOL[dtype]
 
@@ -83,22 +90,22 @@ def test_input_tails(isa, path, d_in):
     for dtype in (torch.float32, torch.bfloat16):
         values, codes, a, b = layer(32, d_in, 8, 8, dtype, seed=d_in)
         x = torch.randn(5, d_in).to(dtype)
-        y = cpu_kernel.linear(x, values, sparsity.codes_to_bitmask(codes), a, b, [32], None)
+        y = cpu_kernel.linear(x, values, *kernel_layout(codes, a, b), [32], None)
         assert relerr(y, reference(x, values, codes, a, b, [32], None)) < TOL[dtype]
 
 
 def test_non_contiguous_and_batched_inputs(path):
     values, codes, a, b = layer(64, 128, 32, 32, torch.float32)
-    mask = sparsity.codes_to_bitmask(codes)
+    mask, a_t, b_t = kernel_layout(codes, a, b)
     wide = torch.randn(2, 7, 256)
     x = wide[..., ::2]  # strided last dimension, 3-D batch
     assert not x.is_contiguous()
-    y = cpu_kernel.linear(x, values, mask, a, b, [64], None)
+    y = cpu_kernel.linear(x, values, mask, a_t, b_t, [64], None)
     assert y.shape == (2, 7, 64)
     ref = reference(x.reshape(-1, 128), values, codes, a, b, [64], None).reshape(2, 7, 64)
     assert relerr(y, ref) < TOL[torch.float32]
     xt = torch.randn(128, 9).t()  # transposed view
-    assert relerr(cpu_kernel.linear(xt, values, mask, a, b, [64], None), reference(xt, values, codes, a, b, [64], None)) < 2e-5
+    assert relerr(cpu_kernel.linear(xt, values, mask, a_t, b_t, [64], None), reference(xt, values, codes, a, b, [64], None)) < 2e-5
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -108,7 +115,7 @@ def test_fused_qkv_and_gate_up_layouts(path, dtype):
         values, codes, a, b = layer(sum(sizes), 128, 16, 32, dtype, seed=len(sizes), shards=len(sizes))
         x = torch.randn(6, 128).to(dtype)
         bias = torch.randn(sum(sizes)).to(dtype)
-        y = cpu_kernel.linear(x, values, sparsity.codes_to_bitmask(codes), a, b, sizes, bias)
+        y = cpu_kernel.linear(x, values, *kernel_layout(codes, a, b), sizes, bias)
         assert relerr(y, reference(x, values, codes, a, b, sizes, bias)) < TOL[dtype]
 
 
@@ -121,8 +128,8 @@ def test_tensor_parallel_pieces(tp):
     full = reference(x, values, codes, a, b, [128], None)
 
     def run(p, xs):
-        return cpu_kernel.linear(xs, p["sparse_values"], sparsity.codes_to_bitmask(p["sparse_meta"]), p["a_blocks"],
-                                 p["b_blocks"], [p["sparse_values"].shape[0]], None)
+        return cpu_kernel.linear(xs, p["sparse_values"], *kernel_layout(p["sparse_meta"], p["a_blocks"], p["b_blocks"]),
+                                 [p["sparse_values"].shape[0]], None)
 
     cols = torch.cat([run(sharding.column_shard(t, r, tp), x) for r in range(tp)], -1)
     q = 256 // tp
@@ -132,8 +139,8 @@ def test_tensor_parallel_pieces(tp):
 
 def test_torch_compile_traces_the_op():
     values, codes, a, b = layer(64, 128, 16, 16, torch.float32)
-    mask = sparsity.codes_to_bitmask(codes)
-    fn = lambda x: cpu_kernel.linear(x, values, mask, a, b, [64], None) * 2  # noqa: E731
+    mask, a_t, b_t = kernel_layout(codes, a, b)
+    fn = lambda x: cpu_kernel.linear(x, values, mask, a_t, b_t, [64], None) * 2  # noqa: E731
     compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")  # fake tensors: the registered fake impl
     x = torch.randn(3, 128)
     torch.testing.assert_close(compiled(x), fn(x))
@@ -141,7 +148,7 @@ def test_torch_compile_traces_the_op():
 
 def test_bad_shapes_are_refused_with_a_message():
     values, codes, a, b = layer(64, 128, 16, 16, torch.float32)
-    mask = sparsity.codes_to_bitmask(codes)
+    mask, a, b = kernel_layout(codes, a, b)
     with pytest.raises(RuntimeError, match="input has 100 features, the layer expects 128"):
         cpu_kernel.linear(torch.randn(2, 100), values, mask, a, b, [64], None)
     with pytest.raises(RuntimeError, match="shard sizes add up to 48, not 64"):
@@ -163,19 +170,22 @@ def module(dtype=torch.float32, kernel="auto"):
 
 def test_armor_linear_runs_packed_and_holds_no_dense_copy():
     mod, ref = module(), module(kernel="reference")
-    codes = mod.sparse_meta.clone()
+    saved = {k: v.clone() for k, v in mod.state_dict().items()}
     x = torch.randn(5, 64)
     y = mod(x)
     assert mod._mode == "packed" and mod.resident_bytes() == mod.packed_bytes()
     torch.testing.assert_close(y, ref(x), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(y, x @ mod.dense_weight().T + mod.bias, rtol=1e-5, atol=1e-5)
-    # in memory the metadata is the kernel's bitmask; saved, it is the checkpoint's codes again
-    assert not torch.equal(mod.sparse_meta, codes)
-    assert torch.equal(mod.state_dict()["sparse_meta"], codes)
+    # in memory the buffers hold the kernel layout; saved, they are the checkpoint's layout again
+    assert not torch.equal(mod.sparse_meta, saved["sparse_meta"]) and not torch.equal(mod.a_blocks, saved["a_blocks"])
+    assert all(torch.equal(mod.state_dict()[k], v) for k, v in saved.items())
     assert ref.resident_bytes() == ref.packed_bytes()  # reference unpacks inside the call only
-    mod.kernel = "fold"  # switching kernels re-prepares
+    mod.kernel = "fold"  # switching kernels re-prepares (and restores the checkpoint layout)
     torch.testing.assert_close(mod(x), y, rtol=1e-5, atol=1e-5)
     assert mod._mode == "fold" and mod.resident_bytes() > mod.packed_bytes()
+    mod.kernel = "reference"
+    torch.testing.assert_close(mod(x), y, rtol=1e-5, atol=1e-5)
+    assert all(torch.equal(getattr(mod, k), v) for k, v in saved.items() if k != "bias")
 
 
 def test_float16_falls_back_to_the_reference_kernel_and_says_why(caplog):

@@ -1,6 +1,7 @@
-// torch custom op armor::linear(x, values, mask, a_blocks, b_blocks, shard_sizes, bias) on CPU:
-// y = A [S_s (B_s x)]_s + bias straight from the packed 2:4 core (kept values + a bitmask of their positions,
-// model_executors/cpu_kernel.py), never a dense S.
+// torch custom op armor::linear(x, values, mask, a_blocks_t, b_blocks_t, shard_sizes, bias) on CPU:
+// y = A [S_s (B_s x)]_s + bias straight from the packed 2:4 core (kept values + a bitmask of their positions)
+// and the A/B blocks stored transposed: the kernel layout model_executors/cpu_kernel.py makes once at load
+// time. Never a dense S.
 //
 // Two paths, picked by token count:
 // * decode (T <= prefill_min_tokens - 1): B x, then per A-block of rows the sparse product from the packed
@@ -75,18 +76,16 @@ at::Tensor decode(const armor::Layer& L, const armor::Kernels& k, const at::Tens
   const int64_t T = x.size(0), d_in = L.d_in, nb = d_in / L.bb;
   at::Tensor xb = at::empty({L.n_shards, T, d_in}, x.options());
   at::parallel_for(0, L.n_shards * nb, 1, [&](int64_t i0, int64_t i1) {
-    std::vector<float> bt(L.bb * L.bb);
     for (int64_t i = i0; i < i1;) {
       const int64_t s = i / nb, end = std::min(i1, (s + 1) * nb);
-      k.b_transform(L, s, i % nb, i % nb + (end - i), x.data_ptr<float>(), T, xb.data_ptr<float>() + s * T * d_in,
-                    bt.data());
+      k.b_transform(L, s, i % nb, i % nb + (end - i), x.data_ptr<float>(), T, xb.data_ptr<float>() + s * T * d_in);
       i = end;
     }
   });
   at::Tensor y = at::empty({T, L.d_out}, x.options());
   const at::Tensor xb16 = L.bf16 && k.sparse_rows_bf16 ? xb.to(at::kBFloat16) : at::Tensor();
   at::parallel_for(0, L.d_out / L.ba, 1, [&](int64_t j0, int64_t j1) {
-    std::vector<float> scratch((T + L.ba) * L.ba);
+    std::vector<float> scratch(T * L.ba);
     if (xb16.defined())
       k.sparse_rows_bf16(L, j0, j1, reinterpret_cast<const uint16_t*>(xb16.data_ptr()), T, y.data_ptr<float>(),
                          scratch.data());
@@ -106,10 +105,7 @@ at::Tensor prefill(const armor::Layer& L, const armor::Kernels& k, const at::Ten
   at::Tensor scratch = at::empty({std::min(panel, L.d_out), d_in}, values.options());
   at::Tensor xs = at::empty({T, d_in}, x.options()), z = at::empty({T, L.d_out}, x.options());
   for (int64_t s = 0; s < L.n_shards; ++s) {
-    at::parallel_for(0, nb, 1, [&](int64_t b0, int64_t b1) {
-      std::vector<float> bt(L.bb * L.bb);
-      k.b_transform_w(L, s, b0, b1, x.data_ptr(), T, xs.data_ptr(), bt.data());
-    });
+    at::parallel_for(0, nb, 1, [&](int64_t b0, int64_t b1) { k.b_transform_w(L, s, b0, b1, x.data_ptr(), T, xs.data_ptr()); });
     for (int64_t p0 = shard_rows[s]; p0 < shard_rows[s + 1]; p0 += panel) {  // never across a shard boundary
       const int64_t rows = std::min(panel, shard_rows[s + 1] - p0);
       at::Tensor dense = scratch.narrow(0, 0, rows);
@@ -121,8 +117,7 @@ at::Tensor prefill(const armor::Layer& L, const armor::Kernels& k, const at::Ten
     }
   }
   at::parallel_for(0, L.d_out / L.ba, 1, [&](int64_t j0, int64_t j1) {
-    std::vector<float> bt(L.ba * L.ba);
-    k.a_transform_w(L, j0, j1, z.data_ptr(), T, z.data_ptr(), bt.data());  // in place: y = A z + bias
+    k.a_transform_w(L, j0, j1, z.data_ptr(), T, z.data_ptr());  // in place: y = A z + bias
   });
   return z;
 }
@@ -178,7 +173,7 @@ at::Tensor armor_linear(const at::Tensor& x, const at::Tensor& values, const at:
 }  // namespace
 
 TORCH_LIBRARY(armor, m) {
-  m.def("linear(Tensor x, Tensor values, Tensor mask, Tensor a_blocks, Tensor b_blocks, int[] shard_sizes, "
+  m.def("linear(Tensor x, Tensor values, Tensor mask, Tensor a_blocks_t, Tensor b_blocks_t, int[] shard_sizes, "
         "Tensor? bias) -> Tensor");
 }
 

@@ -37,87 +37,76 @@ inline void kept_positions(const uint8_t* m, int64_t g, int& lo, int& hi) {
   hi = __builtin_ctz(bits & (bits - 1));
 }
 
-// out[t, 0:n] = blk (n x n) in[t, 0:n] (+ bias), rows of out/in strided by ld; In/Out: float or bf16 bits.
-// `bt` (n*n floats) holds blk transposed, so the inner loop runs along output lanes (vectorised without
-// reassociating sums).
-template <typename W, typename In = float, typename Out = float>
-inline void block_matvec(const W* blk, int64_t n, const In* in, int64_t ld_in, Out* out, int64_t ld_out,
-                         int64_t T, float* bt, const float* bias = nullptr) {
-  if (T < 4) {  // a few tokens: dot products on the block's rows; transposing it would cost more than using it
-    float xi[128];
-    for (int64_t t = 0; t < T; ++t) {
-      for (int64_t k = 0; k < n; ++k) xi[k] = to_f32<In>(in[t * ld_in + k]);
-      for (int64_t i = 0; i < n; ++i) {
-        const W* row = blk + i * n;
-        float acc = 0.f;
-#pragma omp simd reduction(+ : acc)
-        for (int64_t k = 0; k < n; ++k) acc += to_f32<W>(row[k]) * xi[k];
-        out[t * ld_out + i] = from_f32<Out>(acc + (bias ? bias[i] : 0.f));
-      }
-    }
-    return;
-  }
-  for (int64_t i = 0; i < n; ++i)
-    for (int64_t k = 0; k < n; ++k) bt[k * n + i] = to_f32<W>(blk[i * n + k]);
-  constexpr int TQ = 4;  // tokens per pass: each column of the block, loaded once, serves 4 tokens
-  float xi[TQ][128];     // (n <= kMaxBlock, checked by the op) the tokens' block inputs in float, which
-                         // also lets out alias in (the prefill path applies A in place)
-  for (int64_t t0 = 0; t0 < T; t0 += TQ) {
-    const int64_t tq = T - t0 < TQ ? T - t0 : TQ;
+// out[t, 0:n] = M in[t, 0:n] (+ bias) for one n x n block M stored transposed (blkT[k*n + i] = M[i][k], the
+// kernel layout made at load time), rows of out/in ld apart; In/Out: float or bf16 bits. Column k of M is
+// contiguous, so each input scales a column into 16-lane accumulators: no horizontal sums, no per-call
+// transposition. TQ tokens share each column load. A token's inputs are read before its outputs are
+// written, so out may alias in (the prefill path applies A in place).
+template <int TQ, typename W, typename In, typename Out>
+inline void block_matvec_tq(const W* blkT, int64_t n, const In* in, int64_t ld_in, Out* out, int64_t ld_out,
+                            const float* bias) {
+  float xi[TQ][128];  // n <= kMaxBlock (checked by the op)
+  for (int q = 0; q < TQ; ++q)
+    for (int64_t k = 0; k < n; ++k) xi[q][k] = to_f32<In>(in[q * ld_in + k]);
+  int64_t i0 = 0;
+  for (; i0 + 16 <= n; i0 += 16) {
+    float acc[TQ][16];
     for (int q = 0; q < TQ; ++q)
-      for (int64_t k = 0; k < n; ++k) xi[q][k] = q < tq ? to_f32<In>(in[(t0 + q) * ld_in + k]) : 0.f;
-    int64_t i0 = 0;
-    for (; i0 + 16 <= n; i0 += 16) {  // 16 outputs x 4 tokens in registers
-      float acc[TQ][16];
-      for (int q = 0; q < TQ; ++q)
-        for (int ii = 0; ii < 16; ++ii) acc[q][ii] = bias ? bias[i0 + ii] : 0.f;
-      for (int64_t k = 0; k < n; ++k) {
-        const float* col = bt + k * n + i0;
-        for (int q = 0; q < TQ; ++q) {
-          const float xk = xi[q][k];
+      for (int ii = 0; ii < 16; ++ii) acc[q][ii] = bias ? bias[i0 + ii] : 0.f;
+    for (int64_t k = 0; k < n; ++k) {
+      float col[16];
+      for (int ii = 0; ii < 16; ++ii) col[ii] = to_f32<W>(blkT[k * n + i0 + ii]);
+      for (int q = 0; q < TQ; ++q) {
+        const float xk = xi[q][k];
 #pragma omp simd
-          for (int ii = 0; ii < 16; ++ii) acc[q][ii] += xk * col[ii];
-        }
+        for (int ii = 0; ii < 16; ++ii) acc[q][ii] += xk * col[ii];
       }
-      for (int64_t q = 0; q < tq; ++q)
-        for (int ii = 0; ii < 16; ++ii) out[(t0 + q) * ld_out + i0 + ii] = from_f32<Out>(acc[q][ii]);
     }
-    for (int64_t i = i0; i < n; ++i)
-      for (int64_t q = 0; q < tq; ++q) {
-        float acc = bias ? bias[i] : 0.f;
-        for (int64_t k = 0; k < n; ++k) acc += xi[q][k] * bt[k * n + i];
-        out[(t0 + q) * ld_out + i] = from_f32<Out>(acc);
-      }
+    for (int q = 0; q < TQ; ++q)
+      for (int ii = 0; ii < 16; ++ii) out[q * ld_out + i0 + ii] = from_f32<Out>(acc[q][ii]);
   }
+  for (int64_t i = i0; i < n; ++i)  // block sizes that are not a multiple of 16
+    for (int q = 0; q < TQ; ++q) {
+      float acc = bias ? bias[i] : 0.f;
+      for (int64_t k = 0; k < n; ++k) acc += xi[q][k] * to_f32<W>(blkT[k * n + i]);
+      out[q * ld_out + i] = from_f32<Out>(acc);
+    }
+}
+
+template <typename W, typename In = float, typename Out = float>
+inline void block_matvec(const W* blkT, int64_t n, const In* in, int64_t ld_in, Out* out, int64_t ld_out, int64_t T,
+                         const float* bias = nullptr) {
+  int64_t t = 0;
+  for (; t + 4 <= T; t += 4) block_matvec_tq<4>(blkT, n, in + t * ld_in, ld_in, out + t * ld_out, ld_out, bias);
+  for (; t < T; ++t) block_matvec_tq<1>(blkT, n, in + t * ld_in, ld_in, out + t * ld_out, ld_out, bias);
 }
 
 // xs[t, B-blocks blk0..blk1) = B_s[blk] x[t, same] for shard s, all T tokens (rows of x, xs: d_in apart).
 // The decode path runs it float -> float, the prefill path in the weight dtype end to end.
 template <typename W, typename In, typename Out>
-void b_transform(const armor::Layer& L, int64_t s, int64_t blk0, int64_t blk1, const In* x, int64_t T, Out* xs,
-                 float* bt) {
+void b_transform(const armor::Layer& L, int64_t s, int64_t blk0, int64_t blk1, const In* x, int64_t T, Out* xs) {
   const int64_t bb = L.bb, nblk = L.d_in / bb;
   const W* b = static_cast<const W*>(L.b) + s * nblk * bb * bb;
   for (int64_t blk = blk0; blk < blk1; ++blk)
-    block_matvec<W, In, Out>(b + blk * bb * bb, bb, x + blk * bb, L.d_in, xs + blk * bb, L.d_in, T, bt);
+    block_matvec<W, In, Out>(b + blk * bb * bb, bb, x + blk * bb, L.d_in, xs + blk * bb, L.d_in, T);
 }
 
 // y[:, A-block j] = A_j z + bias; z (T, ba) float with row stride ld_z, y float (T, d_out)
 template <typename W>
-void a_apply(const armor::Layer& L, int64_t j, const float* z, int64_t ld_z, int64_t T, float* y, float* bt) {
+void a_apply(const armor::Layer& L, int64_t j, const float* z, int64_t ld_z, int64_t T, float* y) {
   const int64_t ba = L.ba;
-  block_matvec<W>(static_cast<const W*>(L.a) + j * ba * ba, ba, z, ld_z, y + j * ba, L.d_out, T, bt,
+  block_matvec<W>(static_cast<const W*>(L.a) + j * ba * ba, ba, z, ld_z, y + j * ba, L.d_out, T,
                   L.bias ? L.bias + j * ba : nullptr);
 }
 
 // The prefill path's A, in the weight dtype end to end: y[t, A-blocks j0..j1) = A_j z[t, same] + bias
-// (y may be z: block_matvec reads a token's block before writing it).
+// (y may be z).
 template <typename W>
-void a_transform_w(const armor::Layer& L, int64_t j0, int64_t j1, const void* z, int64_t T, void* y, float* bt) {
+void a_transform_w(const armor::Layer& L, int64_t j0, int64_t j1, const void* z, int64_t T, void* y) {
   const int64_t ba = L.ba;
   for (int64_t j = j0; j < j1; ++j)
     block_matvec<W, W, W>(static_cast<const W*>(L.a) + j * ba * ba, ba, static_cast<const W*>(z) + j * ba, L.d_out,
-                          static_cast<W*>(y) + j * ba, L.d_out, T, bt, L.bias ? L.bias + j * ba : nullptr);
+                          static_cast<W*>(y) + j * ba, L.d_out, T, L.bias ? L.bias + j * ba : nullptr);
 }
 
 template <typename W>
@@ -148,14 +137,13 @@ void sparse_rows_driver(const armor::Layer& L, int64_t j0, int64_t j1, const X* 
   // token blocks of ~512 KB of input, so a block stays in L2 while every row of the A-block reads it
   const int64_t tb = (512 << 10) / (d_in * static_cast<int64_t>(sizeof(X))) / 4 * 4 + 4;
   float* z = scratch;
-  float* bt = scratch + T * ba;
   int64_t s = 0;
   for (int64_t j = j0; j < j1; ++j) {
     const int64_t r0 = j * ba;
     while (r0 >= L.shard_rows[s + 1]) ++s;
     for (int64_t t0 = 0; t0 < T; t0 += tb)
       rows_fn(L, r0, ba, xb + (s * T + t0) * d_in, T - t0 < tb ? T - t0 : tb, z + t0 * ba, ba);
-    a_apply<W>(L, j, z, ba, T, y, bt);
+    a_apply<W>(L, j, z, ba, T, y);
   }
 }
 
@@ -165,23 +153,23 @@ template <class Impl>
 armor::Kernels make_kernels(const char* name) {
   using armor::Layer;
   return {name,
-          [](const Layer& L, int64_t s, int64_t b0, int64_t b1, const float* x, int64_t T, float* xb, float* bt) {
-            L.bf16 ? b_transform<uint16_t, float, float>(L, s, b0, b1, x, T, xb, bt)
-                   : b_transform<float, float, float>(L, s, b0, b1, x, T, xb, bt);
+          [](const Layer& L, int64_t s, int64_t b0, int64_t b1, const float* x, int64_t T, float* xb) {
+            L.bf16 ? b_transform<uint16_t, float, float>(L, s, b0, b1, x, T, xb)
+                   : b_transform<float, float, float>(L, s, b0, b1, x, T, xb);
           },
           [](const Layer& L, int64_t j0, int64_t j1, const float* xb, int64_t T, float* y, float* scratch) {
             L.bf16 ? sparse_rows_driver<uint16_t>(L, j0, j1, xb, T, y, scratch, Impl::template rows<uint16_t>)
                    : sparse_rows_driver<float>(L, j0, j1, xb, T, y, scratch, Impl::template rows<float>);
           },
           nullptr,
-          [](const Layer& L, int64_t s, int64_t b0, int64_t b1, const void* x, int64_t T, void* xs, float* bt) {
+          [](const Layer& L, int64_t s, int64_t b0, int64_t b1, const void* x, int64_t T, void* xs) {
             using B = uint16_t;
-            L.bf16 ? b_transform<B, B, B>(L, s, b0, b1, static_cast<const B*>(x), T, static_cast<B*>(xs), bt)
+            L.bf16 ? b_transform<B, B, B>(L, s, b0, b1, static_cast<const B*>(x), T, static_cast<B*>(xs))
                    : b_transform<float, float, float>(L, s, b0, b1, static_cast<const float*>(x), T,
-                                                      static_cast<float*>(xs), bt);
+                                                      static_cast<float*>(xs));
           },
-          [](const Layer& L, int64_t j0, int64_t j1, const void* z, int64_t T, void* y, float* bt) {
-            L.bf16 ? a_transform_w<uint16_t>(L, j0, j1, z, T, y, bt) : a_transform_w<float>(L, j0, j1, z, T, y, bt);
+          [](const Layer& L, int64_t j0, int64_t j1, const void* z, int64_t T, void* y) {
+            L.bf16 ? a_transform_w<uint16_t>(L, j0, j1, z, T, y) : a_transform_w<float>(L, j0, j1, z, T, y);
           },
           [](const Layer& L, int64_t r0, int64_t r1, void* out) {
             L.bf16 ? Impl::template decompress<uint16_t>(L, r0, r1, out) : Impl::template decompress<float>(L, r0, r1, out);

@@ -11,7 +11,8 @@ namespace armor {
 //   values  (d_out, d_in/2)  kept weights of the 2:4 core, float32 or bfloat16 (raw uint16)
 //   mask    (d_out, d_in/8)  uint8 bitmask of the kept inputs: bit j of byte k <=> input 8k + j is kept (made
 //                            once at load time from the checkpoint's 4-bit position codes: same size)
-//   a       (d_out/ba, ba, ba), b (n_shards, d_in/bb, bb, bb): block-diagonal factors, weight dtype
+//   a       (d_out/ba, ba, ba), b (n_shards, d_in/bb, bb, bb): the block-diagonal factors' blocks, weight
+//           dtype, each stored transposed (a[j][k][i] = A_j[i][k]; made once at load time: same bytes)
 //   shard_rows: n_shards + 1 offsets into d_out (each a multiple of ba); shard s reads B_s x
 struct Layer {
   int64_t d_in, d_out, ba, bb, n_shards;
@@ -27,20 +28,18 @@ struct Layer {
 struct Kernels {
   const char* name;
   // xb[t, blk*bb:(blk+1)*bb] = B_s[blk] x[t, same] for blocks [blk0, blk1) of shard s, all T tokens, in
-  // float (xb: shard s's (T, d_in) slice); bt: scratch of bb*bb floats.
-  void (*b_transform)(const Layer&, int64_t s, int64_t blk0, int64_t blk1, const float* x, int64_t T, float* xb,
-                      float* bt);
-  // y[t, j*ba:(j+1)*ba] = A_j (S xb_s)[t, same] + bias for A-blocks [j0, j1); scratch: (T + ba) * ba floats.
+  // float (xb: shard s's (T, d_in) slice).
+  void (*b_transform)(const Layer&, int64_t s, int64_t blk0, int64_t blk1, const float* x, int64_t T, float* xb);
+  // y[t, j*ba:(j+1)*ba] = A_j (S xb_s)[t, same] + bias for A-blocks [j0, j1); scratch: T * ba floats.
   void (*sparse_rows)(const Layer&, int64_t j0, int64_t j1, const float* xb, int64_t T, float* y, float* scratch);
   // The same for bfloat16 weights with xb rounded to bfloat16 (pairwise bf16 dot products); nullptr where
   // the CPU lacks AVX512-BF16 + VBMI2.
   void (*sparse_rows_bf16)(const Layer&, int64_t j0, int64_t j1, const uint16_t* xb, int64_t T, float* y,
                            float* scratch);
   // The prefill path's transforms, input and output in the weight dtype (row stride d_in / d_out):
-  // xs = B_s x for blocks [blk0, blk1) of shard s; y = A z + bias for A-blocks [j0, j1). bt: (b*b) floats.
-  void (*b_transform_w)(const Layer&, int64_t s, int64_t blk0, int64_t blk1, const void* x, int64_t T, void* xs,
-                        float* bt);
-  void (*a_transform_w)(const Layer&, int64_t j0, int64_t j1, const void* z, int64_t T, void* y, float* bt);
+  // xs = B_s x for blocks [blk0, blk1) of shard s; y = A z + bias for A-blocks [j0, j1) (y may be z).
+  void (*b_transform_w)(const Layer&, int64_t s, int64_t blk0, int64_t blk1, const void* x, int64_t T, void* xs);
+  void (*a_transform_w)(const Layer&, int64_t j0, int64_t j1, const void* z, int64_t T, void* y);
   // rows [r0, r1) of S dense-with-zeros into out (row stride d_in), in the weight dtype.
   void (*decompress)(const Layer&, int64_t r0, int64_t r1, void* out);
 };

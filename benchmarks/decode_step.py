@@ -1,0 +1,107 @@
+"""One forward pass of every projection of a model, as a serving step runs them: dense vs ARMOR, per thread
+count, token count and dtype. The weights of all layers (hundreds of MB) stream from DRAM as in serving,
+unlike benchmarks.layers, which re-runs one matrix whose weights may sit in the CPU's caches.
+
+    python -m benchmarks.decode_step [--model smollm2-135m] [--layers N]
+    -> benchmarks/results/decode-step-cpu.{json,md}
+
+Dense is timed twice: torch's F.linear (MKL for float32, oneDNN for bfloat16) and, when vLLM is installed,
+vLLM's CPU GEMM (oneDNN, weights prepacked), which is what vLLM's CPU engine runs for dense layers. vLLM's
+CPU engine on this 2-core machine runs its model on one thread (it reserves the other core), so 1 thread is
+the serving-relevant column. Weights are random and non-zero; ARMOR layers are b = 32.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import torch
+
+from benchmarks.layers import RESULTS, SHAPES, device_name, onednn_linear, random_armor
+
+FUSED = {"qkv": 3, "gate_up": 2}  # shards of the fused projections (one B each)
+
+
+def build(model: str, layers: int, dtype):
+    mats = []
+    for _ in range(layers):
+        for name in ("qkv", "o", "gate_up", "down"):
+            d_out, d_in = SHAPES[model][name]
+            mod = random_armor(d_out, d_in, 32, dtype, "cpu")
+            mod.prepare()
+            dense = torch.randn(d_out, d_in, dtype=dtype) / d_in ** 0.5
+            mats.append((mod, dense, onednn_linear(dense)))
+    return mats
+
+
+def timed(fn, reps: int) -> float:
+    fn()
+    samples = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return sorted(samples)[reps // 2]
+
+
+@torch.no_grad()
+def run_one(args) -> None:
+    """In a child process (thread count fixed at start): print one JSON row per token count."""
+    dtype = getattr(torch, args.dtype)
+    mats = build(args.model, args.layers, dtype)
+    for tokens in (int(t) for t in args.tokens.split(",")):
+        xs = {d: torch.randn(tokens, d, dtype=dtype) for d in {m.in_features for m, _, _ in mats}}
+        row = {"dtype": args.dtype, "threads": torch.get_num_threads(), "tokens": tokens,
+               "armor_s": timed(lambda: [m(xs[m.in_features]) for m, _, _ in mats], args.reps),
+               "dense_torch_s": timed(lambda: [torch.nn.functional.linear(xs[m.in_features], w) for m, w, _ in mats],
+                                      args.reps)}
+        if all(o for _, _, o in mats):
+            row["dense_onednn_s"] = timed(lambda: [o(xs[m.in_features]) for m, _, o in mats], args.reps)
+        print("ROW " + json.dumps(row), flush=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="smollm2-135m", choices=[m for m in SHAPES if "gate_up" in SHAPES[m]])
+    p.add_argument("--layers", type=int, default=30)
+    p.add_argument("--tokens", default="1,16,256")
+    p.add_argument("--threads", default="1,2")
+    p.add_argument("--dtypes", default="float32,bfloat16")
+    p.add_argument("--reps", type=int, default=7)
+    p.add_argument("--dtype", help=argparse.SUPPRESS)  # child mode
+    args = p.parse_args()
+    if args.dtype:
+        return run_one(args)
+    rows = []
+    for threads in args.threads.split(","):
+        for dtype in args.dtypes.split(","):
+            cmd = [sys.executable, "-m", "benchmarks.decode_step", "--model", args.model, "--layers", str(args.layers),
+                   "--tokens", args.tokens, "--reps", str(args.reps), "--dtype", dtype]
+            out = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": threads}, check=True, text=True,
+                                 capture_output=True).stdout
+            for line in out.splitlines():
+                if line.startswith("ROW "):
+                    rows.append(json.loads(line[4:]))
+                    print(line[4:], flush=True)
+    command = "python -m benchmarks.decode_step " + " ".join(sys.argv[1:])
+    payload = {"command": command, "device": device_name("cpu"), "model": args.model, "layers": args.layers,
+               "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "rows": rows}
+    (RESULTS / "decode-step-cpu.json").write_text(json.dumps(payload, indent=2) + "\n")
+    lines = [f"`{command}` ({payload['device']}, torch {torch.__version__}, {payload['date']}): all {args.layers} "
+             f"layers' qkv/o/gate_up/down of {args.model} in one pass (ms, medians); speed-up = dense / ARMOR b32.", "",
+             "| dtype | threads | tokens | dense F.linear ms | dense oneDNN (vLLM) ms | ARMOR ms | x vs F.linear | "
+             "x vs oneDNN |", "|---" * 8 + "|"]
+    for r in rows:
+        one = r.get("dense_onednn_s")
+        lines.append(f"| {r['dtype']} | {r['threads']} | {r['tokens']} | {r['dense_torch_s'] * 1e3:.2f} | "
+                     f"{one * 1e3 if one else float('nan'):.2f} | {r['armor_s'] * 1e3:.2f} | "
+                     f"{r['dense_torch_s'] / r['armor_s']:.2f} | {(one / r['armor_s']) if one else float('nan'):.2f} |")
+    (RESULTS / "decode-step-cpu.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
