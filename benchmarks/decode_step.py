@@ -21,10 +21,7 @@ import time
 
 import torch
 
-from benchmarks.layers import RESULTS, SHAPES, device_name, onednn_linear, random_armor
-
-FUSED = {"qkv": 3, "gate_up": 2}  # shards of the fused projections (one B each)
-
+from benchmarks.layers import RESULTS, SHAPES, device_name, onednn_linear, random_armor, time_call
 
 def build(model: str, layers: int, dtype):
     mats = []
@@ -38,16 +35,6 @@ def build(model: str, layers: int, dtype):
     return mats
 
 
-def timed(fn, reps: int) -> float:
-    fn()
-    samples = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return sorted(samples)[reps // 2]
-
-
 @torch.no_grad()
 def run_one(args) -> None:
     """In a child process (thread count fixed at start): print one JSON row per token count."""
@@ -56,11 +43,11 @@ def run_one(args) -> None:
     for tokens in (int(t) for t in args.tokens.split(",")):
         xs = {d: torch.randn(tokens, d, dtype=dtype) for d in {m.in_features for m, _, _ in mats}}
         row = {"dtype": args.dtype, "threads": torch.get_num_threads(), "tokens": tokens,
-               "armor_s": timed(lambda: [m(xs[m.in_features]) for m, _, _ in mats], args.reps),
-               "dense_torch_s": timed(lambda: [torch.nn.functional.linear(xs[m.in_features], w) for m, w, _ in mats],
-                                      args.reps)}
+               "armor_s": time_call(lambda: [m(xs[m.in_features]) for m, _, _ in mats], "cpu", args.reps),
+               "dense_torch_s": time_call(lambda: [torch.nn.functional.linear(xs[m.in_features], w) for m, w, _ in mats],
+                                          "cpu", args.reps)}
         if all(o for _, _, o in mats):
-            row["dense_onednn_s"] = timed(lambda: [o(xs[m.in_features]) for m, _, o in mats], args.reps)
+            row["dense_onednn_s"] = time_call(lambda: [o(xs[m.in_features]) for m, _, o in mats], "cpu", args.reps)
         print("ROW " + json.dumps(row), flush=True)
 
 
