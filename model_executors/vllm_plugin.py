@@ -14,11 +14,11 @@ holds S dense-with-zeros per shard, and says so in the log once per process.
 """
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import torch
 from torch import nn
+from vllm.logger import init_logger
 from vllm.model_executor.layers.linear import LinearBase, LinearMethodBase, RowParallelLinear, UnquantizedLinearMethod
 from vllm.model_executor.layers.quantization import register_quantization_config
 from vllm.model_executor.layers.quantization.base_config import QuantizationConfig
@@ -27,7 +27,7 @@ from model_executors import format as fmt
 from model_executors import cpu_kernel, sharding, sparsity
 from model_executors.fused import armor_apply
 
-log = logging.getLogger("vllm.armor")  # under "vllm": vLLM's log handlers print it
+log = init_logger("vllm.armor")  # under "vllm": vLLM's handlers print it; it has info_once/warning_once
 _QKV = {"q": 0, "k": 1, "v": 2}
 
 
@@ -136,11 +136,11 @@ class ArmorLinearMethod(LinearMethodBase):
         values = layer.sparse_values.data
         reason = cpu_kernel.unusable_reason(values, layer.a_blocks, layer.b_blocks)
         if not reason:
-            _log_once(logging.INFO, f"ARMOR layers run the packed 2:4 CPU kernel ({cpu_kernel.isa()} path)")
+            log.info_once(f"ARMOR layers run the packed 2:4 CPU kernel ({cpu_kernel.isa()} path)")
             cpu_kernel.to_kernel_layout(layer.sparse_meta.data, layer.a_blocks.data, layer.b_blocks.data)
             layer.armor_kernel = "packed"
             return
-        _log_once(logging.WARNING, f"ARMOR layers run the reference kernel (S held dense-with-zeros): {reason}")
+        log.warning_once(f"ARMOR layers run the reference kernel (S held dense-with-zeros): {reason}")
         # Reference kernel: S dense-with-zeros, one matrix per shard; the packed copies are freed.
         core = sparsity.unpack(values, layer.sparse_meta.data)
         layer.armor_cores = list(core.split(layer.armor_shard_sizes, dim=0))
@@ -154,11 +154,3 @@ class ArmorLinearMethod(LinearMethodBase):
                                      layer.armor_shard_sizes, bias)
         return armor_apply(x, layer.a_blocks, layer.armor_cores, layer.b_blocks, bias)
 
-
-_logged: set[str] = set()
-
-
-def _log_once(level: int, message: str) -> None:
-    if message not in _logged:
-        _logged.add(message)
-        log.log(level, message)
