@@ -72,9 +72,10 @@ class Admission:
         self.slots.release()
 
 
-def create_app(engine: Engine, tokenizer, config: ServerConfig, resident_bytes: int = 0, dense_bytes: int = 0) -> FastAPI:
+def create_app(engine: Engine, tokenizer, config: ServerConfig, resident_bytes: int = 0, dense_bytes: int = 0,
+               layer_kernels: dict[str, tuple[str, str]] | None = None) -> FastAPI:
     app = FastAPI(title="armor-serve", version=__version__)
-    metrics = ServerMetrics(config.model_name, resident_bytes, dense_bytes)
+    metrics = ServerMetrics(config.model_name, resident_bytes, dense_bytes, layer_kernels=layer_kernels)
     admission = Admission(config.max_concurrent, config.max_queue, config.retry_after_s)
     state = {"ready": False, "load_error": None}
     metrics.running.set_function(lambda: admission.running)

@@ -1,6 +1,7 @@
 """Prometheus metrics of the server (prometheus-client). vLLM's own `vllm:` series share the registry."""
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections import deque
@@ -12,29 +13,58 @@ from safetensors import safe_open
 LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 
-def checkpoint_weight_bytes(model_dir: str | Path, expanded_core: bool, scratch_bytes: int = 0) -> tuple[int, int]:
+_SAFETENSORS_DTYPES = {"F32": 4, "F16": 2, "BF16": 2, "U8": 1, "I64": 8}
+
+
+def _layer_type(key: str) -> str:
+    return key.rsplit(".", 2)[-2]  # model.layers.3.self_attn.q_proj.sparse_values -> q_proj
+
+
+def layer_kernels(model_dir: str | Path, device: str, dtype) -> dict[str, tuple[str, str]]:
+    """{layer type (q_proj, ...): (kernel, why)} as the engines pick them for `dtype` weights on `device`
+    (model_executors.kernel_choice: the same decision, taken from the checkpoint's shapes)."""
+    from model_executors import kernel_choice
+
+    model_dir = Path(model_dir)
+    block = int(json.loads((model_dir / "config.json").read_text()).get("quantization_config", {}).get("block_size", 0))
+    kernels = {}
+    for file in sorted(model_dir.glob("*.safetensors")):
+        with safe_open(file, "pt") as fh:
+            for key in fh.keys():
+                if key.endswith(".sparse_values") and _layer_type(key) not in kernels:
+                    d_out, half = fh.get_slice(key).get_shape()
+                    kernels[_layer_type(key)] = kernel_choice.choose(device, dtype, half * 2, [d_out], block)
+    return kernels
+
+
+def checkpoint_weight_bytes(model_dir: str | Path, kernels: dict[str, tuple[str, str]] | None = None,
+                            scratch_bytes: int = 0) -> tuple[int, int]:
     """(resident, dense-equivalent) weight bytes of a checkpoint as an engine holds it.
 
-    ARMOR tensors count as stored (values + metadata/bitmask + blocks: the packed CPU kernel holds exactly
-    that) unless `expanded_core`, when the engine keeps S dense-with-zeros (the reference kernel); plus the
-    kernel's largest scratch buffer (`scratch_bytes`) when the checkpoint has ARMOR layers. Dense-equivalent
-    counts every ARMOR matrix as d_out x d_in.
+    ARMOR tensors count as stored (values + metadata + blocks: the packed CPU kernel and the 2:4 tensor-core
+    path hold exactly that, in their own byte order) except in layers whose kernel (`kernels`, from
+    layer_kernels) is the reference one, which holds S dense-with-zeros; plus the kernels' largest scratch
+    buffer (`scratch_bytes`) when the checkpoint has ARMOR layers. Dense-equivalent counts every ARMOR
+    matrix as d_out x d_in.
     """
+    kernels = kernels or {}
     model_dir = Path(model_dir)
     resident = dense = 0
     for file in sorted(model_dir.glob("*.safetensors")):
         with safe_open(file, "pt") as fh:
             for key in fh.keys():
                 sl = fh.get_slice(key)
-                shape, size = sl.get_shape(), {"F32": 4, "F16": 2, "BF16": 2, "U8": 1, "I64": 8}.get(sl.get_dtype(), 4)
+                shape, size = sl.get_shape(), _SAFETENSORS_DTYPES.get(sl.get_dtype(), 4)
                 n = 1
                 for d in shape:
                     n *= d
+                expanded = key.endswith((".sparse_values", ".sparse_meta")) and \
+                    kernels.get(_layer_type(key), ("reference",))[0] == "reference"
                 if key.endswith(".sparse_values"):
-                    resident += n * size * (2 if expanded_core else 1)
+                    resident += n * size * (2 if expanded else 1)
                     dense += n * 2 * size
                 elif key.endswith(".sparse_meta"):
-                    resident += 0 if expanded_core else n
+                    resident += 0 if expanded else n
                 elif key.endswith((".a_blocks", ".b_blocks")):
                     resident += n * size
                 else:
@@ -51,7 +81,8 @@ def _rss_bytes() -> float:
 
 
 class ServerMetrics:
-    def __init__(self, model: str, resident_bytes: int, dense_bytes: int, registry=REGISTRY):
+    def __init__(self, model: str, resident_bytes: int, dense_bytes: int, registry=REGISTRY,
+                 layer_kernels: dict[str, tuple[str, str]] | None = None):
         label = {"model_name": model}
         self.model = model
         self.requests = Counter("armor_requests", "HTTP requests by endpoint and status", ["model_name", "endpoint", "status"], registry=registry)
@@ -69,6 +100,10 @@ class ServerMetrics:
         tps.labels(**label).set_function(self.tokens_per_second)
         Gauge("armor_weights_resident_bytes", "Model weight bytes held by the engine", ["model_name"], registry=registry).labels(**label).set(resident_bytes)
         Gauge("armor_weights_dense_equivalent_bytes", "Weight bytes of the same model uncompressed", ["model_name"], registry=registry).labels(**label).set(dense_bytes)
+        kernel_info = Gauge("armor_layer_kernel_info", "Kernel that runs each ARMOR layer type (1 per type; reason in the log)",
+                            ["model_name", "layer", "kernel"], registry=registry)
+        for layer, (kernel, _) in sorted((layer_kernels or {}).items()):
+            kernel_info.labels(model, layer, kernel).set(1)
         Gauge("armor_process_resident_memory_bytes", "Server process RSS", registry=registry).set_function(_rss_bytes)
         try:
             import torch

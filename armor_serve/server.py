@@ -38,7 +38,7 @@ def serve(args) -> None:
 
     from armor_serve.app import ServerConfig, create_app
     from armor_serve.engines import create_engine, default_engine
-    from armor_serve.metrics import checkpoint_weight_bytes
+    from armor_serve.metrics import checkpoint_weight_bytes, layer_kernels
     from armor_serve.model_import import require_checkpoint
 
     model_dir = require_checkpoint(args.model)
@@ -60,15 +60,16 @@ def serve(args) -> None:
     engine = create_engine(engine_kind, str(model_dir), dtype=args.dtype, max_model_len=args.max_model_len,
                            enforce_eager=args.enforce_eager, memory_fraction=memory_fraction, served_name=name)
 
-    # both engines run ARMOR layers through the packed CPU kernel (S stays packed) where it is built and the
-    # dtype is float32/bfloat16; elsewhere (CUDA for now, float16) they hold S dense-with-zeros
+    # the kernel each ARMOR layer type runs, decided as the engines decide it (model_executors.kernel_choice),
+    # and the weight bytes that leaves resident
     from model_executors import cpu_kernel
 
-    packed = not torch.cuda.is_available() and cpu_kernel.available() and args.dtype in ("float32", "bfloat16", "auto")
-    resident, dense = checkpoint_weight_bytes(model_dir, expanded_core=not packed,
-                                              scratch_bytes=cpu_kernel.scratch_bytes() if packed else 0)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    kernels = layer_kernels(model_dir, device, _weight_dtype(model_dir, args.dtype, engine_kind, device))
+    packed = any(kernel == "packed" for kernel, _ in kernels.values())
+    resident, dense = checkpoint_weight_bytes(model_dir, kernels, scratch_bytes=cpu_kernel.scratch_bytes() if packed else 0)
     app = create_app(engine, tokenizer, ServerConfig(name, args.api_key, args.max_concurrent, args.max_queue),
-                     resident, dense)
+                     resident, dense, kernels)
     # uvicorn drains on SIGTERM/SIGINT and then re-raises the signal to the handler that was installed
     # before it; a no-op one there turns "drained and stopped" into exit status 0.
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -76,6 +77,19 @@ def serve(args) -> None:
     uvicorn.run(app, host=args.host, port=args.port, log_config=None, timeout_graceful_shutdown=args.drain_timeout,
                 access_log=args.verbose)
     logging.getLogger("armor_serve.server").info("stopped")
+
+
+def _weight_dtype(model_dir, dtype: str, engine_kind: str, device: str):
+    """The dtype the engine holds weights in: --dtype, or for "auto" what the engines resolve it to
+    (transformers: float32; vLLM: the checkpoint's dtype on GPU, float32 on CPU)."""
+    import torch
+
+    if dtype != "auto":
+        return getattr(torch, dtype)
+    if engine_kind == "vllm" and device == "cuda":
+        config = json.loads((model_dir / "config.json").read_text())
+        return getattr(torch, config.get("torch_dtype") or config.get("dtype") or "float32")
+    return torch.float32
 
 
 def add_serve_arguments(p) -> None:

@@ -11,7 +11,9 @@ Kernels per device:
 * 2:4 (CUDA only): F.linear with the 2:4 weight as a semi-structured sparse tensor (cuSPARSELt or CUTLASS);
   CPUs have no library 2:4 kernel, so the column is left out there;
 * ARMOR: ArmorLinear with the kernel that device gets (`auto`): on CPU the packed 2:4 kernel
-  (torch.ops.armor.linear: B transform, sparse product from the packed core, A transform, one op).
+  (torch.ops.armor.linear: B transform, sparse product from the packed core, A transform, one op); on CUDA
+  the 2:4 tensor-core path (model_executors/cuda_kernel.py: B as one batched transform, the Triton decode
+  kernel up to the token count measured at load, CUTLASS's 2:4 GEMM beyond, A as one batched transform).
 Weights are random (never zeros), outputs are checked against the dense product A.S.B; timings are
 medians of repeated calls (CUDA events via triton.testing.do_bench on GPU, perf_counter on CPU).
 """
@@ -102,6 +104,8 @@ def bench_shape(d_out, d_in, tokens, blocks, dtype, device, reps) -> dict:
         row[f"armor_b{block}_relerr"] = err
         row[f"armor_b{block}_kernel"] = mod._mode
         row[f"armor_b{block}_bytes"] = mod.resident_bytes()
+        if mod._mode == "sparse":
+            row[f"armor_b{block}_triton_up_to_tokens"] = mod._decode_limit
         del mod
     row["dense_bytes"] = d_out * d_in * dense_w.element_size()
     return row

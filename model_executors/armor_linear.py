@@ -4,8 +4,9 @@ Kernels, picked by device (`kernel="auto"`) or by name:
 * packed (CPU): `torch.ops.armor.linear` (model_executors/cpu_kernel.py) reads S straight from its packed
   form; the buffers are turned into the kernel layout in place once, at load time (position codes ->
   bitmask, A/B blocks transposed: the same bytes); no dense copy of S is ever held;
-* sparse (CUDA): S as a semi-structured sparse tensor (cuSPARSELt/CUTLASS via torch) when torch supports
-  the shape and dtype; otherwise the reference path, with the reason logged once;
+* sparse (CUDA, sm80+, float16/bfloat16): 2:4 sparse tensor cores (model_executors/cuda_kernel.py): the
+  metadata permuted in place once, at load time, into CUTLASS's order (the same bytes); a Triton kernel
+  up to a measured token count, CUTLASS's 2:4 GEMM beyond; otherwise the reference path, reason logged;
 * reference (any device): S unpacked to dense-with-zeros inside each call (and dropped after it), the
   block-diagonal transforms as batched matmuls; the semantics every other kernel is tested against;
 * fold (explicit opt-in): A S B multiplied into one dense weight, held (for hosts where sparsity brings nothing).
@@ -18,7 +19,7 @@ import logging
 import torch
 from torch import nn
 
-from model_executors import blockdiag, cpu_kernel, sparsity
+from model_executors import blockdiag, cpu_kernel, cuda_kernel, kernel_choice, sparsity
 
 log = logging.getLogger(__name__)
 KERNELS = ("auto", "packed", "sparse", "reference", "fold")
@@ -35,7 +36,7 @@ class ArmorLinear(nn.Module):
         self.register_buffer("a_blocks", torch.zeros(out_features // block_a, block_a, block_a, dtype=dtype, device=device))
         self.register_buffer("b_blocks", torch.zeros(in_features // block_b, block_b, block_b, dtype=dtype, device=device))
         self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype, device=device), requires_grad=False) if bias else None
-        self._kernel_layout = False  # True while the buffers hold the packed kernel's layout (cpu_kernel.py)
+        self._layout = "checkpoint"  # or "cpu" / "cuda" while the buffers hold that kernel's layout
         self._device = None  # where the executable form (`_mode`, `_core`, set by the kernel setter) was built
 
     @classmethod
@@ -61,7 +62,8 @@ class ArmorLinear(nn.Module):
         if name not in KERNELS:
             raise ValueError(f"kernel must be one of {KERNELS}, got {name!r}")
         self._kernel = name
-        self._mode, self._core = None, None  # (re)prepared on the next call; _core: S for the sparse/fold kernels
+        self._mode, self._core = None, None  # (re)prepared on the next call; _core: A S B for the fold kernel
+        self._decode_limit = cuda_kernel.DEFAULT_DECODE_LIMIT  # sparse kernel: Triton up to this many tokens
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
@@ -69,18 +71,24 @@ class ArmorLinear(nn.Module):
 
     def checkpoint_factors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(position codes, A blocks, B blocks) in the checkpoint layout, whatever layout the buffers hold now."""
-        if self._kernel_layout:
+        if self._layout == "cpu":
             return cpu_kernel.checkpoint_layout(self.sparse_meta, self.a_blocks, self.b_blocks)
+        if self._layout == "cuda":
+            return cuda_kernel.checkpoint_layout(self.sparse_meta, [self.out_features]), self.a_blocks, self.b_blocks
         return self.sparse_meta, self.a_blocks, self.b_blocks
 
-    def _use_kernel_layout(self, on: bool) -> None:
-        if on != self._kernel_layout:
-            if on:
-                cpu_kernel.to_kernel_layout(self.sparse_meta, self.a_blocks, self.b_blocks)
-            else:
-                for buf, value in zip((self.sparse_meta, self.a_blocks, self.b_blocks), self.checkpoint_factors()):
-                    buf.copy_(value)
-            self._kernel_layout = on
+    def _use_layout(self, layout: str) -> None:
+        """Turn the buffers into `layout` ("checkpoint", "cpu" or "cuda"), in place."""
+        if layout == self._layout:
+            return
+        if self._layout != "checkpoint":
+            for buf, value in zip((self.sparse_meta, self.a_blocks, self.b_blocks), self.checkpoint_factors()):
+                buf.copy_(value)
+        if layout == "cpu":
+            cpu_kernel.to_kernel_layout(self.sparse_meta, self.a_blocks, self.b_blocks)
+        elif layout == "cuda":
+            cuda_kernel.to_cutlass_layout(self.sparse_meta, [self.out_features])
+        self._layout = layout
 
     def validate(self, name: str) -> None:
         sparsity.check_packed(self.sparse_values, self.checkpoint_factors()[0], name)
@@ -101,46 +109,35 @@ class ArmorLinear(nn.Module):
         return self.in_features * self.out_features * self.sparse_values.element_size()
 
     def resident_bytes(self) -> int:
-        """Bytes this layer holds now: the packed tensors, plus the dense S or A S B the sparse / fold kernels keep."""
+        """Bytes this layer holds now: the packed tensors, plus the dense A S B the fold kernel keeps."""
         core = self._core
-        extra = 0
-        if isinstance(core, torch.Tensor) and not core.is_sparse and core.layout == torch.strided:
-            extra = core.numel() * core.element_size()
-        elif core is not None:  # semi-structured: compressed values + metadata
-            extra = sum(t.numel() * t.element_size() for t in (core.packed, core.meta) if t is not None)
-        return self.packed_bytes() + extra
+        return self.packed_bytes() + (core.numel() * core.element_size() if core is not None else 0)
 
     def pick_kernel(self, device: torch.device) -> tuple[str, str]:
-        """(kernel, why) that `auto` resolves to on `device`."""
-        if self.kernel != "auto":
-            return self.kernel, "asked for"
-        if device.type == "cuda":
-            return "sparse", "CUDA device"
-        reason = cpu_kernel.unusable_reason(self.sparse_values, self.a_blocks, self.b_blocks)
-        return ("reference", reason) if reason else ("packed", f"{cpu_kernel.isa()} CPU kernel")
+        """(kernel, why) for `device`: what `auto` resolves to, or the kernel asked for by name (refused with
+        a ValueError when it cannot run there)."""
+        block = max(self.a_blocks.shape[-1], self.b_blocks.shape[-1])
+        fits, why = kernel_choice.choose(device, self.sparse_values.dtype, self.in_features, [self.out_features], block)
+        if self.kernel == "auto":
+            return fits, why
+        if self.kernel in (kernel_choice.PACKED, kernel_choice.SPARSE) and fits != self.kernel:
+            raise ValueError(f"ArmorLinear {self.out_features}x{self.in_features}: kernel={self.kernel!r} cannot run "
+                             f"on {device}: {why if fits == kernel_choice.REFERENCE else 'that takes ' + fits}")
+        return self.kernel, "asked for"
 
     def prepare(self, device: torch.device | None = None) -> None:
         """Build the executable form once (at load time; forward does it on first use otherwise)."""
         device = device or self.sparse_values.device
         mode, why = self.pick_kernel(device)
-        if mode == "reference" and self.kernel == "auto":
+        if mode == kernel_choice.REFERENCE and self.kernel == "auto":
             log.warning("ArmorLinear %dx%d: reference kernel (S unpacked in every call): %s",
                         self.out_features, self.in_features, why)
         self._core = None
-        if mode == "packed":
-            reason = cpu_kernel.unusable_reason(self.sparse_values, self.a_blocks, self.b_blocks)
-            if reason:
-                raise ValueError(f"ArmorLinear {self.out_features}x{self.in_features}: kernel='packed' cannot run: {reason}")
-        self._use_kernel_layout(mode == "packed")  # the other kernels read the checkpoint layout
+        self._use_layout({"packed": "cpu", "sparse": "cuda"}.get(mode, "checkpoint"))
         if mode == "fold":
             self._core = self.dense_weight()
         elif mode == "sparse":
-            try:
-                self._core = torch.sparse.to_sparse_semi_structured(self.dense_core())
-            except (RuntimeError, ValueError) as err:
-                log.warning("ArmorLinear %dx%d: semi-structured sparse kernel unavailable (%s); using the "
-                            "reference kernel", self.out_features, self.in_features, err)
-                mode = "reference"
+            self._decode_limit = cuda_kernel.decode_token_limit(self.sparse_values, [self.out_features])
         self._mode, self._device = mode, device
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -149,23 +146,25 @@ class ArmorLinear(nn.Module):
         if self._mode == "packed":
             return cpu_kernel.linear(x, self.sparse_values, self.sparse_meta, self.a_blocks, self.b_blocks,
                                      [self.out_features], self.bias)  # kernel layout (prepare)
+        if self._mode == "sparse":
+            return cuda_kernel.linear(x, self.sparse_values, self.sparse_meta, self.a_blocks, self.b_blocks,
+                                      [self.out_features], self.bias, self._decode_limit)  # CUTLASS layout (prepare)
         if self._mode == "fold":
             return nn.functional.linear(x, self._core, self.bias)
-        core = self._core if self._mode == "sparse" else self.dense_core()
         y = blockdiag.apply(self.b_blocks, x)
-        y = nn.functional.linear(y, core)
+        y = nn.functional.linear(y, self.dense_core())
         y = blockdiag.apply(self.a_blocks, y)
         return y + self.bias if self.bias is not None else y
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         super()._save_to_state_dict(destination, prefix, keep_vars)
-        if self._kernel_layout:  # always save the checkpoint format
+        if self._layout != "checkpoint":  # always save the checkpoint format
             for name, value in zip(("sparse_meta", "a_blocks", "b_blocks"), self.checkpoint_factors()):
                 destination[prefix + name] = value
 
     def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)
-        self._kernel_layout, self._mode, self._core = False, None, None  # the buffers hold the checkpoint layout again
+        self._layout, self._mode, self._core = "checkpoint", None, None  # the buffers hold the checkpoint layout again
 
     def _apply(self, fn, recurse=True):
         self._mode, self._core = None, None  # .to()/.cuda()/dtype changes invalidate the executable form

@@ -51,15 +51,12 @@ def isa() -> str:
 PACKED_DTYPES = (torch.float32, torch.bfloat16)
 
 
-def unusable_reason(values: torch.Tensor, a_blocks: torch.Tensor, b_blocks: torch.Tensor) -> str:
-    """Why the packed kernel cannot run a layer with these tensors ("" when it can)."""
-    if values.device.type != "cpu":
-        return f"the packed 2:4 kernel runs on CPU; this layer is on {values.device}"
+def unusable_reason(dtype: torch.dtype, block: int) -> str:
+    """Why the packed kernel cannot run a CPU layer of this dtype and (largest) A/B block size ("" when it can)."""
     if _C is None:
         return unavailable_reason()
-    if values.dtype not in PACKED_DTYPES:
-        return f"the packed CPU kernel takes float32 or bfloat16 weights, not {values.dtype}"
-    block = max(a_blocks.shape[-1], b_blocks.shape[-1])
+    if dtype not in PACKED_DTYPES:
+        return f"the packed CPU kernel takes float32 or bfloat16 weights, not {dtype}"
     if block > _C.max_block():
         return f"block size {block} is over the packed CPU kernel's {_C.max_block()}"
     return ""

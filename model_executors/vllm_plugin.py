@@ -6,11 +6,15 @@ original matrix. A fused layer keeps, per rank: the rows of every shard's S (con
 of every shard (concatenated, still block-diagonal), and one B per shard (each shard reads x through its
 own B). Tensor parallelism follows model_executors.sharding.
 
-Kernels: on CPU the packed 2:4 kernel (`torch.ops.armor.linear`, one call per fused layer: each shard's rows
-read that shard's B x) keeps S packed, its tensors turned into the kernel layout in place at load time
-(position bitmask, transposed A/B blocks: the same bytes). Elsewhere
-(CUDA until its sparse path lands, or a CPU build without the extension, or float16) the reference kernel
-holds S dense-with-zeros per shard, and says so in the log once per process.
+Kernels, chosen once at load time (`process_weights_after_loading`) and logged once per process:
+* CPU: the packed 2:4 kernel (`torch.ops.armor.linear`, one call per fused layer: each shard's rows read that
+  shard's B x); its tensors turned into the kernel layout in place (position bitmask, transposed A/B blocks);
+* CUDA sm80+, float16/bfloat16: 2:4 sparse tensor cores (model_executors/cuda_kernel.py): the metadata
+  permuted in place into CUTLASS's order; one Triton launch per fused layer up to the token count where it
+  was measured to beat CUTLASS (timed once per shape at load), CUTLASS's 2:4 GEMM per shard beyond;
+* elsewhere (no extension, float16 on CPU, float32 on GPU, a GPU before sm80, shapes CUTLASS cannot take):
+  the reference kernel, S held dense-with-zeros per shard, with the reason in the log.
+All paths keep exactly the checkpoint's bytes except the reference one.
 """
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ from vllm.model_executor.layers.quantization import register_quantization_config
 from vllm.model_executor.layers.quantization.base_config import QuantizationConfig
 
 from model_executors import format as fmt
-from model_executors import cpu_kernel, sharding, sparsity
+from model_executors import cpu_kernel, cuda_kernel, kernel_choice, sharding, sparsity
 from model_executors.fused import armor_apply
 
 log = init_logger("vllm.armor")  # under "vllm": vLLM's handlers print it; it has info_once/warning_once
@@ -133,24 +137,32 @@ class ArmorLinearMethod(LinearMethodBase):
         if missing:
             raise ValueError(f"{self.prefix}: ARMOR tensors missing from the checkpoint: {', '.join(missing)}")
         sparsity.check_packed(layer.sparse_values.data, layer.sparse_meta.data, self.prefix)
-        values = layer.sparse_values.data
-        reason = cpu_kernel.unusable_reason(values, layer.a_blocks, layer.b_blocks)
-        if not reason:
-            log.info_once(f"ARMOR layers run the packed 2:4 CPU kernel ({cpu_kernel.isa()} path)")
+        values, shards = layer.sparse_values.data, layer.armor_shard_sizes
+        kernel, why = kernel_choice.choose(values.device, values.dtype, values.shape[1] * 2, shards,
+                                           self.config.block_size)
+        layer.armor_kernel = kernel
+        if kernel == kernel_choice.PACKED:
+            log.info_once(f"ARMOR layers run the {why}")
             cpu_kernel.to_kernel_layout(layer.sparse_meta.data, layer.a_blocks.data, layer.b_blocks.data)
-            layer.armor_kernel = "packed"
             return
-        log.warning_once(f"ARMOR layers run the reference kernel (S held dense-with-zeros): {reason}")
+        if kernel == kernel_choice.SPARSE:
+            log.info_once(f"ARMOR layers run on {why}")
+            cuda_kernel.to_cutlass_layout(layer.sparse_meta.data, shards)
+            layer.armor_decode_limit = cuda_kernel.decode_token_limit(values, shards)
+            return
+        log.warning_once(f"ARMOR layers run the reference kernel (S held dense-with-zeros): {why}")
         # Reference kernel: S dense-with-zeros, one matrix per shard; the packed copies are freed.
         core = sparsity.unpack(values, layer.sparse_meta.data)
         layer.armor_cores = list(core.split(layer.armor_shard_sizes, dim=0))
         layer.sparse_values = nn.Parameter(values.new_empty(0), requires_grad=False)
         layer.sparse_meta = nn.Parameter(layer.sparse_meta.data.new_empty(0), requires_grad=False)
-        layer.armor_kernel = "reference"
 
     def apply(self, layer, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        if layer.armor_kernel == "packed":
+        if layer.armor_kernel == kernel_choice.PACKED:
             return cpu_kernel.linear(x, layer.sparse_values, layer.sparse_meta, layer.a_blocks, layer.b_blocks,
                                      layer.armor_shard_sizes, bias)
+        if layer.armor_kernel == kernel_choice.SPARSE:
+            return cuda_kernel.linear(x, layer.sparse_values, layer.sparse_meta, layer.a_blocks, layer.b_blocks,
+                                      layer.armor_shard_sizes, bias, layer.armor_decode_limit)
         return armor_apply(x, layer.a_blocks, layer.armor_cores, layer.b_blocks, bias)
 

@@ -7,9 +7,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("ARMOR_HOME", str(ROOT / ".cache" / "armor-home"))
+if not torch.cuda.is_available():
+    # Triton kernels (the GPU decode path) run on CPU tensors through Triton's interpreter; it must be on
+    # before triton is first imported, since its standard library is decorated at import
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def run_cli(*args: str, timeout: float = 900, **kwargs) -> subprocess.CompletedProcess:

@@ -108,6 +108,8 @@ def test_metrics_move_by_known_amounts(server, tokenizer):
     # ARMOR layers stay packed (values + bitmask + A/B blocks) on CPU: the server holds less than dense
     dense, resident = server.metric("armor_weights_dense_equivalent_bytes"), server.metric("armor_weights_resident_bytes")
     assert 0 < resident < 0.85 * dense
+    for layer in ("q_proj", "gate_proj", "down_proj"):  # the kernel each layer type runs, as the engine picks it
+        assert server.metric("armor_layer_kernel_info", layer=layer, kernel="packed") == 1
     assert server.metric("armor_process_resident_memory_bytes") > 0
     if server.proc.args[server.proc.args.index("--engine") + 1] == "vllm":
         text = httpx.get(server.base + "/metrics").text

@@ -1,0 +1,180 @@
+"""ARMOR layers on NVIDIA 2:4 sparse tensor cores (sm80+, float16/bfloat16).
+
+    to_cutlass_layout(meta, shard_sizes)                       # once, at load time, in place
+    limit = decode_token_limit(values, meta, a, b, shard_sizes)  # once per shape, at load time (measured)
+    y = cuda_kernel.linear(x, values, meta, a, b, shard_sizes, bias, limit)
+
+y = A [S_s (B_s x)]_s + bias: B as one batched block-diagonal transform giving every shard's input, then
+* up to `limit` tokens: the Triton decode kernel (model_executors/triton_decode.py), one launch per fused layer;
+* beyond: CUTLASS's 2:4 GEMM (`torch._sparse_semi_structured_mm`), one per shard, tokens padded to 8;
+then A as one batched transform over the concatenated shards.
+
+Why CUTLASS and not cuSPARSELt: the CUTLASS format *is* the checkpoint's: the kept values are byte-identical
+and the metadata holds the same 4-bit position codes (4 to an int16), only permuted into the tensor cores'
+order. So the conversion is a permutation of our own bytes, in place, with no dense intermediate, checked on
+CPU against torch's reference conversion, and the Triton decode kernel reads the very same buffers: the layer
+holds 0.5625x dense bytes plus the A/B blocks. cuSPARSELt's compressed format is opaque, so decode would need
+a second copy of S (or no decode kernel at all).
+"""
+from __future__ import annotations
+
+import functools
+import logging
+
+import torch
+from torch.sparse._semi_structured_conversions import _calculate_meta_reordering_scatter_offsets
+
+from model_executors import blockdiag
+
+log = logging.getLogger(__name__)
+
+DTYPES = (torch.float16, torch.bfloat16)
+ROW_MULTIPLE, COL_MULTIPLE = 32, 64  # CUTLASS 2:4 (16-bit) constraints on the sparse operand, per shard
+TOKEN_MULTIPLE = 8                   # ... and on the dense operand's columns (tokens)
+DEFAULT_DECODE_LIMIT = 16            # used where it cannot be measured (no CUDA: the Triton interpreter)
+
+
+def triton_unavailable_reason() -> str:
+    try:
+        import triton  # noqa: F401
+    except ImportError as err:
+        return f"triton is not installed ({err}); `pip install triton`"
+    return ""
+
+
+def unusable_reason(device: torch.device, dtype: torch.dtype, shard_sizes: list[int], in_features: int) -> str:
+    """Why the 2:4 tensor-core path cannot run a layer ("" when it can)."""
+    if device.type != "cuda":
+        return f"2:4 sparse tensor cores need a CUDA device; this layer is on {device}"
+    major, minor = torch.cuda.get_device_capability(device)
+    if major < 8:
+        return (f"2:4 sparse tensor cores need compute capability 8.0 (Ampere) or newer; "
+                f"{torch.cuda.get_device_name(device)} is {major}.{minor}")
+    if dtype not in DTYPES:
+        return f"the 2:4 tensor-core path takes float16 or bfloat16 weights, not {dtype} (serve with --dtype bfloat16)"
+    bad = [s for s in shard_sizes if s % ROW_MULTIPLE] + ([in_features] if in_features % COL_MULTIPLE else [])
+    if bad:
+        return (f"CUTLASS 2:4 needs output rows per shard in multiples of {ROW_MULTIPLE} and inputs in multiples "
+                f"of {COL_MULTIPLE}; this layer has outputs {shard_sizes}, input {in_features}")
+    return triton_unavailable_reason()
+
+
+def _offsets(rows: int, in_features: int, device) -> torch.Tensor:
+    return _calculate_meta_reordering_scatter_offsets(rows, in_features // 16, torch.int16, device)
+
+
+def to_cutlass_layout(meta: torch.Tensor, shard_sizes: list[int]) -> None:
+    """Checkpoint position codes -> CUTLASS metadata, in place (same bytes, permuted), shard by shard.
+
+    Our uint8 meta holds two 4-bit codes `i0 | i1 << 2` per byte, low nibble first: read as little-endian
+    int16 that is CUTLASS's metadata before reordering, four groups per element."""
+    rows_start = 0
+    for rows in shard_sizes:
+        shard = meta[rows_start : rows_start + rows]
+        codes = shard.contiguous().view(torch.int16).reshape(-1)
+        reordered = torch.empty_like(codes).scatter_(0, _offsets(rows, meta.shape[1] * 8, meta.device), codes)
+        shard.view(torch.int16).copy_(reordered.view(rows, -1))
+        rows_start += rows
+
+
+def checkpoint_layout(meta: torch.Tensor, shard_sizes: list[int]) -> torch.Tensor:
+    """CUTLASS metadata -> checkpoint position codes (the inverse of to_cutlass_layout), as a new tensor."""
+    out = torch.empty_like(meta)
+    rows_start = 0
+    for rows in shard_sizes:
+        reordered = meta[rows_start : rows_start + rows].contiguous().view(torch.int16).reshape(-1)
+        codes = reordered.gather(0, _offsets(rows, meta.shape[1] * 8, meta.device))
+        out[rows_start : rows_start + rows].view(torch.int16).copy_(codes.view(rows, -1))
+        rows_start += rows
+    return out
+
+
+def _shard_inputs(x2d: torch.Tensor, b_blocks: torch.Tensor, shards: int) -> torch.Tensor:
+    """(shards, tokens, d_in): every shard's B_s x in one batched block-diagonal transform."""
+    tokens, d_in = x2d.shape
+    b = b_blocks.shape[-1]
+    blocks = b_blocks.reshape(shards, d_in // b, b, b)
+    return torch.einsum("tnj,snij->stni", x2d.reshape(tokens, d_in // b, b), blocks).reshape(shards, tokens, d_in)
+
+
+def _cutlass_mm(u: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, shard_sizes: list[int]) -> torch.Tensor:
+    tokens = u.shape[1]
+    pad = (-tokens) % TOKEN_MULTIPLE
+    if pad:
+        u = torch.nn.functional.pad(u, (0, 0, 0, pad))
+    parts, start = [], 0
+    meta16 = meta.view(torch.int16)
+    for s, rows in enumerate(shard_sizes):
+        z = torch._sparse_semi_structured_mm(values[start : start + rows], meta16[start : start + rows], u[s].t())
+        parts.append(z.t()[:tokens])
+        start += rows
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+
+# One opaque op: the choice by token count happens inside it, so torch.compile (vLLM compiles with a dynamic
+# token dimension) sees no branch to guard on, and CUDA graphs capture whichever kernel the size picks.
+@torch.library.custom_op("armor_cuda::sparse24_mm", mutates_args=())
+def sparse_mm(u: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, shard_sizes: list[int],
+              decode_limit: int) -> torch.Tensor:
+    """[S_s u_s]_s as (tokens, rows): the Triton decode kernel up to `decode_limit` tokens, CUTLASS beyond."""
+    if u.shape[1] <= decode_limit:
+        from model_executors.triton_decode import sparse24_decode
+
+        return sparse24_decode(u, values, meta.view(torch.int16), shard_sizes)
+    return _cutlass_mm(u, values, meta, shard_sizes)
+
+
+@sparse_mm.register_fake
+def _(u, values, meta, shard_sizes, decode_limit):
+    return u.new_empty(u.shape[1], values.shape[0])
+
+
+def linear(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, a_blocks: torch.Tensor, b_blocks: torch.Tensor,
+           shard_sizes: list[int], bias: torch.Tensor | None = None, decode_limit: int = DEFAULT_DECODE_LIMIT):
+    """y = A [S_s (B_s x)]_s + bias on tensors in the CUTLASS layout (`to_cutlass_layout`)."""
+    flat = x.reshape(-1, x.shape[-1])
+    u = _shard_inputs(flat, b_blocks, len(shard_sizes))
+    y = blockdiag.apply(a_blocks, sparse_mm(u, values, meta, shard_sizes, decode_limit))
+    if bias is not None:
+        y = y + bias
+    return y.reshape(*x.shape[:-1], y.shape[-1])
+
+
+def _time_ms(fn, repeats: int = 20) -> float:
+    fn()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(repeats):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / repeats
+
+
+@functools.cache
+def _measured_limit(rows: tuple[int, ...], d_in: int, dtype: torch.dtype, device: str) -> int:
+    from model_executors.triton_decode import MAX_TOKENS
+
+    shards = len(rows)
+    values = torch.randn(sum(rows), d_in // 2, dtype=dtype, device=device)
+    meta = torch.full((sum(rows), d_in // 8), 0x44, dtype=torch.uint8, device=device)  # positions (0, 1) everywhere
+    to_cutlass_layout(meta, list(rows))
+    limit, tokens = 0, 1
+    while tokens <= MAX_TOKENS:
+        u = torch.randn(shards, tokens, d_in, dtype=dtype, device=device)
+        triton_ms = _time_ms(lambda: sparse_mm(u, values, meta, list(rows), MAX_TOKENS))
+        cutlass_ms = _time_ms(lambda: _cutlass_mm(u, values, meta, list(rows)))
+        if triton_ms >= cutlass_ms:
+            break
+        limit, tokens = tokens, tokens * 2
+    log.info("ARMOR 2:4 layer %s x %d (%s): Triton decode kernel up to %d tokens, CUTLASS beyond",
+             list(rows), d_in, dtype, limit)
+    return limit
+
+
+def decode_token_limit(values: torch.Tensor, shard_sizes: list[int]) -> int:
+    """Up to how many tokens the Triton decode kernel beats CUTLASS on this shape: timed once per shape and
+    dtype on this GPU (the crossover), at load time; DEFAULT_DECODE_LIMIT off CUDA."""
+    if values.device.type != "cuda":
+        return DEFAULT_DECODE_LIMIT
+    return _measured_limit(tuple(shard_sizes), values.shape[1] * 2, values.dtype, str(values.device))

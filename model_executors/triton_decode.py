@@ -1,0 +1,88 @@
+"""Triton decode kernel for the 2:4 core on GPU: z_s = S_s u_s for 1-64 tokens, straight from the bytes the
+CUTLASS 2:4 kernel reads (kept values + CUTLASS-reordered 4-bit position codes, model_executors/cuda_kernel.py),
+so decode and prefill share one copy of the weights and decode reads ~0.56x the bytes of dense.
+
+One launch covers a fused layer (qkv: 3 shards, gate_up: 2): shard s's rows read their own input u_s
+(u has shape (shards, tokens, d_in): every shard's B x, made by one batched transform). A program owns
+BLOCK_N output rows of one shard and all tokens; per step it decompresses a (BLOCK_N, 4 * BLOCK_G) tile
+of S in registers as four (BLOCK_N, BLOCK_G) column phases (the j-th input of every group of 4) and runs
+four tensor-core dots against the matching strided rows of u; the sum over inputs does not care about
+their order. Runs on CPU under TRITON_INTERPRET=1, which is how CI tests it.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+MAX_TOKENS = 64  # the token tile is held whole in registers
+
+
+@triton.jit
+def _sparse24_kernel(values_ptr, meta_ptr, u_ptr, out_ptr, T, N, K, end0, end1,
+                     BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_T: tl.constexpr, DOT_FP32: tl.constexpr):
+    row0 = tl.program_id(0) * BLOCK_N
+    # the shard this row tile belongs to (tiles never straddle shards: BLOCK_N divides every shard's rows)
+    s = (row0 >= end0).to(tl.int32) + (row0 >= end1).to(tl.int32)
+    start = tl.where(s == 0, 0, tl.where(s == 1, end0, end1))
+    m = tl.where(s == 0, end0, tl.where(s == 1, end1, N)) - start
+    rows = row0 + tl.arange(0, BLOCK_N)
+    local = rows - start
+    # CUTLASS meta reordering (torch.sparse._semi_structured_conversions): row interleave within groups of
+    # 32 rows, 2x2 swizzle, then column-major interleaved by 2 -- per shard, whose buffer starts at start*K/16
+    dst_r = (local // 32) * 32 + (local % 8) * 4 + (local % 32) // 8
+    meta_base = meta_ptr + start * (K // 16)
+    toks = tl.arange(0, BLOCK_T)
+    tok_ok = toks[None, :] < T
+    u_base = u_ptr + s * T * K + toks[None, :] * K
+    acc = tl.zeros((BLOCK_N, BLOCK_T), dtype=tl.float32)
+    for g0 in range(0, K // 4, BLOCK_G):
+        groups = g0 + tl.arange(0, BLOCK_G)
+        col = groups // 4  # the int16 meta element holding this group's 4-bit code
+        top_right = ((dst_r[:, None] % 2 == 0) & (col[None, :] % 2 == 1)).to(tl.int32)
+        bottom_left = ((dst_r[:, None] % 2 == 1) & (col[None, :] % 2 == 0)).to(tl.int32)
+        r = dst_r[:, None] + top_right - bottom_left
+        c = col[None, :] - top_right + bottom_left
+        meta = tl.load(meta_base + (c // 2) * m * 2 + r * 2 + c % 2).to(tl.int32) & 0xFFFF
+        code = (meta >> ((groups % 4) * 4)[None, :]) & 0xF
+        first, second = code & 3, code >> 2
+        vals = values_ptr + rows[:, None] * (K // 2) + groups[None, :] * 2
+        v0 = tl.load(vals)
+        v1 = tl.load(vals + 1)
+        zero = tl.zeros((BLOCK_N, BLOCK_G), dtype=v0.dtype)
+        for j in tl.static_range(4):
+            w = tl.where(first == j, v0, tl.where(second == j, v1, zero))
+            x = tl.load(u_base + groups[:, None] * 4 + j, mask=tok_ok, other=0.0)
+            if DOT_FP32:  # Triton's CPU interpreter computes bfloat16 tl.dot wrongly (triton 3.x); GPUs never take this
+                acc += tl.dot(w.to(tl.float32), x.to(tl.float32))
+            else:
+                acc += tl.dot(w, x)
+    tl.store(out_ptr + toks[None, :] * N + rows[:, None], acc.to(out_ptr.dtype.element_ty), mask=tok_ok)
+
+
+def tile_rows(shard_sizes: list[int]) -> int:
+    """The largest row tile (16 or 32) that divides every shard, so no tile straddles two shards."""
+    for block in (32, 16):
+        if all(size % block == 0 for size in shard_sizes):
+            return block
+    raise ValueError(f"shard sizes {shard_sizes} are not multiples of 16")
+
+
+def sparse24_decode(u: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, shard_sizes: list[int]) -> torch.Tensor:
+    """(tokens, sum(shard_sizes)): [S_s u_s]_s with u (shards, tokens, d_in) and the CUTLASS layout of S
+    (`meta`: uint8 bytes of every shard's reordered int16 metadata, shard after shard)."""
+    shards, tokens, k = u.shape
+    n = values.shape[0]
+    if len(shard_sizes) != shards or shards > 3 or sum(shard_sizes) != n:
+        raise ValueError(f"shard sizes {shard_sizes} do not match {shards} input shard(s) and {n} rows")
+    if tokens > MAX_TOKENS:
+        raise ValueError(f"the decode kernel takes at most {MAX_TOKENS} tokens, got {tokens}")
+    ends = [sum(shard_sizes[: i + 1]) for i in range(shards)] + [n] * (3 - shards)
+    out = torch.empty(tokens, n, dtype=u.dtype, device=u.device)
+    block_n = tile_rows(shard_sizes)
+    block_g = next(g for g in (64, 32, 16) if (k // 4) % g == 0)
+    block_t = max(16, triton.next_power_of_2(tokens))
+    _sparse24_kernel[(n // block_n,)](values, meta, u.contiguous(), out, tokens, n, k, ends[0], ends[1],
+                                      BLOCK_N=block_n, BLOCK_G=block_g, BLOCK_T=block_t,
+                                      DOT_FP32=u.device.type == "cpu" and u.dtype == torch.bfloat16)
+    return out

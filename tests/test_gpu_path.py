@@ -1,0 +1,133 @@
+"""The GPU path, tested without a GPU: the CUTLASS metadata conversion against torch's own reference
+conversion, the Triton decode kernel against the reference product (under Triton's CPU interpreter, which
+conftest.py turns on where there is no GPU; compiled, on the GPU, where there is one), and the kernel
+choice's reasons. tests/test_cuda_kernels.py runs the whole layer on a real GPU when there is one."""
+import pytest
+import torch
+from torch.sparse._semi_structured_conversions import sparse_semi_structured_from_dense_cutlass
+
+from model_executors import cuda_kernel, kernel_choice, sparsity, triton_decode
+from model_executors.armor_linear import ArmorLinear
+
+DTYPES = [torch.float16, torch.bfloat16]
+
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def core(rows: int, cols: int, dtype, seed: int = 0):
+    """(values, codes, dense S) of a random 2:4 matrix with no zero among its kept values."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(rows, cols, generator=g)
+    w = w + w.sign() * 0.1  # kept values never round to 0, so the dense reference sees every kept position
+    mask = sparsity.top2_mask(torch.rand(rows, cols, generator=g))
+    values, codes = sparsity.pack((w * mask).to(dtype), mask)
+    return values, codes, sparsity.unpack(values, codes)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shards,cols", [([32], 64), ([128], 256), ([64, 32, 32], 128), ([96, 96], 192)])
+def test_metadata_conversion_matches_torch_reference(dtype, shards, cols):
+    values, codes, dense = core(sum(shards), cols, dtype)
+    meta = codes.clone()
+    cuda_kernel.to_cutlass_layout(meta, shards)
+    start = 0
+    for rows in shards:  # every shard is its own CUTLASS operand
+        ref_values, ref_meta = sparse_semi_structured_from_dense_cutlass(dense[start : start + rows])
+        assert torch.equal(ref_values, values[start : start + rows])  # the kept values are byte-identical
+        assert torch.equal(ref_meta, meta[start : start + rows].view(torch.int16))
+        start += rows
+    assert torch.equal(cuda_kernel.checkpoint_layout(meta, shards), codes)
+
+
+def reference(u, dense, shards):
+    starts = [sum(shards[:s]) for s in range(len(shards))]
+    return torch.cat([u[s].float() @ dense[o : o + r].float().T for s, (o, r) in enumerate(zip(starts, shards))], 1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("tokens", [1, 3, 16, 33])
+@pytest.mark.parametrize("shards,cols", [([32], 64), ([64, 32, 32], 128), ([96, 96], 256)])
+def test_triton_decode_kernel_matches_reference(dtype, tokens, shards, cols):
+    values, codes, dense = core(sum(shards), cols, dtype, seed=tokens)
+    meta = codes.clone()
+    cuda_kernel.to_cutlass_layout(meta, shards)
+    u = torch.randn(len(shards), tokens, cols, generator=torch.Generator().manual_seed(1)).to(dtype)
+    out = triton_decode.sparse24_decode(u.to(DEVICE), values.to(DEVICE), meta.view(torch.int16).to(DEVICE), shards)
+    assert out.shape == (tokens, sum(shards)) and out.dtype == dtype
+    torch.testing.assert_close(out.float().cpu(), reference(u, dense, shards), rtol=2e-2, atol=3e-2 * cols ** 0.5)
+
+
+def test_triton_decode_kernel_refuses_what_it_cannot_take():
+    values, codes, _ = core(64, 64, torch.float16)
+    u = torch.randn(1, 65, 64, dtype=torch.float16)
+    with pytest.raises(ValueError, match="at most 64 tokens"):
+        triton_decode.sparse24_decode(u, values, codes.view(torch.int16), [64])
+    with pytest.raises(ValueError, match="do not match"):
+        triton_decode.sparse24_decode(u[:, :2], values, codes.view(torch.int16), [32, 16])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fused_layer_through_the_decode_path_matches_armor_reference(dtype):
+    """The whole y = A [S_s (B_s x)]_s + bias as the vLLM method runs a fused gate_up layer (one Triton launch)."""
+    g = torch.Generator().manual_seed(5)
+    shards, cols, b = [64, 64], 128, 32
+    mods = []
+    for s in range(2):
+        w = torch.randn(64, cols, generator=g)
+        mask = sparsity.top2_mask(w.abs())
+        a_blocks = torch.eye(b) + 0.1 * torch.randn(2, b, b, generator=g)
+        b_blocks = torch.eye(b) + 0.1 * torch.randn(cols // b, b, b, generator=g)
+        mods.append(ArmorLinear.from_factors(a_blocks, w * mask, mask, b_blocks, bias=torch.randn(64, generator=g),
+                                             dtype=dtype, kernel="reference"))
+    values = torch.cat([m.sparse_values for m in mods])
+    meta = torch.cat([m.sparse_meta for m in mods])
+    a_blocks = torch.cat([m.a_blocks for m in mods])
+    b_blocks = torch.stack([m.b_blocks for m in mods])
+    bias = torch.cat([m.bias for m in mods])
+    cuda_kernel.to_cutlass_layout(meta, shards)
+    x = torch.randn(2, 3, cols, generator=g).to(dtype)  # batched input: any leading dims
+    on = lambda t: t.to(DEVICE)
+    y = cuda_kernel.linear(on(x), on(values), on(meta), on(a_blocks), on(b_blocks), shards, on(bias), decode_limit=64)
+    y = y.cpu()
+    ref = torch.cat([x.float() @ m.dense_weight().float().T + m.bias.float() for m in mods], dim=-1)
+    assert y.shape == (2, 3, 128)
+    torch.testing.assert_close(y.float(), ref, rtol=3e-2, atol=0.25)
+
+
+def test_armor_linear_saves_the_checkpoint_layout_from_the_cutlass_layout():
+    g = torch.Generator().manual_seed(2)
+    w = torch.randn(64, 128, generator=g)
+    mask = sparsity.top2_mask(w.abs())
+    mod = ArmorLinear.from_factors(torch.eye(32).repeat(2, 1, 1), w * mask, mask, torch.eye(32).repeat(4, 1, 1),
+                                   dtype=torch.bfloat16)
+    saved = {k: v.clone() for k, v in mod.state_dict().items()}
+    mod._use_layout("cuda")
+    assert not torch.equal(mod.sparse_meta, saved["sparse_meta"])
+    assert all(torch.equal(mod.state_dict()[k], v) for k, v in saved.items())
+    mod._use_layout("cpu")  # cuda -> cpu goes through the checkpoint layout
+    assert all(torch.equal(mod.state_dict()[k], v) for k, v in saved.items())
+
+
+@pytest.mark.parametrize("capability,dtype,shards,cols,expected", [
+    ((7, 5), torch.float16, [64], 128, "compute capability 8.0"),
+    ((9, 0), torch.float32, [64], 128, "float16 or bfloat16"),
+    ((9, 0), torch.bfloat16, [48], 128, "multiples of 32"),
+    ((9, 0), torch.bfloat16, [64], 96, "multiples of 64"),
+    ((9, 0), torch.bfloat16, [64, 32], 128, None),
+])
+def test_kernel_choice_on_gpus_says_why(monkeypatch, capability, dtype, shards, cols, expected):
+    # no GPU here: the device query is the one thing mocked
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Test GPU")
+    kernel, why = kernel_choice.choose("cuda", dtype, cols, shards, 32)
+    if expected is None:
+        assert kernel == "sparse"
+    else:
+        assert kernel == "reference" and expected in why
+
+
+def test_kernel_choice_on_cpu():
+    assert kernel_choice.choose("cpu", torch.float32, 128, [64], 32)[0] == "packed"
+    kernel, why = kernel_choice.choose("cpu", torch.float16, 128, [64], 32)
+    assert kernel == "reference" and "float32 or bfloat16" in why
