@@ -131,3 +131,37 @@ def test_kernel_choice_on_cpu():
     assert kernel_choice.choose("cpu", torch.float32, 128, [64], 32)[0] == "packed"
     kernel, why = kernel_choice.choose("cpu", torch.float16, 128, [64], 32)
     assert kernel == "reference" and "float32 or bfloat16" in why
+
+
+AOT_COMPILE = """
+import re, sys, triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from model_executors.triton_decode import _sparse24_kernel
+arch, dtype = int(sys.argv[1]), sys.argv[2]
+ptr = "*" + dtype
+src = ASTSource(fn=_sparse24_kernel, signature={"values_ptr": ptr, "meta_ptr": "*i16", "u_ptr": ptr, "out_ptr": ptr,
+    "T": "i32", "N": "i32", "K": "i32", "end0": "i32", "end1": "i32", "BLOCK_N": "constexpr", "BLOCK_G": "constexpr",
+    "BLOCK_T": "constexpr", "DOT_FP32": "constexpr"},
+    constexprs={"BLOCK_N": 32, "BLOCK_G": 64, "BLOCK_T": 32, "DOT_FP32": False})
+kernel = triton.compile(src, target=GPUTarget("cuda", arch, 32))
+print(len(kernel.asm["cubin"]), sorted(set(re.findall(r"mma[.][.\\w]*", kernel.asm["ptx"]))))
+"""
+
+
+@pytest.mark.parametrize("arch", [80, 90])
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_triton_decode_kernel_compiles_to_tensor_core_code_without_a_gpu(arch, dtype):
+    """The GPU build of the kernel (not the interpreter's): Triton compiles it ahead of time to a cubin for
+    sm80/sm90 here, and its PTX multiplies on tensor cores (mma) in the weights' dtype."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", AOT_COMPILE, str(arch), dtype], capture_output=True, text=True,
+                          env={**env, "TRITON_DEFAULT_FP_FUSION": "1"}, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    size, mma = proc.stdout.split(" ", 1)
+    ptx_type = {"fp16": "f16", "bf16": "bf16"}[dtype]
+    assert int(size) > 10_000 and f"f32.{ptx_type}.{ptx_type}.f32" in mma
