@@ -4,16 +4,19 @@
 // time. Never a dense S.
 //
 // Two paths, picked by token count:
-// * decode (T <= prefill_min_tokens - 1): B x, then per A-block of rows the sparse product from the packed
+// * decode (T < prefill_min_tokens): B x, then per A-block of rows the sparse product from the packed
 //   core (accumulators in registers, the core read once) and A applied while those rows are in cache;
 // * prefill (larger T, compute-bound): S is decompressed panel by panel into a small scratch buffer that
-//   feeds torch's dense GEMM (MKL / oneDNN), then A.
+//   feeds oneDNN's dense GEMM, then A.
 // The kernels come in AVX-512, AVX2 and portable builds (kernel_*.cpp), picked at run time by CPUID.
 #include <torch/extension.h>
+#include <ATen/Context.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 
 #include <algorithm>
 #include <cstdlib>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -67,9 +70,9 @@ constexpr int64_t kMaxBlock = 128;  // largest A/B block (generic.h block_matvec
 constexpr int64_t kPanelBytes = 4 << 20;  // the prefill path's scratch: one panel of S, dense
 
 // Token counts from which the prefill path runs, per weight dtype, from `python -m benchmarks.kernel_crossover`
-// (benchmarks/results/kernel-crossover-cpu.md): for float32 the direct kernel beat MKL's GEMM at every token
-// count measured (1..2048), for bfloat16 oneDNN's GEMM wins from 32-64 tokens.
-int64_t g_prefill_min_tokens[2] = {int64_t(1) << 40, 48};  // float32, bfloat16
+// (benchmarks/results/kernel-crossover-cpu.md, and the SmolLM2 shapes 3072x576, 576x1536): with oneDNN
+// behind the panels the prefill path wins from about 64 tokens in float32, 32-64 in bfloat16.
+int64_t g_prefill_min_tokens[2] = {64, 48};  // float32, bfloat16
 
 // Few tokens (memory-bound): B x, then the packed core read once, A applied per block of rows in cache.
 at::Tensor decode(const armor::Layer& L, const armor::Kernels& k, const at::Tensor& x, const std::vector<int64_t>& shard_rows) {
@@ -95,8 +98,27 @@ at::Tensor decode(const armor::Layer& L, const armor::Kernels& k, const at::Tens
   return y;
 }
 
-// Many tokens (compute-bound): S decompressed panel by panel into a small scratch buffer that feeds torch's
-// dense GEMM (oneDNN / MKL); B and A in the weight dtype end to end, as the reference computes, so the only
+// out = x w^T through oneDNN: float32 through torch's mkldnn::_linear_pointwise (plain-layout weights, nothing
+// prepacked) where torch has it, since at::mm sends float32 to MKL's sgemm, 2-2.3x slower than oneDNN on AMD
+// CPUs (SmolLM2 shapes, 256 tokens); bfloat16 at::mm is oneDNN already. vLLM's CPU engine runs oneDNN too.
+void gemm_out(at::Tensor& out, const at::Tensor& x, const at::Tensor& w) {
+  static const auto onednn = [] {
+    auto handle = c10::Dispatcher::singleton().findOp({"mkldnn::_linear_pointwise", ""});
+    return handle && at::hasMKLDNN()
+               ? std::optional(handle->typed<at::Tensor(const at::Tensor&, const at::Tensor&,
+                                                        const std::optional<at::Tensor>&, c10::string_view,
+                                                        c10::List<std::optional<at::Scalar>>,
+                                                        std::optional<c10::string_view>)>())
+               : std::nullopt;
+  }();
+  if (onednn && w.scalar_type() == at::kFloat)  // bfloat16 at::mm already runs oneDNN, straight into out
+    out.copy_(onednn->call(x, w, std::nullopt, "none", c10::List<std::optional<at::Scalar>>(), std::nullopt));
+  else
+    at::mm_out(out, x, w.t());
+}
+
+// Many tokens (compute-bound): S decompressed panel by panel into a small scratch buffer that feeds a
+// dense GEMM (oneDNN); B and A in the weight dtype end to end, as the reference computes, so the only
 // (T x d) buffers are the transformed input and the GEMM output (A is applied to it in place).
 at::Tensor prefill(const armor::Layer& L, const armor::Kernels& k, const at::Tensor& x, const at::Tensor& values,
                    const std::vector<int64_t>& shard_rows) {
@@ -113,7 +135,7 @@ at::Tensor prefill(const armor::Layer& L, const armor::Kernels& k, const at::Ten
         k.decompress(L, r0, r1, static_cast<char*>(dense.data_ptr()) + (r0 - p0) * d_in * esize);
       });
       at::Tensor out = z.narrow(1, p0, rows);
-      at::mm_out(out, xs, dense.t());
+      gemm_out(out, xs, dense);
     }
   }
   at::parallel_for(0, L.d_out / L.ba, 1, [&](int64_t j0, int64_t j1) {
