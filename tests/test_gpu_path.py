@@ -165,3 +165,37 @@ def test_triton_decode_kernel_compiles_to_tensor_core_code_without_a_gpu(arch, d
     size, mma = proc.stdout.split(" ", 1)
     ptx_type = {"fp16": "f16", "bf16": "bf16"}[dtype]
     assert int(size) > 10_000 and f"f32.{ptx_type}.{ptx_type}.f32" in mma
+
+
+def test_vllm_method_wires_a_fused_layer_onto_the_gpu_path(monkeypatch):
+    """vLLM's ARMOR linear method with the 2:4 tensor-core path chosen (the choice is the one thing forced:
+    no GPU here): a fused gate_up layer is converted in place at load and `apply` equals the reference."""
+    pytest.importorskip("vllm")
+    from torch import nn
+
+    from model_executors import vllm_plugin
+
+    g = torch.Generator().manual_seed(7)
+    shards, cols, b, dtype = [64, 64], 128, 32, torch.float16
+    parts = []
+    for _ in shards:
+        w = torch.randn(64, cols, generator=g)
+        mask = sparsity.top2_mask(w.abs())
+        parts.append(ArmorLinear.from_factors(torch.eye(b) + 0.1 * torch.randn(2, b, b, generator=g), w * mask, mask,
+                                              torch.eye(b) + 0.1 * torch.randn(cols // b, b, b, generator=g),
+                                              dtype=dtype, kernel="reference"))
+    method = vllm_plugin.ArmorLinearMethod(vllm_plugin.ArmorConfig(b, []), "model.layers.0.mlp.gate_up_proj")
+    layer = nn.Module()
+    method.create_weights(layer, cols, shards, cols, sum(shards), dtype)
+    layer.sparse_values.data.copy_(torch.cat([p.sparse_values for p in parts]))
+    layer.sparse_meta.data.copy_(torch.cat([p.sparse_meta for p in parts]))
+    layer.a_blocks.data.copy_(torch.cat([p.a_blocks for p in parts]))
+    layer.b_blocks.data.copy_(torch.stack([p.b_blocks for p in parts]))
+    layer.armor_loaded = {(kind, s) for kind in ("sparse_values", "sparse_meta", "a_blocks", "b_blocks") for s in (0, 1)}
+    monkeypatch.setattr(kernel_choice, "choose", lambda *a: (kernel_choice.SPARSE, "forced by the test"))
+    method.process_weights_after_loading(layer)
+    assert layer.armor_kernel == "sparse" and layer.armor_decode_limit == cuda_kernel.DEFAULT_DECODE_LIMIT
+    x = torch.randn(5, cols, generator=g).to(dtype)
+    y = method.apply(layer, x)
+    ref = torch.cat([x.float() @ p.dense_weight().float().T for p in parts], dim=-1)
+    torch.testing.assert_close(y.float(), ref, rtol=3e-2, atol=0.25)
