@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from armor_serve.errors import UserError
+from compress.errors import UserError
 
 
 def _write_json(path: str | None, payload: dict) -> None:
@@ -22,7 +22,7 @@ def _write_json(path: str | None, payload: dict) -> None:
 
 
 def cmd_model_import(args) -> None:
-    from armor_serve import model_import
+    from compress import model_import
 
     gguf = Path(args.gguf) if args.gguf else model_import.bundled_gguf(args.name or "smollm2")
     out = model_import.import_gguf(gguf, Path(args.out) if args.out else None, force=args.force)
@@ -30,8 +30,8 @@ def cmd_model_import(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from armor_serve import evaluation
-    from armor_serve.model_import import require_checkpoint
+    from compress import evaluation
+    from compress.model_import import require_checkpoint
 
     tasks = evaluation.parse_tasks(args.tasks)
     model_dir = require_checkpoint(args.model)

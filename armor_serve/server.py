@@ -11,7 +11,7 @@ import os
 import signal
 import time
 
-from armor_serve.errors import UserError
+from compress.errors import UserError
 
 
 class JsonFormatter(logging.Formatter):
@@ -39,7 +39,7 @@ def serve(args) -> None:
     from armor_serve.app import ServerConfig, create_app
     from armor_serve.engines import create_engine, default_engine
     from armor_serve.metrics import checkpoint_weight_bytes, layer_kernels
-    from armor_serve.model_import import require_checkpoint
+    from compress.model_import import require_checkpoint
 
     model_dir = require_checkpoint(args.model)
     configure_logging(args.log_format, args.verbose)

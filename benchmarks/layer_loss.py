@@ -31,7 +31,7 @@ def gram_matrices(model_dir: Path, names: list[str], samples: int, seq_len: int)
     """Per matrix: its weight, the Gram matrix of `samples` windows and that of `samples` other windows."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from armor_serve.datasets import calibration_samples
+    from compress.datasets import calibration_samples
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     grams: dict[str, list[torch.Tensor]] = {name: [0, 0] for name in names}
@@ -61,7 +61,7 @@ def main() -> None:
     p.add_argument("--calib-samples", type=int, default=32, help="windows to fit on (as many more are held out)")
     p.add_argument("--seq-len", type=int, default=512)
     args = p.parse_args()
-    from armor_serve.model_import import bundled_gguf, import_gguf
+    from compress.model_import import bundled_gguf, import_gguf
 
     model = Path(args.model) if args.model else import_gguf(bundled_gguf("smollm2"))
     damp = Settings().hessian_damp

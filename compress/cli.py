@@ -29,7 +29,7 @@ def add_compress_arguments(parser) -> None:
 
 
 def run_compress(args) -> None:
-    from armor_serve.model_import import require_checkpoint
+    from compress.model_import import require_checkpoint
 
     settings = Settings(method=args.method, block_size=args.block_size, proxy=args.proxy, hessian_damp=args.hessian_damp, iters=args.iters, lr=args.lr,
                         patience=args.patience, calib_samples=args.calib_samples, seq_len=args.seq_len,

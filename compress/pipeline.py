@@ -29,7 +29,7 @@ from tqdm import tqdm
 from compress import baselines
 from compress.armor import PROXIES, ArmorConfig, armor, proxy_loss
 from compress.weights import CheckpointWeights
-from armor_serve.errors import UserError
+from compress.errors import UserError
 from model_executors import format as fmt
 from model_executors.armor_linear import ArmorLinear
 from model_executors.convert import armor_names_in, swap_in_armor
@@ -330,7 +330,7 @@ class LayerwiseCompressor:
     def run(self) -> dict:
         from transformers import AutoTokenizer
 
-        from armor_serve.datasets import calibration_samples
+        from compress.datasets import calibration_samples
 
         if self.progress.get("complete"):
             log.info("'%s' is already complete", self.out_dir)

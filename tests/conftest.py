@@ -25,7 +25,7 @@ def run_cli(*args: str, timeout: float = 900, **kwargs) -> subprocess.CompletedP
 
 @pytest.fixture(scope="session")
 def dense_model() -> Path:
-    from armor_serve.model_import import bundled_gguf, import_gguf
+    from compress.model_import import bundled_gguf, import_gguf
 
     return import_gguf(bundled_gguf("smollm2"))
 

@@ -16,7 +16,7 @@ def real_layers(dense_model, tokenizer):
     text, gathered with forward hooks, and its diagonal h."""
     from transformers import AutoModelForCausalLM
 
-    from armor_serve.datasets import calibration_samples
+    from compress.datasets import calibration_samples
 
     model = AutoModelForCausalLM.from_pretrained(dense_model)
     gram = {}

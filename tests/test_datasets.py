@@ -1,6 +1,6 @@
 import torch
 
-from armor_serve import datasets
+from compress import datasets
 
 
 def test_wiki_splits_are_disjoint_and_cover_all_articles():

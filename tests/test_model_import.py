@@ -1,6 +1,6 @@
 import json
 
-from armor_serve import model_import
+from compress import model_import
 from conftest import run_cli
 
 

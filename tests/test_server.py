@@ -86,7 +86,8 @@ def test_logprobs(server):
     reply = client.chat.completions.create(model=server.name, messages=[{"role": "user", "content": "Hi"}],
                                            max_tokens=3, temperature=0, logprobs=True, top_logprobs=2)
     content = reply.choices[0].logprobs.content
-    assert len(content) == 3
+    # one entry per generated token (the model may end its answer before max_tokens)
+    assert len(content) == reply.usage.completion_tokens >= 1
     for item in content:
         assert item.logprob <= 0 and len(item.top_logprobs) == 2
         assert item.top_logprobs[0].logprob >= item.logprob - 1e-4  # greedy: the chosen token is the best

@@ -12,8 +12,8 @@ import httpx
 import pytest
 import torch
 
-from armor_serve import datasets
-from armor_serve.evaluation import perplexity
+from compress import datasets
+from compress.evaluation import perplexity
 from conftest import ROOT
 
 pytest.importorskip("vllm")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from armor_serve.errors import UserError
+from compress.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ def random_prompts(tokenizer, n: int, input_len: int, output_len: int, range_rat
 def corpus_prompts(tokenizer, n: int, input_len: int, output_len: int, range_ratio: float,
                    rng: np.random.Generator) -> list[Prompt]:
     """Passages of real English text (the Wikipedia test split of the evaluation data) at random offsets."""
-    from armor_serve.datasets import wiki_text
+    from compress.datasets import wiki_text
 
     ids = tokenizer.encode(wiki_text("test"), add_special_tokens=False)
     prompts = []

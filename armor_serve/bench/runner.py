@@ -18,7 +18,7 @@ from armor_serve.bench import report
 from armor_serve.bench.client import request_body, send
 from armor_serve.bench.metrics import arrival_times, summarize, timeline
 from armor_serve.bench.prompts import load_prompts
-from armor_serve.errors import UserError
+from compress.errors import UserError
 
 RESULT_VERSION = 1
 

@@ -5,7 +5,7 @@ import importlib.util
 import os
 from pathlib import Path
 
-from armor_serve.errors import UserError
+from compress.errors import UserError
 
 
 def cache_home() -> Path:

@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from armor_serve import datasets
-from armor_serve.errors import UserError
+from compress import datasets
+from compress.errors import UserError
 
 # Every data file is local: never let `datasets`/`huggingface_hub` try the network.
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

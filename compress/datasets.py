@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from armor_serve.errors import UserError
-from armor_serve.paths import package_dir
+from compress.errors import UserError
+from compress.paths import package_dir
 
 TEST_EVERY = 4
 MIN_ARTICLE_CHARS = 2000

@@ -11,8 +11,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from armor_serve.errors import UserError
-from armor_serve.paths import cache_home, ensure_writable_dir, package_dir
+from compress.errors import UserError
+from compress.paths import cache_home, ensure_writable_dir, package_dir
 
 log = logging.getLogger(__name__)
 
