@@ -68,7 +68,8 @@ def serve(args) -> None:
     kernels = layer_kernels(model_dir, device, _weight_dtype(model_dir, args.dtype, engine_kind, device))
     packed = any(kernel == "packed" for kernel, _ in kernels.values())
     resident, dense = checkpoint_weight_bytes(model_dir, kernels, scratch_bytes=cpu_kernel.scratch_bytes() if packed else 0)
-    app = create_app(engine, tokenizer, ServerConfig(name, args.api_key, args.max_concurrent, args.max_queue),
+    app = create_app(engine, tokenizer, ServerConfig(name, args.api_key, args.max_concurrent, args.max_queue,
+                                                  root=str(model_dir)),
                      resident, dense, kernels)
     # uvicorn drains on SIGTERM/SIGINT and then re-raises the signal to the handler that was installed
     # before it; a no-op one there turns "drained and stopped" into exit status 0.

@@ -28,6 +28,7 @@ class ServerConfig:
     max_concurrent: int = 8
     max_queue: int = 32
     retry_after_s: int = 1
+    root: str | None = None  # the checkpoint directory; /v1/models reports it (clients find the tokenizer there)
 
 
 @dataclass

@@ -153,6 +153,15 @@ def test_bad_input_is_one_clear_line(server, tmp_path, args, message):
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
 
 
+def test_tokenizer_comes_from_the_servers_checkpoint_when_not_given(server, tmp_path):
+    """The served name is not a directory: the tokenizer is found through /v1/models' `root`, and said so."""
+    proc = run_cli("bench", "serve", "--base-url", server.base, "--api-key", API_KEY, "--num-prompts", "2",
+                   "--input-len", "16", "--output-len", "4", "--result-dir", str(tmp_path), "--label", "root")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"tokenizer: the server's checkpoint {server.model}" in proc.stderr
+    assert load(tmp_path, "root")["summary"]["completed"] == 2
+
+
 def test_unreachable_server_without_model_id():
     proc = run_cli("bench", "serve", "--base-url", "http://127.0.0.1:9", "--num-prompts", "1")
     assert proc.returncode == 2 and "pass --model" in proc.stderr, proc.stderr[-2000:]

@@ -142,7 +142,8 @@ def test_health_version_models_and_request_id(server):
     assert httpx.get(server.base + "/health").json() == {"status": "ok"}
     assert httpx.get(server.base + "/version").json()["engine"] in ENGINES
     models = httpx.get(server.base + "/v1/models", headers={"authorization": f"Bearer {API_KEY}"}).json()
-    assert models["data"][0]["id"] == server.name
+    card = models["data"][0]
+    assert card["id"] == server.name and card["root"] == str(server.model) and card["max_model_len"] == 1024
     r = httpx.post(server.base + "/v1/completions", headers={"authorization": f"Bearer {API_KEY}", "x-request-id": "abc-123"},
                    json={"model": server.name, "prompt": "Hi", "max_tokens": 1})
     assert r.status_code == 200 and r.headers["x-request-id"] == "abc-123"

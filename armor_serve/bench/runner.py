@@ -22,6 +22,8 @@ from compress.errors import UserError
 
 RESULT_VERSION = 1
 
+log = logging.getLogger("armor_serve.bench")
+
 
 def add_arguments(p) -> None:
     p.add_argument("--base-url", default="http://127.0.0.1:8000", help="server root (without /v1)")
@@ -71,22 +73,31 @@ def _numbers(text: str, name: str, cast) -> list:
         raise UserError(f"bad {name} '{text}': give a number or a comma-separated list") from None
 
 
-def _discover(base_url: str, model: str | None, headers: dict) -> str:
-    if model:
-        return model
+def _discover(base_url: str, model: str | None, headers: dict) -> tuple[str, str | None]:
+    """(model id, its `root` as the server reports it, if it does): the id from --model or else the first model
+    GET /v1/models lists; the root is what vLLM and `armor serve` report as the model's checkpoint."""
     try:
-        data = httpx.get(base_url + "/v1/models", headers=headers, timeout=30).raise_for_status().json()
-        return data["data"][0]["id"]
-    except (httpx.HTTPError, KeyError, IndexError) as err:
+        data = httpx.get(base_url + "/v1/models", headers=headers, timeout=30).raise_for_status().json()["data"]
+    except (httpx.HTTPError, KeyError, ValueError) as err:
+        if model:
+            return model, None
         raise UserError(f"could not read the model id from {base_url}/v1/models ({err}); pass --model") from None
+    if not data and not model:
+        raise UserError(f"{base_url}/v1/models lists no model; pass --model")
+    card = next((m for m in data if m.get("id") == model), None) if model else data[0]
+    return (model or card["id"]), (card or {}).get("root")
 
 
-def _tokenizer(path: str | None, model: str):
+def _tokenizer(path: str | None, model: str, root: str | None):
     from transformers import AutoTokenizer
 
-    source = path or model
-    if not Path(source).is_dir():
-        raise UserError(f"no local tokenizer: pass --tokenizer DIR (tried '{source}'; the hub is not used)")
+    tried = [p for p in (path,) if p] or [p for p in (model, root) if p]
+    source = next((p for p in tried if Path(p).is_dir()), None)
+    if source is None:
+        raise UserError(f"no local tokenizer: pass --tokenizer DIR (tried {', '.join(map(repr, tried))}; the hub "
+                        f"is not used)")
+    if not path and source == root:
+        log.info("tokenizer: the server's checkpoint %s (its /v1/models root)", root)
     return AutoTokenizer.from_pretrained(source)
 
 
@@ -134,8 +145,8 @@ def bench_serve(args) -> list[dict]:
     goodput = _parse_goodput(args.goodput)
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     base_url = args.base_url.rstrip("/").removesuffix("/v1")
-    model = _discover(base_url, args.model, headers)
-    tokenizer = _tokenizer(args.tokenizer, args.model or model)
+    model, root = _discover(base_url, args.model, headers)
+    tokenizer = _tokenizer(args.tokenizer, model, root)
     prompts = load_prompts(args.dataset, tokenizer, args.num_prompts + args.warmup, args.input_len, args.output_len,
                            args.range_ratio, args.seed, args.dataset_path)
     warmup, prompts = prompts[: args.warmup], prompts[args.warmup :]
