@@ -69,8 +69,8 @@ def tile_rows(shard_sizes: list[int]) -> int:
 
 
 def sparse24_decode(u: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, shard_sizes: list[int]) -> torch.Tensor:
-    """(tokens, sum(shard_sizes)): [S_s u_s]_s with u (shards, tokens, d_in) and the CUTLASS layout of S
-    (`meta`: uint8 bytes of every shard's reordered int16 metadata, shard after shard)."""
+    """(tokens, sum(shard_sizes)): [S_s u_s]_s with u (shards, tokens, d_in) and S in the CUTLASS layout
+    (`meta`: every shard's reordered int16 metadata, shard after shard: the layer's uint8 buffer viewed as int16)."""
     shards, tokens, k = u.shape
     n = values.shape[0]
     if len(shard_sizes) != shards or shards > 3 or sum(shard_sizes) != n:
