@@ -84,8 +84,11 @@ def test_stock_vllm_openai_server_serves_the_armor_checkpoint(armor_ckpt):
                 pass
             time.sleep(2)
         client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none")
+        # min_tokens (vLLM's sampling parameter) holds EOS back: the test checkpoint (8 calibration samples) may
+        # otherwise end its answer at once, which says nothing about serving
         reply = client.chat.completions.create(model="smollm2-armor", max_tokens=16, temperature=0,
-                                               messages=[{"role": "user", "content": "What is the capital of France?"}])
+                                               messages=[{"role": "user", "content": "What is the capital of France?"}],
+                                               extra_body={"min_tokens": 4})
         assert reply.choices[0].message.content.strip()
         assert reply.usage.completion_tokens > 0
     finally:
