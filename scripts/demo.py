@@ -70,7 +70,8 @@ def main() -> None:
         for line in httpx.get(base + "/metrics").text.splitlines():
             if line.startswith(("armor_requests_total", "armor_prompt_tokens_total", "armor_generation_tokens_total",
                                 "armor_time_to_first_token_seconds_sum", "armor_e2e_request_latency_seconds_sum",
-                                "armor_weights_", "armor_process_resident", "vllm:kv_cache_usage_perc")):
+                                "armor_weights_", "armor_layer_kernel_info", "armor_process_resident",
+                                "vllm:kv_cache_usage_perc")):
                 print(line)
     finally:
         server.send_signal(signal.SIGTERM)
