@@ -199,3 +199,15 @@ def test_vllm_method_wires_a_fused_layer_onto_the_gpu_path(monkeypatch):
     y = method.apply(layer, x)
     ref = torch.cat([x.float() @ p.dense_weight().float().T for p in parts], dim=-1)
     torch.testing.assert_close(y.float(), ref, rtol=3e-2, atol=0.25)
+
+
+def test_a_kernel_asked_for_by_name_is_refused_where_it_cannot_run():
+    g = torch.Generator().manual_seed(4)
+    w = torch.randn(64, 128, generator=g)
+    mask = sparsity.top2_mask(w.abs())
+    blocks = lambda n: torch.eye(32).repeat(n, 1, 1)
+    x = torch.randn(2, 128)
+    with pytest.raises(ValueError, match="kernel='sparse' cannot run on cpu: that takes packed"):
+        ArmorLinear.from_factors(blocks(2), w * mask, mask, blocks(4), kernel="sparse")(x)
+    with pytest.raises(ValueError, match="kernel='packed' cannot run on cpu: .*float32 or bfloat16"):
+        ArmorLinear.from_factors(blocks(2), w * mask, mask, blocks(4), dtype=torch.float16, kernel="packed")(x.half())
