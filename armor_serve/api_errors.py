@@ -7,6 +7,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 log = logging.getLogger("armor_serve.server")
 
@@ -35,10 +36,22 @@ def install_error_handlers(app: FastAPI) -> None:
         problems = []
         for e in err.errors():
             where = ".".join(str(p) for p in e["loc"] if p != "body")
-            problems.append(f"{where}: {'unsupported field' if e['type'] == 'extra_forbidden' else e['msg']}")
+            message = "unsupported field" if e["type"] == "extra_forbidden" else e["msg"].removeprefix("Value error, ")
+            problems.append(f"{where}: {message}")
         param = ".".join(str(p) for p in err.errors()[0]["loc"] if p != "body") if err.errors() else None
         return JSONResponse(error_body("invalid request: " + "; ".join(problems), "invalid_request_error", param),
                             status_code=400)
+
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, err: HTTPException):
+        # FastAPI's own: a body that is not UTF-8 JSON (or nests too deep to parse), an unknown path, a wrong method
+        message = err.detail
+        if err.status_code == 400:
+            message = f"could not parse the request body ({err.detail}): send one JSON object, UTF-8 encoded"
+        elif err.status_code == 404:
+            message = f"no route {request.url.path}; see /v1/models, /v1/completions, /v1/chat/completions"
+        kind = "invalid_request_error" if err.status_code < 500 else "server_error"
+        return JSONResponse(error_body(message, kind), status_code=err.status_code, headers=err.headers)
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, err: Exception):

@@ -16,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from armor_serve import __version__
 from armor_serve.admission import Admission
 from armor_serve.api_errors import error_body, install_error_handlers
+from armor_serve.body_limit import BodyLimit
 from armor_serve.engines import Engine
 from armor_serve.metrics import ServerMetrics
 from armor_serve.protocol import ChatCompletionRequest, CompletionRequest
@@ -40,6 +41,7 @@ def create_app(engine: Engine, tokenizer, config: ServerConfig, resident_bytes: 
     completion = OpenAIServingCompletion(engine, tokenizer, config, metrics, admission, status)
     install_error_handlers(app)
     install_request_middleware(app, config, metrics)
+    app.add_middleware(BodyLimit, max_bytes=config.max_request_bytes)  # outermost: before anything reads the body
 
     async def load():
         try:

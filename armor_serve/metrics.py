@@ -93,6 +93,8 @@ class ServerMetrics:
         self.itl = hist("armor_inter_token_latency_seconds", "Time between consecutive output tokens")
         self.tpot = hist("armor_time_per_output_token_seconds", "(e2e - ttft) / (output tokens - 1) per request")
         self.e2e = hist("armor_e2e_request_latency_seconds", "Request latency, arrival to last token")
+        self.aborted = Counter("armor_requests_aborted", "Requests whose client went away before the end (generation aborted)",
+                               ["model_name"], registry=registry).labels(**label)
         self.running = Gauge("armor_requests_running", "Requests being generated", ["model_name"], registry=registry).labels(**label)
         self.waiting = Gauge("armor_requests_waiting", "Requests queued for a generation slot", ["model_name"], registry=registry).labels(**label)
         self._window: deque[tuple[float, int]] = deque()

@@ -1,9 +1,10 @@
-"""OpenAI request schemas. Unknown fields are rejected (400), never silently ignored."""
+"""OpenAI request schemas. Unknown fields are rejected (400, naming the field), never silently ignored: a
+client that asks for `response_format`, `tools` or an image must learn that this server does not do it."""
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class _Strict(BaseModel):
@@ -13,6 +14,7 @@ class _Strict(BaseModel):
 
 class StreamOptions(_Strict):
     include_usage: bool = False
+    continuous_usage_stats: bool = False  # vLLM's extension; sent by `vllm bench serve`, usage comes at the end
 
 
 class TextPart(_Strict):
@@ -25,6 +27,17 @@ class ChatMessage(_Strict):
     content: str | list[TextPart]
     name: str | None = None
 
+    @field_validator("content", mode="before")
+    @classmethod
+    def _text_parts_only(cls, content):
+        # one clear sentence for an image/audio/file part instead of pydantic's error per union branch
+        for k, part in enumerate(content if isinstance(content, list) else []):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind != "text":
+                raise ValueError(f"content part {k} has type {kind!r}: this server takes text parts only "
+                                 f"(type 'text'); images, audio and files are not supported")
+        return content
+
     def text(self) -> str:
         return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
 
@@ -36,13 +49,20 @@ class _Sampling(_Strict):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     stop: str | list[str] | None = None
     seed: int | None = None
-    n: int = Field(1, ge=1, le=16)
+    n: int = Field(1, ge=1)  # upper bound: the server's --max-n
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
-    ignore_eos: bool = False  # vLLM extension, used by load testers
+    metadata: dict[str, str] | None = None  # OpenAI's tags for stored completions; accepted and not used
+    store: bool | None = None  # nothing is stored here; accepted so SDK defaults pass
+    # vLLM's sampling extensions (load testers such as `vllm bench serve` send them)
+    ignore_eos: bool = False
+    repetition_penalty: float = Field(1.0, gt=0.0, le=10.0)
+    top_k: int = Field(0, ge=-1)  # 0 or -1: off
+    min_p: float = Field(0.0, ge=0.0, le=1.0)
+    min_tokens: int = Field(0, ge=0)
 
     def stop_list(self) -> list[str]:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
@@ -53,10 +73,11 @@ class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
-    top_logprobs: int | None = Field(None, ge=0, le=20)
+    top_logprobs: int | None = Field(None, ge=0)  # upper bound: the server's --max-logprobs
 
 
 class CompletionRequest(_Sampling):
-    prompt: str | list[str]
-    logprobs: int | None = Field(None, ge=0, le=20)
+    # text, texts, token ids, or lists of token ids (what lm-eval's local-completions and vLLM send)
+    prompt: str | list[str] | list[int] | list[list[int]]
+    logprobs: int | None = Field(None, ge=0)  # upper bound: the server's --max-logprobs
     echo: bool = False

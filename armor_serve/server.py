@@ -68,9 +68,10 @@ def serve(args) -> None:
     kernels = layer_kernels(model_dir, device, _weight_dtype(model_dir, args.dtype, engine_kind, device))
     packed = any(kernel == "packed" for kernel, _ in kernels.values())
     resident, dense = checkpoint_weight_bytes(model_dir, kernels, scratch_bytes=cpu_kernel.scratch_bytes() if packed else 0)
-    app = create_app(engine, tokenizer, ServerConfig(name, args.api_key, args.max_concurrent, args.max_queue,
-                                                  root=str(model_dir)),
-                     resident, dense, kernels)
+    config = ServerConfig(name, args.api_key, args.max_concurrent, args.max_queue, root=str(model_dir),
+                          max_n=args.max_n, max_logprobs=args.max_logprobs, max_stop=args.max_stop,
+                          max_request_bytes=args.max_request_bytes)
+    app = create_app(engine, tokenizer, config, resident, dense, kernels)
     # uvicorn drains on SIGTERM/SIGINT and then re-raises the signal to the handler that was installed
     # before it; a no-op one there turns "drained and stopped" into exit status 0.
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -106,6 +107,10 @@ def add_serve_arguments(p) -> None:
     p.add_argument("--dtype", default="float32", help="float32 (CPU), bfloat16, float16, auto")
     p.add_argument("--max-concurrent", type=int, default=8, help="requests generated at once")
     p.add_argument("--max-queue", type=int, default=32, help="requests waiting beyond that; more get 429")
+    p.add_argument("--max-n", type=int, default=16, help="most choices (n) one request may ask for")
+    p.add_argument("--max-logprobs", type=int, default=20, help="most logprobs / top_logprobs per token (as vLLM's)")
+    p.add_argument("--max-stop", type=int, default=32, help="most stop strings per request")
+    p.add_argument("--max-request-bytes", type=int, default=8 * 2**20, help="larger request bodies get 413")
     p.add_argument("--drain-timeout", type=int, default=30, help="seconds to finish in-flight requests on SIGTERM")
     p.add_argument("--enforce-eager", action="store_true", help="vLLM: skip torch.compile/CUDA graphs (fast start)")
     p.add_argument("--memory-fraction", type=float, default=None,

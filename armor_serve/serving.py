@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.background import BackgroundTask
 
-from armor_serve.admission import Admission
+from armor_serve.admission import Admission, Ticket
 from armor_serve.api_errors import ApiError
 from armor_serve.engines import Engine, Sampling
 from armor_serve.metrics import ServerMetrics
@@ -29,6 +30,11 @@ class ServerConfig:
     max_queue: int = 32
     retry_after_s: int = 1
     root: str | None = None  # the checkpoint directory; /v1/models reports it (clients find the tokenizer there)
+    # per-request limits: what one request may ask of the engine (400 beyond them)
+    max_n: int = 16
+    max_logprobs: int = 20  # vLLM's --max-logprobs default
+    max_stop: int = 32
+    max_request_bytes: int = 8 * 2**20  # 413 beyond it (a 128k-token prompt is ~0.5 MB of text)
 
 
 @dataclass
@@ -90,14 +96,23 @@ class OpenAIServing:
             acc[key].extend(new[key])
         return acc
 
-    def check_request(self, model: str) -> None:
+    def check_request(self, req, logprobs: int | None) -> None:
+        """The engine is ready, the model is ours, and the request stays within the server's limits."""
         if not self.status.ready:
             raise ApiError(503, self.status.load_error or "model is still loading", "service_unavailable")
-        if model != self.config.model_name:
-            raise ApiError(404, f"model '{model}' does not exist; this server serves '{self.config.model_name}'",
+        if req.model != self.config.model_name:
+            raise ApiError(404, f"model '{req.model}' does not exist; this server serves '{self.config.model_name}'",
                            param="model", code="model_not_found")
+        config = self.config
+        for param, value, limit, flag in (("n", req.n, config.max_n, "--max-n"),
+                                          ("logprobs", logprobs or 0, config.max_logprobs, "--max-logprobs"),
+                                          ("stop", len(req.stop_list()), config.max_stop, "--max-stop")):
+            if value > limit:
+                raise ApiError(400, f"{param} is {value} but this server allows at most {limit} (its {flag})",
+                               param=param)
 
-    def sampling_for(self, req, prompt_len: int, max_tokens: int | None, logprobs: int | None) -> Sampling:
+    def sampling_for(self, req, prompt_len: int, max_tokens: int | None, logprobs: int | None,
+                     prompt_logprobs: int | None = None) -> Sampling:
         limit = self.engine.max_model_len
         if prompt_len >= limit:
             raise ApiError(400, f"the prompt has {prompt_len} tokens but the model's context is {limit} tokens; "
@@ -108,9 +123,17 @@ class OpenAIServing:
             raise ApiError(400, f"the prompt has {prompt_len} tokens and max_tokens is {max_tokens}: together more "
                                 f"than the model's context of {limit} tokens", param="max_tokens",
                            code="context_length_exceeded")
-        return Sampling(max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p, stop=req.stop_list(),
-                        seed=req.seed, n=req.n, logprobs=logprobs, presence_penalty=req.presence_penalty,
-                        frequency_penalty=req.frequency_penalty, ignore_eos=req.ignore_eos)
+        sampling = Sampling(max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p,
+                            stop=req.stop_list(), seed=req.seed, n=req.n, logprobs=logprobs,
+                            prompt_logprobs=prompt_logprobs, presence_penalty=req.presence_penalty,
+                            frequency_penalty=req.frequency_penalty, ignore_eos=req.ignore_eos,
+                            repetition_penalty=req.repetition_penalty, top_k=req.top_k, min_p=req.min_p,
+                            min_tokens=min(req.min_tokens, max_tokens))
+        try:  # refused here, before a stream could start
+            self.engine.validate(sampling)
+        except ValueError as err:
+            raise ApiError(400, f"the {self.engine.name} engine cannot run this request: {err}") from None
+        return sampling
 
     async def generate(self, request: Request, prompts: list[list[int]], sampling: Sampling):
         """Async iterator of (prompt index, chunk) over all prompts; latency metrics; aborts what is left when
@@ -150,6 +173,10 @@ class OpenAIServing:
                 yield k, chunk
             for t in tasks:
                 t.result()  # surface engine errors
+        except (asyncio.CancelledError, GeneratorExit):  # the consumer went away: a client that disconnected
+            metrics.aborted.inc()
+            log.info("request %s: aborted before its end (client gone)", rid)
+            raise
         finally:
             for k, t in enumerate(tasks):
                 if not t.done():
@@ -161,25 +188,30 @@ class OpenAIServing:
                 metrics.tpot.observe((end - first) / (out_tokens - 1))
 
     async def respond(self, request: Request, req, reply: Reply, sampling: Sampling) -> Response:
+        ticket = self.admission.ticket()  # 429 now, before a 200 and an event stream start
         if req.stream:
-            if self.admission.full():  # refuse before the 200 and the event stream start
-                raise self.admission.busy_error()
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return StreamingResponse(self._events(request, reply, sampling, include_usage),
-                                     media_type="text/event-stream", headers={"x-request-id": request.state.request_id})
-        return await self._whole(request, reply, sampling)
+            # the background task gives the place back if the client leaves before the stream's body ever runs
+            return StreamingResponse(self._events(request, reply, sampling, include_usage, ticket),
+                                     media_type="text/event-stream", headers={"x-request-id": request.state.request_id},
+                                     background=BackgroundTask(ticket.release))
+        return await self._whole(request, reply, sampling, ticket)
 
     def _sse(self, reply: Reply, choices: list[dict], **extra) -> str:
         payload = {"id": f"{self.id_prefix}-{reply.id}", "object": self.chunk_object, "created": reply.created,
                    "model": self.config.model_name, "choices": choices, **extra}
         return f"data: {json.dumps(payload)}\n\n"
 
-    async def _events(self, request: Request, reply: Reply, sampling: Sampling, include_usage: bool):
+    async def _events(self, request: Request, reply: Reply, sampling: Sampling, include_usage: bool, ticket: Ticket):
         completion_tokens = 0
-        async with self.admission:
-            for choice in self.opening_choices(reply):
-                yield self._sse(reply, [choice])
+        async with ticket:
+            # the opening choices (the assistant role, echoed prompts) go out with the first output, as vLLM
+            # does: clients such as `vllm bench serve` take the first chunk's arrival as the time to first token
+            opening = self.opening_choices(reply)
             async for k, chunk in self.generate(request, reply.prompts, sampling):
+                for choice in opening:
+                    yield self._sse(reply, [choice])
+                opening = []
                 completion_tokens += len(chunk.token_ids)
                 choice = self.stream_choice(k * reply.n + chunk.index, chunk, self.logprobs(chunk, reply.top))
                 yield self._sse(reply, [choice])
@@ -187,9 +219,9 @@ class OpenAIServing:
             yield self._sse(reply, [], usage=usage(reply.prompt_tokens, completion_tokens))
         yield "data: [DONE]\n\n"
 
-    async def _collect(self, request: Request, reply: Reply, sampling: Sampling):
+    async def _collect(self, request: Request, reply: Reply, sampling: Sampling, ticket: Ticket):
         texts, finish, logprobs, completion_tokens = {}, {}, {}, 0
-        async with self.admission:
+        async with ticket:
             async for k, chunk in self.generate(request, reply.prompts, sampling):
                 index = k * reply.n + chunk.index
                 texts[index] = texts.get(index, "") + chunk.text
@@ -199,9 +231,9 @@ class OpenAIServing:
                     finish[index] = chunk.finish_reason
         return texts, finish, logprobs, completion_tokens
 
-    async def _whole(self, request: Request, reply: Reply, sampling: Sampling) -> Response:
+    async def _whole(self, request: Request, reply: Reply, sampling: Sampling, ticket: Ticket) -> Response:
         rid = request.state.request_id
-        task = asyncio.create_task(self._collect(request, reply, sampling))
+        task = asyncio.create_task(self._collect(request, reply, sampling, ticket))
         watcher = asyncio.create_task(_cancel_on_disconnect(request, task))
         try:
             texts, finish, logprobs, completion_tokens = await task
@@ -210,6 +242,7 @@ class OpenAIServing:
             return Response(status_code=499)
         finally:
             watcher.cancel()
+            ticket.release()  # already given back, unless the task was cancelled before it ever ran
         choices = [self.final_choice(i, texts.get(i, ""), logprobs.get(i), finish.get(i, "stop"), reply)
                    for i in range(len(reply.prompts) * reply.n)]
         return JSONResponse({"id": f"{self.id_prefix}-{reply.id}", "object": self.object_name, "created": reply.created,

@@ -13,7 +13,7 @@ class OpenAIServingChat(OpenAIServing):
     logprob_lists = ("content",)
 
     async def create(self, req: ChatCompletionRequest, request: Request):
-        self.check_request(req.model)
+        self.check_request(req, req.top_logprobs if req.logprobs else None)
         if req.top_logprobs is not None and not req.logprobs:
             raise ApiError(400, "top_logprobs needs logprobs=true", param="top_logprobs")
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]

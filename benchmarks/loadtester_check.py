@@ -52,6 +52,7 @@ def run_ours(args, model: str, base: str, out: Path) -> dict:
     subprocess.run([sys.executable, "-m", "armor_serve", "bench", "serve", "--base-url", base, "--tokenizer", model,
                     "--num-prompts", str(args.num_prompts), "--input-len", str(args.input_len), "--output-len",
                     str(args.output_len), "--ignore-eos", "--max-concurrency", str(args.concurrency), "--warmup", "2",
+                    "--endpoint", getattr(args, "endpoint", "completions"), "--seed", str(getattr(args, "seed", 0)),
                     "--result-dir", str(out.parent), "--label", out.stem], cwd=ROOT, check=True)
     return json.loads(out.read_text())["summary"]
 

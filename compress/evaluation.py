@@ -109,12 +109,19 @@ def _lm_eval_task_configs(tasks: list[str]) -> list[dict]:
 
 
 def run_lm_eval(model, tokenizer, tasks: list[str], limit: int | None, batch_size: int) -> dict:
-    from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
 
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(model.device))
-    out = simple_evaluate(model=lm, tasks=_lm_eval_task_configs(tasks), limit=limit, num_fewshot=0,
-                          log_samples=False, bootstrap_iters=0)
+    return lm_eval_results(lm, tasks, limit)
+
+
+def lm_eval_results(lm, tasks: list[str], limit: int | None, model_args: dict | None = None) -> dict:
+    """{task: {metric: value, "samples": n}} from lm-eval's simple_evaluate on the bundled task data; `lm` is an
+    lm-eval model object, or a registered model name with `model_args` (e.g. "local-completions" on a server)."""
+    from lm_eval import simple_evaluate
+
+    out = simple_evaluate(model=lm, model_args=model_args, tasks=_lm_eval_task_configs(tasks), limit=limit,
+                          num_fewshot=0, log_samples=False, bootstrap_iters=0)
     results = {}
     for task in tasks:
         raw = out["results"][task]

@@ -49,6 +49,9 @@ def compress_fixture(factory, dense_model: Path, name: str, *extra: str) -> Path
 
 @pytest.fixture(scope="session")
 def armor_ckpt(tmp_path_factory, dense_model) -> Path:
+    # developers iterating on the server may reuse a checkpoint made with the same settings (SMALL, --iters 30)
+    if os.environ.get("ARMOR_TEST_CHECKPOINT"):
+        return Path(os.environ["ARMOR_TEST_CHECKPOINT"]).resolve()
     return compress_fixture(tmp_path_factory, dense_model, "armor", "--method", "armor", "--iters", "30")
 
 
@@ -60,3 +63,22 @@ def nowag_ckpt(tmp_path_factory, dense_model) -> Path:
 @pytest.fixture(scope="session")
 def sparsegpt_ckpt(tmp_path_factory, dense_model) -> Path:
     return compress_fixture(tmp_path_factory, dense_model, "sparsegpt", "--method", "sparsegpt")
+
+
+ENGINES = ["transformers", "vllm"]
+
+
+@pytest.fixture(scope="session", params=ENGINES)
+def server(request, armor_ckpt):
+    """`armor serve` on the ARMOR fixture, each engine in turn (one at a time: pytest groups the tests by
+    engine), shared by every module that talks to the server as a client."""
+    from server_util import Server
+
+    if request.param == "vllm":
+        pytest.importorskip("vllm")
+    srv = Server(armor_ckpt, request.param, "--max-concurrent", "2", "--max-queue", "8").wait_ready()
+    yield srv
+    errors = srv.server_errors()
+    assert srv.stop() == 0
+    assert "Traceback" not in srv.stderr(), srv.stderr()[-4000:]  # a clean SIGTERM shutdown, engine included
+    assert errors == 0, f"{errors} requests got a 5xx: " + srv.stderr()[-4000:]  # no client ever made it fail

@@ -28,7 +28,7 @@ class Server:
     def __init__(self, model, engine: str, *extra: str, api_key: str | None = API_KEY, name: str = "smollm2-armor"):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        self.name, self.model = name, model
+        self.name, self.model, self.engine = name, model, engine
         cmd = [sys.executable, "-m", "armor_serve", "serve", "--model", str(model), "--engine", engine, "--port",
                str(self.port), "--served-model-name", name, "--max-model-len", "1024", *extra]
         if api_key:
@@ -69,6 +69,12 @@ class Server:
             if m and all(f'{k}="{v}"' in (m.group(1) or "") for k, v in labels.items()):
                 total += float(m.group(2))
         return total
+
+    def server_errors(self) -> float:
+        """Requests this server answered with a 5xx, all endpoints (its armor_requests_total)."""
+        text = httpx.get(self.base + "/metrics").text
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("armor_requests_total{") and re.search(r'status="5\d\d"', line))
 
     def stop(self, sig=signal.SIGTERM, timeout: float = 120) -> int:
         if self.proc.poll() is None:

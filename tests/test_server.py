@@ -1,24 +1,13 @@
 """The OpenAI-compatible server for real: `armor serve` on 127.0.0.1, the compressed SmolLM2, the official
-`openai` client, both engines."""
+`openai` client, both engines (the `server` fixture, conftest.py)."""
 import time
 
 import httpx
 import openai
 import pytest
 
-from server_util import API_KEY, Server
-
-ENGINES = ["transformers", "vllm"]
-
-
-@pytest.fixture(scope="module", params=ENGINES)
-def server(request, armor_ckpt):
-    if request.param == "vllm":
-        pytest.importorskip("vllm")
-    srv = Server(armor_ckpt, request.param, "--max-concurrent", "2", "--max-queue", "8").wait_ready()
-    yield srv
-    assert srv.stop() == 0
-    assert "Traceback" not in srv.stderr(), srv.stderr()[-4000:]  # a clean SIGTERM shutdown, engine included
+from conftest import ENGINES
+from server_util import API_KEY
 
 
 def chat_ids(tokenizer, content):
@@ -112,7 +101,7 @@ def test_metrics_move_by_known_amounts(server, tokenizer):
     for layer in ("q_proj", "gate_proj", "down_proj"):  # the kernel each layer type runs, as the engine picks it
         assert server.metric("armor_layer_kernel_info", layer=layer, kernel="packed") == 1
     assert server.metric("armor_process_resident_memory_bytes") > 0
-    if server.proc.args[server.proc.args.index("--engine") + 1] == "vllm":
+    if server.engine == "vllm":
         text = httpx.get(server.base + "/metrics").text
         assert "vllm:kv_cache_usage_perc" in text and "vllm:num_requests_running" in text
 
@@ -153,6 +142,7 @@ def test_client_disconnect_aborts_generation(server):
     headers = {"authorization": f"Bearer {API_KEY}"}
     body = {"model": server.name, "prompt": "Write a long story.", "max_tokens": 600, "stream": True,
             "ignore_eos": True}
+    aborted = server.metric("armor_requests_aborted_total")
     with httpx.stream("POST", server.base + "/v1/completions", json=body, headers=headers, timeout=60) as r:
         for i, _ in enumerate(r.iter_lines()):
             if i >= 4:
@@ -162,3 +152,4 @@ def test_client_disconnect_aborts_generation(server):
     time.sleep(3)
     assert server.metric("armor_generation_tokens_total") == first  # nothing is generated for nobody
     assert server.metric("armor_requests_running") == 0
+    assert server.metric("armor_requests_aborted_total") == aborted + 1  # and the abort is counted

@@ -1,5 +1,6 @@
 """Production behaviour of `armor serve` (transformers engine: it starts in seconds): readiness, the
-bounded queue, graceful shutdown, a bounded soak and schema fuzzing."""
+bounded queue, graceful shutdown, a bounded soak, limits against abuse and schema fuzzing."""
+import asyncio
 import concurrent.futures as cf
 import json
 import signal
@@ -14,11 +15,13 @@ from hypothesis import strategies as st
 from server_util import API_KEY, Server
 
 AUTH = {"authorization": f"Bearer {API_KEY}"}
+LIMIT_BYTES = 256 * 1024
 
 
 @pytest.fixture(scope="module")
 def busy_server(armor_ckpt):
-    srv = Server(armor_ckpt, "transformers", "--max-concurrent", "1", "--max-queue", "1").wait_ready()
+    srv = Server(armor_ckpt, "transformers", "--max-concurrent", "1", "--max-queue", "1", "--max-request-bytes",
+                 str(LIMIT_BYTES), "--max-n", "4", "--max-logprobs", "5", "--max-stop", "16").wait_ready()
     yield srv
     srv.stop()
 
@@ -72,6 +75,101 @@ def test_sigterm_drains_in_flight_requests_then_exits_0(armor_ckpt):
     assert srv.proc.wait(timeout=120) == 0
     r = result["response"]
     assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 40
+
+
+def test_sigterm_lets_streams_in_flight_finish(armor_ckpt):
+    srv = Server(armor_ckpt, "transformers", "--max-concurrent", "2").wait_ready()
+    body = {"model": srv.name, "prompt": "List the months:", "max_tokens": 30, "ignore_eos": True, "stream": True,
+            "stream_options": {"include_usage": True}}
+    streams = []
+
+    def stream():
+        with httpx.stream("POST", srv.base + "/v1/completions", json=body, headers=AUTH, timeout=120) as r:
+            streams.append((r.status_code, [line for line in r.iter_lines() if line]))
+
+    threads = [threading.Thread(target=stream) for _ in range(2)]
+    for t in threads:
+        t.start()
+    time.sleep(1.5)  # both streams are open, tokens flowing
+    srv.proc.send_signal(signal.SIGTERM)
+    for t in threads:
+        t.join(timeout=120)
+    assert srv.proc.wait(timeout=120) == 0
+    assert len(streams) == 2
+    for status, lines in streams:
+        assert status == 200 and lines[-1] == "data: [DONE]"
+        assert json.loads(lines[-2].removeprefix("data: "))["usage"]["completion_tokens"] == 30
+
+
+def test_64_concurrent_streams_with_a_small_queue_get_429_not_a_crash(busy_server):
+    rss_before = busy_server.metric("armor_process_resident_memory_bytes")
+    body = {"model": busy_server.name, "prompt": "Say hello.", "max_tokens": 48, "ignore_eos": True, "stream": True}
+
+    async def one(client):
+        async with client.stream("POST", busy_server.base + "/v1/completions", json=body, headers=AUTH) as r:
+            return r.status_code, r.headers.get("retry-after"), (await r.aread()).decode()
+
+    async def all_at_once():
+        async with httpx.AsyncClient(timeout=300, limits=httpx.Limits(max_connections=64)) as client:
+            return await asyncio.gather(*(one(client) for _ in range(64)))
+
+    results = asyncio.run(all_at_once())
+    codes = [status for status, _, _ in results]
+    assert set(codes) <= {200, 429} and codes.count(200) >= 1 and codes.count(429) >= 32, codes
+    for status, retry_after, text in results:
+        if status == 429:
+            assert retry_after == "1" and json.loads(text)["error"]["type"] == "rate_limit_error"
+        else:
+            assert text.rstrip().endswith("data: [DONE]")
+    assert httpx.get(busy_server.base + "/health").json() == {"status": "ok"}
+    growth = busy_server.metric("armor_process_resident_memory_bytes") - rss_before
+    assert growth < 64 * 2**20, growth
+
+
+def test_oversized_bodies_get_413_before_they_are_read(busy_server):
+    url, big = busy_server.base + "/v1/completions", "x" * (LIMIT_BYTES + 1)
+    declared = httpx.post(url, json={"model": busy_server.name, "prompt": big}, headers=AUTH)
+
+    def chunked():  # no Content-Length: the server counts the bytes as they arrive
+        yield b'{"model": "m", "prompt": "'
+        for _ in range(LIMIT_BYTES // 8192 + 2):
+            yield b"x" * 8192
+        yield b'"}'
+
+    streamed = httpx.post(url, content=chunked(), headers={**AUTH, "content-type": "application/json"})
+    for r in (declared, streamed):
+        assert r.status_code == 413, r.text
+        assert r.json()["error"]["code"] == "request_too_large" and str(LIMIT_BYTES) in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("path, body, named", [
+    ("/v1/completions", {"prompt": "hi", "stop": [f"s{i}" for i in range(2000)]}, "stop"),
+    ("/v1/completions", {"prompt": "hi", "n": 5}, "n"),
+    ("/v1/completions", {"prompt": "hi", "logprobs": 6}, "logprobs"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "logprobs": True, "top_logprobs": 6},
+     "logprobs"),
+    ("/v1/completions", {"prompt": [10**9]}, "vocabulary"),
+])
+def test_requests_beyond_the_configured_limits_get_400(busy_server, path, body, named):
+    r = httpx.post(busy_server.base + path, json={"model": busy_server.name, "max_tokens": 1, **body}, headers=AUTH)
+    assert r.status_code == 400 and named in r.json()["error"]["message"], r.text
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"model": "smollm2-armor", "prompt": "caf\xe9 \xff\xfe"}',  # Latin-1 bytes, not UTF-8
+    b"[" * 100_000 + b"]" * 100_000,  # deeper than Python's JSON parser recurses
+    b'{"model": "smollm2-armor", "prompt": ' + b"[" * 500 + b"]" * 500 + b"}",  # parses; fits no schema
+], ids=["invalid-utf8", "nested-100000", "nested-500"])
+def test_bodies_that_are_not_json_or_absurdly_nested_get_400(busy_server, raw):
+    r = httpx.post(busy_server.base + "/v1/completions", content=raw, headers={**AUTH, "content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error", r.text
+    assert httpx.get(busy_server.base + "/health").status_code == 200
+
+
+def test_health_and_metrics_need_no_api_key_but_v1_does(busy_server):
+    assert httpx.get(busy_server.base + "/health").status_code == 200
+    assert "armor_requests_total" in httpx.get(busy_server.base + "/metrics").text
+    assert httpx.get(busy_server.base + "/v1/models").status_code == 401
 
 
 def test_soak_200_requests_at_concurrency_8(armor_ckpt):

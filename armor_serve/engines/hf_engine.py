@@ -43,6 +43,15 @@ class _LogprobRecorder:
         return scores
 
 
+def _entry(dist: torch.Tensor, token: int, top: int) -> tuple[int, float, dict[int, float]]:
+    """(token, its logprob, the `top` best alternatives with it) from one position's log-distribution."""
+    alts = {}
+    if top:
+        best = torch.topk(dist, top)
+        alts = dict(zip(best.indices.tolist(), best.values.tolist()))
+    return token, dist[token].item(), {token: dist[token].item(), **alts}
+
+
 class _Streamer:
     """transformers streamer that hands generated token ids to an asyncio queue."""
 
@@ -86,8 +95,15 @@ class TransformersEngine:
         native = getattr(self.model.config, "max_position_embeddings", None) or 2048
         self.max_model_len = min(self.requested_len or native, native)
 
+    def validate(self, sampling: Sampling) -> None:
+        """Every Sampling is one transformers can run (n > 1 with greedy decoding gives n equal choices)."""
+
     async def generate(self, request_id: str, prompt_ids: list[int], sampling: Sampling) -> AsyncIterator[GenerationChunk]:
         loop = asyncio.get_running_loop()
+        if sampling.prompt_logprobs is not None:
+            prompt_logprobs = await asyncio.to_thread(self._prompt_logprobs, prompt_ids, sampling.prompt_logprobs)
+            for index in range(sampling.n):
+                yield GenerationChunk(index, "", [], None, None, prompt_logprobs)
         for index in range(sampling.n):
             queue: asyncio.Queue = asyncio.Queue()
             recorder = _LogprobRecorder() if sampling.logprobs is not None else None
@@ -111,12 +127,8 @@ class TransformersEngine:
                         self.aborted.add(request_id)  # stop generating: the stop string is there
                     logprobs = None
                     if recorder is not None:
-                        logprobs = []
-                        for k, tok in enumerate(item):
-                            dist = recorder.steps[step + k]
-                            top = torch.topk(dist, sampling.logprobs) if sampling.logprobs else None
-                            alts = dict(zip(top.indices.tolist(), top.values.tolist())) if top is not None else {}
-                            logprobs.append((tok, dist[tok].item(), {tok: dist[tok].item(), **alts}))
+                        logprobs = [_entry(recorder.steps[step + k], tok, sampling.logprobs)
+                                    for k, tok in enumerate(item)]
                     ready = text if finish else (text[: len(text) - hold] if hold else text)
                     if ready.endswith("\ufffd"):  # an incomplete multi-byte character: wait for the rest
                         ready = ready[:-1]
@@ -138,6 +150,14 @@ class TransformersEngine:
                     self.aborted.add(request_id)
                     await asyncio.shield(worker)
                 self.aborted.discard(request_id)
+
+    @torch.no_grad()
+    def _prompt_logprobs(self, prompt_ids: list[int], top: int) -> list:
+        """One forward pass over the prompt: each token's logprob given the tokens before it."""
+        with self.lock:
+            logits = self.model(torch.tensor([prompt_ids], device=self.device)).logits[0, :-1]
+        dist = torch.log_softmax(logits.float(), dim=-1)
+        return [(prompt_ids[0], None, {})] + [_entry(dist[pos], tok, top) for pos, tok in enumerate(prompt_ids[1:])]
 
     def _run(self, request_id, prompt_ids, sampling: Sampling, index, streamer, recorder) -> None:
         from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
@@ -162,11 +182,15 @@ class TransformersEngine:
                     torch.manual_seed(sampling.seed + index)
                 ids = torch.tensor([prompt_ids], device=self.device)
                 sample = sampling.temperature > 0
+                least = sampling.max_tokens if sampling.ignore_eos else sampling.min_tokens
                 self.model.generate(
                     input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=sampling.max_tokens,
-                    min_new_tokens=sampling.max_tokens if sampling.ignore_eos else None, do_sample=sample,
+                    min_new_tokens=least or None, do_sample=sample,
                     temperature=sampling.temperature if sample else None, top_p=sampling.top_p if sample else None,
-                    top_k=None, logits_processor=processors, stopping_criteria=StoppingCriteriaList([_Abort()]),
+                    top_k=sampling.top_k if sample and sampling.top_k > 0 else None,
+                    min_p=sampling.min_p if sample and sampling.min_p else None,
+                    repetition_penalty=sampling.repetition_penalty if sampling.repetition_penalty != 1 else None,
+                    logits_processor=processors, stopping_criteria=StoppingCriteriaList([_Abort()]),
                     streamer=streamer, pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
             finally:
                 streamer.end()
