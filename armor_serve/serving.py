@@ -173,10 +173,6 @@ class OpenAIServing:
                 yield k, chunk
             for t in tasks:
                 t.result()  # surface engine errors
-        except (asyncio.CancelledError, GeneratorExit):  # the consumer went away: a client that disconnected
-            metrics.aborted.inc()
-            log.info("request %s: aborted before its end (client gone)", rid)
-            raise
         finally:
             for k, t in enumerate(tasks):
                 if not t.done():
@@ -204,20 +200,28 @@ class OpenAIServing:
 
     async def _events(self, request: Request, reply: Reply, sampling: Sampling, include_usage: bool, ticket: Ticket):
         completion_tokens = 0
-        async with ticket:
-            # the opening choices (the assistant role, echoed prompts) go out with the first output, as vLLM
-            # does: clients such as `vllm bench serve` take the first chunk's arrival as the time to first token
-            opening = self.opening_choices(reply)
-            async for k, chunk in self.generate(request, reply.prompts, sampling):
-                for choice in opening:
+        try:
+            async with ticket:
+                # the opening choices (the assistant role, echoed prompts) go out with the first output, as vLLM
+                # does: clients such as `vllm bench serve` take the first chunk's arrival as the time to first token
+                opening = self.opening_choices(reply)
+                async for k, chunk in self.generate(request, reply.prompts, sampling):
+                    for choice in opening:
+                        yield self._sse(reply, [choice])
+                    opening = []
+                    completion_tokens += len(chunk.token_ids)
+                    choice = self.stream_choice(k * reply.n + chunk.index, chunk, self.logprobs(chunk, reply.top))
                     yield self._sse(reply, [choice])
-                opening = []
-                completion_tokens += len(chunk.token_ids)
-                choice = self.stream_choice(k * reply.n + chunk.index, chunk, self.logprobs(chunk, reply.top))
-                yield self._sse(reply, [choice])
+        except (asyncio.CancelledError, GeneratorExit):  # the client went away, while waiting or generating
+            self._aborted(request)
+            raise
         if include_usage:
             yield self._sse(reply, [], usage=usage(reply.prompt_tokens, completion_tokens))
         yield "data: [DONE]\n\n"
+
+    def _aborted(self, request: Request) -> None:
+        self.metrics.aborted.inc()
+        log.info("request %s: client disconnected, generation aborted", request.state.request_id)
 
     async def _collect(self, request: Request, reply: Reply, sampling: Sampling, ticket: Ticket):
         texts, finish, logprobs, completion_tokens = {}, {}, {}, 0
@@ -238,7 +242,7 @@ class OpenAIServing:
         try:
             texts, finish, logprobs, completion_tokens = await task
         except asyncio.CancelledError:
-            log.info("request %s: client disconnected, generation aborted", rid)
+            self._aborted(request)
             return Response(status_code=499)
         finally:
             watcher.cancel()
