@@ -14,7 +14,8 @@ from armor_serve.api_errors import ApiError
 class Admission:
     def __init__(self, max_concurrent: int, max_queue: int, retry_after_s: int):
         self.slots = asyncio.Semaphore(max_concurrent)
-        self.max_queue, self.waiting, self.running, self.retry_after_s = max_queue, 0, 0, retry_after_s
+        self.places = max_concurrent + max_queue  # running + waiting never exceeds this
+        self.waiting, self.running, self.retry_after_s = 0, 0, retry_after_s
 
     def busy_error(self) -> ApiError:
         return ApiError(429, f"server busy: {self.running} requests running and {self.waiting} queued; retry later",
@@ -22,7 +23,8 @@ class Admission:
 
     def ticket(self) -> "Ticket":
         """A place in the queue now, or 429 when the slots are taken and the queue is full."""
-        if self.slots.locked() and self.waiting >= self.max_queue:
+        # every ticket counts, including one admitted a moment ago whose stream has not yet taken its slot
+        if self.running + self.waiting >= self.places:
             raise self.busy_error()
         return Ticket(self)
 
