@@ -2,7 +2,7 @@
 Content-Length when there is one, else the bytes as they arrive (chunked uploads)."""
 from __future__ import annotations
 
-import json
+from fastapi.responses import JSONResponse
 
 from armor_serve.api_errors import error_body
 
@@ -22,7 +22,7 @@ class BodyLimit:
             return await self.app(scope, receive, send)
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return await _send_413(send, self.message(declared.decode()))
+            return await _refuse(scope, receive, send, self.message(declared.decode()))
         seen, refused = 0, False
 
         async def counted():
@@ -35,7 +35,7 @@ class BodyLimit:
             seen += len(message.get("body", b""))
             if seen > self.max_bytes:
                 refused = True
-                await _send_413(send, self.message(f"over {self.max_bytes}"))
+                await _refuse(scope, receive, send, self.message(f"over {self.max_bytes}"))
                 return {"type": "http.disconnect"}
             return message
 
@@ -46,9 +46,7 @@ class BodyLimit:
         await self.app(scope, counted, send_unless_refused)
 
 
-async def _send_413(send, message: str) -> None:
-    body = json.dumps(error_body(message, "invalid_request_error", code="request_too_large")).encode()
-    await send({"type": "http.response.start", "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
-    await send({"type": "http.response.body", "body": body})
+async def _refuse(scope, receive, send, message: str) -> None:
+    response = JSONResponse(error_body(message, "invalid_request_error", code="request_too_large"), status_code=413,
+                            headers={"connection": "close"})
+    await response(scope, receive, send)
