@@ -58,11 +58,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="dense checkpoint (default: the imported bundled SmolLM2)")
     p.add_argument("--blocks", default="16,32,64,128", help="ARMOR block sizes; the 2nd runs first")
-    p.add_argument("--iters", type=int, default=200)
+    p.add_argument("--iters", type=int, help="ARMOR iterations (default: armor compress's)")
     p.add_argument("--calib-samples", type=int, default=32)
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--ppl-windows", type=int, default=8, help="wiki_ppl windows of 2048 tokens")
-    p.add_argument("--limit", type=int, default=50, help="examples per zero-shot task and LAMBADA")
+    p.add_argument("--limit", type=int, default=500,
+                   help="examples per zero-shot task and LAMBADA (500: the mean accuracy's standard error < 1 point)")
     p.add_argument("--work", default=str(ROOT / ".cache" / "quality"))
     p.add_argument("--only", help="comma-separated config names to run")
     args = p.parse_args()
@@ -70,7 +71,8 @@ def main() -> None:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     model = args.model or armor("model", "import", "smollm2").stdout.strip().splitlines()[-1]
-    common = ["--calib-samples", str(args.calib_samples), "--seq-len", str(args.seq_len), "--iters", str(args.iters)]
+    common = ["--calib-samples", str(args.calib_samples), "--seq-len", str(args.seq_len)]
+    common += ["--iters", str(args.iters)] if args.iters else []
     wanted = set(args.only.split(",")) if args.only else None
     chosen = [(n, a) for n, a in configs([int(b) for b in args.blocks.split(",")]) if not wanted or n in wanted]
     rows = {name: {"config": name} for name, _ in chosen}
@@ -84,7 +86,8 @@ def main() -> None:
                 row["error"] = f"compress failed: {cli_error(done)}"
                 continue
             summary = json.loads((ckpt / "compression_summary.json").read_text())
-            row.update(compress_seconds=summary["seconds"], overhead_pct=summary["overhead_pct_of_dense"],
+            row.update(compress_seconds=summary["seconds"], phase_seconds=summary.get("phase_seconds", {}),
+                       overhead_pct=summary["overhead_pct_of_dense"],
                        checkpoint_bytes=summary["checkpoint_bytes"], mean_proxy_loss=summary["mean_proxy_loss"])
         row["checkpoint"] = str(ckpt)
         evaluate(row, work / f"{name}.ppl.json", ["--tasks", "wiki_ppl", "--limit", str(args.ppl_windows)])
@@ -114,24 +117,36 @@ def write(rows: list[dict], args) -> None:
     payload = {"command": "python -m benchmarks.quality " + " ".join(sys.argv[1:]), "settings": settings,
                "date": time.strftime("%Y-%m-%d"), "rows": rows}
     (RESULTS / "quality.json").write_text(json.dumps(payload, indent=2) + "\n")
-    head = "| config | wiki ppl | lambada ppl | lambada acc | " + " | ".join(MC_TASKS) + " | mean acc | compress s | overhead % |"
+    head = "| config | wiki ppl | lambada ppl | lambada acc | " + " | ".join(MC_TASKS) + " | mean acc ± SE | compress s | overhead % |"
     lines = [f"Command: `{payload['command']}` ({payload['date']}). wiki ppl: {args.ppl_windows} windows of 2048 "
-             f"test-split tokens; other tasks: first {args.limit} examples; zero-shot acc (acc_norm for hellaswag, "
-             f"arc, openbookqa, piqa as lm-eval reports both).", "", head, "|" + "---|" * (head.count("|") - 1)]
+             f"test-split tokens; other tasks: first {args.limit} examples (fewer where the set is smaller); zero-shot "
+             f"acc (acc_norm for hellaswag, arc, openbookqa, piqa as lm-eval reports both) with its standard error "
+             f"in points; the mean's SE is sqrt(sum SE_i^2) / 7.", "", head, "|" + "---|" * (head.count("|") - 1)]
     for row in rows:
         if "error" in row or "results" not in row:
             lines.append(f"| {row['config']} | {row.get('error', 'not run yet')} |")
             continue
         r = row["results"]
         cell = lambda task, key, fmt: format(r[task][key], fmt) if task in r else "–"
-        accs = [r[t].get("acc_norm", r[t]["acc"]) if t in ("hellaswag", "arc_easy", "arc_challenge", "openbookqa", "piqa")
-                else r[t]["acc"] for t in MC_TASKS if t in r]
+        metric = {t: "acc_norm" if t in ("hellaswag", "arc_easy", "arc_challenge", "openbookqa", "piqa") else "acc"
+                  for t in MC_TASKS if t in r}
+        accs = [r[t][m] for t, m in metric.items()]
+        ses = [r[t].get(f"{m}_stderr", float("nan")) for t, m in metric.items()]
         cells = [cell("wiki_ppl", "perplexity", ".2f"), cell("lambada_ppl", "perplexity", ".1f"), cell("lambada_ppl", "acc", ".3f")]
-        cells += [f"{a:.3f}" for a in accs] if len(accs) == len(MC_TASKS) else ["–"] * len(MC_TASKS)
-        cells += [f"{sum(accs) / len(accs):.3f}" if len(accs) == len(MC_TASKS) else "–"]
+        if len(accs) == len(MC_TASKS):
+            cells += [f"{a:.3f} ±{100 * e:.1f}" for a, e in zip(accs, ses)]
+            cells += [f"{sum(accs) / len(accs):.3f} ±{100 * sum(e * e for e in ses) ** 0.5 / len(ses):.1f}"]
+        else:
+            cells += ["–"] * (len(MC_TASKS) + 1)
         cells += [f"{row.get('compress_seconds', 0):.0f}", f"{row.get('overhead_pct', 0):.1f}"]
         lines.append(f"| {row['config']} | " + " | ".join(cells) + " |")
     lines += gap_closed(rows)
+    phased = [r for r in rows if r.get("phase_seconds")]
+    if phased:
+        names = list(phased[0]["phase_seconds"])
+        lines += ["", "Compression time per phase (s): " + ", ".join(names), ""]
+        lines += [f"* {r['config']}: " + ", ".join(f"{r['phase_seconds'].get(n, 0):.0f}" for n in names) +
+                  f" (total {r['compress_seconds']:.0f})" for r in phased]
     (RESULTS / "quality.md").write_text("\n".join(lines) + "\n")
     plot(rows)
 

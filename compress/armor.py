@@ -46,10 +46,11 @@ PROXIES = ("diag", "hessian")
 @dataclass
 class ArmorConfig:
     block_size: int = 32
-    iters: int = 300
+    iters: int = 100  # with the exact A step: SmolLM2-135M in ~10 min on 2 cores (docs/algorithm.md)
     lr: float = 3e-3  # the reference uses 1e-4 with 3000 iterations; see docs/algorithm.md
     patience: int = 100
     rtol: float = 1e-6
+    discrete_steps: int = 1  # sparse-core updates per iteration (each costs one d_out x d_in x d_in matmul)
 
 
 @dataclass
@@ -76,8 +77,9 @@ class _WeightedSquare(torch.autograd.Function):
     (dL/dR = 2 w R Hc / scale) and the discrete step reuse: one matmul per iteration instead of three."""
 
     @staticmethod
-    def forward(ctx, resid, row_w, hc, scale):
-        resid_w = _column_weighted(resid, hc)
+    def forward(ctx, resid, row_w, hc, scale, resid_w=None):
+        if resid_w is None:
+            resid_w = _column_weighted(resid, hc)
         ctx.save_for_backward(resid_w, row_w)
         ctx.scale = scale
         ctx.mark_non_differentiable(resid_w)
@@ -86,7 +88,7 @@ class _WeightedSquare(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss, _grad_resid_w):
         resid_w, row_w = ctx.saved_tensors
-        return 2 * grad_loss * row_w[:, None] * resid_w / ctx.scale, None, None, None
+        return 2 * grad_loss * row_w[:, None] * resid_w / ctx.scale, None, None, None, None
 
 
 class ArmorProblem:
@@ -109,7 +111,8 @@ class ArmorProblem:
         # Loss weights in the normalised space: rows r_i^2, columns diag(c) H diag(c).
         gram = gram.float()
         self.hc = c.pow(2) * gram.clamp_min(0) if gram.dim() == 1 else c[:, None] * gram * c[None, :]
-        self.scale = (self.row[:, None].pow(2) * self.wn * _column_weighted(self.wn, self.hc)).sum().clamp_min(1e-30)
+        self.wn_hc = _column_weighted(self.wn, self.hc)
+        self.scale = (self.row[:, None].pow(2) * self.wn * self.wn_hc).sum().clamp_min(1e-30)
         nb = d_in // block  # the diagonal (b x b) blocks of Hc, which the discrete step uses
         if self.full:
             self.hc_blocks = self.hc.view(nb, block, nb, block).diagonal(dim1=0, dim2=2).permute(2, 0, 1)
@@ -131,16 +134,40 @@ class ArmorProblem:
     def product(self, a, core, b) -> torch.Tensor:
         return blockdiag.right(blockdiag.left(a, core), b)
 
-    def loss_of(self, a, core, b) -> tuple[torch.Tensor, torch.Tensor]:
-        """The loss (differentiable) and the weighted residual (What - Wn) Hc that the discrete step needs."""
-        return _WeightedSquare.apply(self.product(a, core, b) - self.wn, self.row.pow(2), self.hc, self.scale)
+    def loss_of(self, a, core, b, resid_w=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loss (differentiable) and the weighted residual (What - Wn) Hc that the discrete step needs
+        (computed here unless the caller already has it)."""
+        return _WeightedSquare.apply(self.product(a, core, b) - self.wn, self.row.pow(2), self.hc, self.scale, resid_w)
+
+    @torch.no_grad()
+    def solve_a(self, core, b) -> tuple[torch.Tensor, torch.Tensor]:
+        """The exact minimiser of L over A for fixed S and B, and the weighted residual R Hc it leaves.
+
+        Every row of A only moves its own output row, so each is a small least-squares problem: with P = S B,
+        rows J of one A-block satisfy A_J (P_J Hc P_J^T) = Wn_J Hc P_J^T, a (b x b) solve per block. P Hc is
+        the iteration's one big matmul: R Hc = A (P Hc) - Wn Hc follows from it with block-sized work.
+        """
+        d_out, d_in = self.wn.shape
+        na, bsz = d_out // self.block, self.block
+        p = blockdiag.right(core, b)
+        ph = _column_weighted(p, self.hc)
+        p3, ph3 = p.view(na, bsz, d_in), ph.view(na, bsz, d_in)
+        gram = ph3 @ p3.transpose(1, 2)  # P_J Hc P_J^T, symmetric
+        rhs = ph3 @ self.wn.view(na, bsz, d_in).transpose(1, 2)  # (Wn_J Hc P_J^T)^T
+        jitter = 1e-7 * gram.diagonal(dim1=1, dim2=2).mean(1).clamp_min(1e-30)
+        gram = gram + jitter[:, None, None] * torch.eye(bsz)
+        a_t, info = torch.linalg.solve_ex(gram, rhs)
+        a = torch.where((info == 0)[:, None, None], a_t.transpose(1, 2), self.a.detach())  # keep A where singular
+        return a, blockdiag.left(a, ph) - self.wn_hc
 
     def loss(self) -> float:
         return self.loss_of(self.a, self.values * self.mask, self.b)[0].item()
 
     @torch.no_grad()
-    def discrete_step(self, grad_s: torch.Tensor, generator: torch.Generator, resid_w: torch.Tensor | None = None) -> int:
-        """One exact sparse-core update per (A-block, B-block) pair; returns how many groups changed.
+    def discrete_step(self, grad_s: torch.Tensor, generator: torch.Generator,
+                      resid_w: torch.Tensor | None = None) -> tuple[int, torch.Tensor]:
+        """One exact sparse-core update per (A-block, B-block) pair; returns how many groups changed and
+        the weighted residual (What - Wn) Hc of the new state, so steps can follow each other cheaply.
 
         `resid_w`: (What - Wn) Hc of the current state when the caller has it (`loss_of` returns it).
         """
@@ -168,11 +195,12 @@ class ArmorProblem:
         #    weights, Hk: the B-block's diagonal block of Hc): const + 2 s.f + alpha s^T G s with
         #    alpha = a^T D_r^2 a, G = Bg Hk Bg^T, f = Bg (R Hc)^T D_r^2 a - alpha G s0 (own share out)
         wa = a_col * self.row.pow(2).reshape(na, bsz).repeat_interleave(nb, 0)  # D_r^2 a
-        block_rw = resid_w.view(na, bsz, nb, bsz).permute(0, 2, 1, 3).reshape(pairs, bsz, bsz)
         alpha = (wa * a_col).sum(1)
         bh = (b_rows.view(na, nb, GROUP, bsz) @ self.hc_blocks).view(pairs, GROUP, bsz)  # Bg Hk
         gram = bh @ b_rows.transpose(1, 2)  # (pairs, 4, 4)
-        f = (b_rows @ (block_rw.transpose(1, 2) @ wa[:, :, None])).squeeze(2)
+        # (pair's block of R Hc)^T D_r^2 a, read in place from R Hc's (na, b, nb, b) view
+        rw_a = torch.einsum("jukc,jku->jkc", resid_w.view(na, bsz, nb, bsz), wa.view(na, nb, bsz)).reshape(pairs, bsz)
+        f = (b_rows @ rw_a[:, :, None]).squeeze(2)
         f = f - alpha[:, None] * (gram @ s0[:, :, None]).squeeze(2)
         cur = 2 * (s0 * f).sum(1) + alpha * torch.einsum("pg,pgh,ph->p", s0, gram, s0)
         # 3. the best of the 6 supports: s_T = -G_TT^-1 f_T / alpha, value -f_T^T G_TT^-1 f_T / alpha
@@ -197,19 +225,24 @@ class ArmorProblem:
         #    changes add up exactly. Pairs of one A-block interact through the off-diagonal blocks of H (full
         #    proxy only): measure each A-block's joint change exactly and keep it only when it lowers the loss.
         d_bg = ((s1 - s0)[:, None, :] @ b_rows).view(na, nb, bsz)  # (s1 - s0)^T Bg on the pair's B-block
-        d_r = torch.einsum("jkb,jkc->jbkc", a_col.view(na, nb, bsz), d_bg).reshape(d_out, d_in)  # change of R
-        change = self.row.pow(2)[:, None] * d_r * (2 * resid_w + _column_weighted(d_r, self.hc))
+        # change of R: the outer product a_col d_bg^T on every pair's block, written straight in R's layout
+        d_r = (a_col.view(na, nb, bsz).transpose(1, 2)[..., None] * d_bg[:, None]).reshape(d_out, d_in)
+        d_rw = _column_weighted(d_r, self.hc)
+        # loss change per row r^2 (2 <d_r, R Hc> + <d_r, d_r Hc>), as row-wise dot products (no temporaries)
+        dot = lambda x, y: (x[:, None, :] @ y[:, :, None]).view(-1)  # noqa: E731
+        change = self.row.pow(2) * (2 * dot(d_r, resid_w) + dot(d_r, d_rw))
         keep = change.view(na, -1).sum(1) < 0
         accept &= keep.repeat_interleave(nb)
         if not bool(accept.any()):
-            return 0
+            return 0, resid_w
         p = accept.nonzero().squeeze(1)
         r, cols = rows[p, None], group_cols[p]
         self.mask[r, cols] = False
         self.values[r, cols] = 0.0
         self.mask[r, cols[:, :1] + sup[p]] = True
         self.values[r, cols[:, :1] + sup[p]] = vals[p]
-        return int(p.numel())
+        # rows of a kept A-block changed by exactly d_r (a rejected block's rows not at all): update R Hc
+        return int(p.numel()), torch.addcmul(resid_w, keep.repeat_interleave(bsz)[:, None].to(d_rw.dtype), d_rw)
 
     def result(self, start_loss: float, final_loss: float, iters: int) -> ArmorResult:
         a = self.a * self.row.reshape(-1, self.block, 1)  # diag(r) A
@@ -232,10 +265,9 @@ def armor(weight: torch.Tensor, gram: torch.Tensor, cfg: ArmorConfig, seed: int 
     """
     prob = ArmorProblem(weight, gram, cfg.block_size, start)
     gen = torch.Generator().manual_seed(seed)
-    a = prob.a.requires_grad_()
     b = prob.b.requires_grad_()
     values = prob.values.requires_grad_()
-    opt = torch.optim.Adam([a, b, values], lr=cfg.lr, fused=True)
+    opt = torch.optim.Adam([b, values], lr=cfg.lr, fused=True)
     start_loss = best = float("inf")
     best_state = None
     since_best, it = 0, 0
@@ -243,7 +275,12 @@ def armor(weight: torch.Tensor, gram: torch.Tensor, cfg: ArmorConfig, seed: int 
         # measure the current state (kept if it is the best so far), then step from it
         core = values * prob.mask
         core.retain_grad()
-        loss_t, resid_w = prob.loss_of(a, core, b)
+        if it == 0:  # the start itself (A = I), so its loss is exactly the baseline's
+            a, resid_w = prob.a, None
+        else:  # (a) exact A for the current S and B
+            a, resid_w = prob.solve_a(core.detach(), b.detach())
+            prob.a = a
+        loss_t, resid_w = prob.loss_of(a, core, b, resid_w)
         loss = loss_t.item()
         if it == 0:
             start_loss = loss
@@ -260,8 +297,9 @@ def armor(weight: torch.Tensor, gram: torch.Tensor, cfg: ArmorConfig, seed: int 
         opt.zero_grad(set_to_none=True)
         loss_t.backward()
         # (b) discrete step, exact at the measured state; dL/dS drives its sampling
-        prob.discrete_step(core.grad, gen, resid_w)
-        # (a) continuous step with the gradient of the measured state
+        for _ in range(cfg.discrete_steps):
+            _, resid_w = prob.discrete_step(core.grad, gen, resid_w)
+        # (c) continuous step on B and the kept values, with the gradient of the measured state
         opt.step()
     with torch.no_grad():
         prob.a, prob.b, prob.values, prob.mask = best_state

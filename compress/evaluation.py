@@ -126,7 +126,10 @@ def lm_eval_results(lm, tasks: list[str], limit: int | None, model_args: dict | 
     for task in tasks:
         raw = out["results"][task]
         metrics = {k.split(",")[0]: v for k, v in raw.items() if "," in k and "stderr" not in k}
-        metrics["samples"] = out["n-samples"][task]["effective"]
+        n = metrics["samples"] = out["n-samples"][task]["effective"]
+        for name in ("acc", "acc_norm"):  # lm-eval's mean_stderr for 0/1 scores, without its bootstrap pass
+            if name in metrics and n > 1:
+                metrics[f"{name}_stderr"] = math.sqrt(metrics[name] * (1 - metrics[name]) / (n - 1))
         results[task] = metrics
     return results
 

@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -45,6 +46,10 @@ LINEARS = {  # module path inside a decoder layer -> which calibration statistic
 }
 ARMOR_ONLY = ("block_size", "proxy", "hessian_damp", "iters", "lr", "patience")
 PROGRESS = "armor_progress.json"
+# Where a run's time goes (summary["phase_seconds"]): reading weights, running calibration tokens through the
+# layers, gathering Gram matrices, the 2:4 pruning (a baseline, or ARMOR's SparseGPT/NoWag-P start), ARMOR's
+# block coordinate descent, and writing shards.
+PHASES = ("load", "calibration_forward", "gram", "pruning", "bcd", "write")
 SUMMARY = "compression_summary.json"
 
 
@@ -53,7 +58,7 @@ class Settings:
     method: str = "armor"
     block_size: int = 32
     proxy: str = "hessian"  # ARMOR's loss: the full Gram matrix (from SparseGPT) or its diagonal (from NoWag-P)
-    iters: int = 300
+    iters: int = 100  # with the exact A step: SmolLM2-135M in ~10 min on 2 cores (docs/algorithm.md)
     lr: float = 3e-3
     patience: int = 100
     calib_samples: int = 32
@@ -189,12 +194,22 @@ class LayerwiseCompressor:
         except OSError as err:
             raise UserError(f"cannot create '{out}' ({err.strerror}); choose another --out") from None
         progress = {"fingerprint": self.fingerprint, "layers_done": 0, "shards": {}, "matrices": [],
-                    "seconds": 0.0, "complete": False}
+                    "seconds": 0.0, "phase_seconds": dict.fromkeys(PHASES, 0.0), "complete": False}
         try:
             _atomic_json(progress_file, progress)
         except OSError as err:
             raise UserError(f"cannot write to '{out}' ({err.strerror}); choose another --out") from None
         return progress
+
+    @contextmanager
+    def _phase(self, name: str):
+        """Add the block's wall time to phase `name` (kept in the progress file, so a resumed run adds up)."""
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            phases = self.progress.setdefault("phase_seconds", dict.fromkeys(PHASES, 0.0))
+            phases[name] = phases.get(name, 0.0) + time.perf_counter() - began
 
     @staticmethod
     def shard_name(i: int) -> str:
@@ -251,17 +266,20 @@ class LayerwiseCompressor:
 
         def hook(name):
             def record(_mod, args, _out):
-                x = args[0].reshape(-1, args[0].shape[-1]).double()
+                # float32 products per batch (a few thousand tokens each), summed over batches in float64:
+                # a float64 matmul costs this CPU ~4x the time and changes nothing that matters here
+                x = args[0].reshape(-1, args[0].shape[-1]).float()
                 s = stats.setdefault(name, {"h": torch.zeros(x.shape[1], dtype=torch.float64)})
-                s["h"] += x.pow(2).sum(0)
+                s["h"] += x.pow(2).sum(0).double()
                 if need_full:
                     s.setdefault("H", torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64))
-                    s["H"] += x.T @ x
+                    s["H"] += (x.T @ x).double()
             return record
 
         handles = [layer.get_submodule(name).register_forward_hook(hook(name)) for name in LINEARS]
         try:
-            self._run(layer, hidden, kwargs)
+            with self._phase("gram"):
+                self._run(layer, hidden, kwargs)
         finally:
             for handle in handles:
                 handle.remove()
@@ -283,23 +301,26 @@ class LayerwiseCompressor:
             gram, start = h, None  # the paper's proxy starts from NoWag-P (ARMOR's own default start)
             if self.settings.uses_hessian:
                 gram = stats["H"].float()
-                start = baselines.sparsegpt(weight, gram, damp=s.sparsegpt_damp)
+                with self._phase("pruning"):
+                    start = baselines.sparsegpt(weight, gram, damp=s.sparsegpt_damp)
                 # A ridge on H keeps BCD from fitting the few calibration tokens (docs/algorithm.md).
                 gram = baselines.ridge(gram, s.hessian_damp)
-            res = armor(weight, gram, cfg, seed=seed, progress=progress, start=start)
+            with self._phase("bcd"):
+                res = armor(weight, gram, cfg, seed=seed, progress=progress, start=start)
             module = ArmorLinear.from_factors(res.a_blocks, res.core, res.mask, res.b_blocks, bias, dtype=weight.dtype)
             record.update(loss_start=res.start_loss, loss_final=res.final_loss, iters=res.iters,
                           loss_stored=proxy_loss(weight, module.dense_weight(), gram), bytes=module.packed_bytes(),
                           dense_bytes=module.dense_bytes())
         else:
-            if s.method == "magnitude":
-                pruned = baselines.magnitude(weight)
-            elif s.method == "wanda":
-                pruned = baselines.wanda(weight, h)
-            elif s.method == "nowag-p":
-                pruned = baselines.nowag_p(weight, h)
-            else:
-                pruned = baselines.sparsegpt(weight, stats["H"].float(), damp=s.sparsegpt_damp)
+            with self._phase("pruning"):
+                if s.method == "magnitude":
+                    pruned = baselines.magnitude(weight)
+                elif s.method == "wanda":
+                    pruned = baselines.wanda(weight, h)
+                elif s.method == "nowag-p":
+                    pruned = baselines.nowag_p(weight, h)
+                else:
+                    pruned = baselines.sparsegpt(weight, stats["H"].float(), damp=s.sparsegpt_damp)
             module = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, dtype=weight.dtype, device="cpu")
             module.weight.data.copy_(pruned)
             if bias is not None:
@@ -340,20 +361,27 @@ class LayerwiseCompressor:
         tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
         calib = calibration_samples(tokenizer, s.calib_samples, s.seq_len, s.seed)
         started = time.time()
-        body = self._skeleton()
-        hidden, layer_kwargs = self._layer_inputs(body, calib)
+        with self._phase("load"):
+            body = self._skeleton()
+        with self._phase("calibration_forward"):
+            hidden, layer_kwargs = self._layer_inputs(body, calib)
         done = self.progress["layers_done"]
         stored = CheckpointWeights(self.out_dir) if done else None
         bar = tqdm(range(self.n_layers), desc=f"compress ({s.method})", unit="layer")
         for i in bar:
             if i < done:  # finished before: replay the stored layer to rebuild the activations
-                layer = self._load_layer(body, i, stored)
-                hidden = self._run(layer, hidden, layer_kwargs[i])
+                with self._phase("load"):
+                    layer = self._load_layer(body, i, stored)
+                with self._phase("calibration_forward"):
+                    hidden = self._run(layer, hidden, layer_kwargs[i])
             else:
-                layer = self._load_layer(body, i)
+                with self._phase("load"):
+                    layer = self._load_layer(body, i)
                 records = self._compress_layer(i, layer, hidden, layer_kwargs[i], bar)
-                digest = self._write_layer(i, layer)
-                hidden = self._run(layer, hidden, layer_kwargs[i])
+                with self._phase("write"):
+                    digest = self._write_layer(i, layer)
+                with self._phase("calibration_forward"):
+                    hidden = self._run(layer, hidden, layer_kwargs[i])
                 self.progress["shards"][str(i)] = digest
                 self.progress["matrices"].extend(records)
                 self.progress["layers_done"] = i + 1
@@ -409,7 +437,9 @@ class LayerwiseCompressor:
         files = {self.out_dir / f for f in set(weight_map.values())}
         summary = {
             "method": self.settings.method, "settings": self.settings.relevant(), "source": str(self.model_dir),
-            "seconds": round(self.progress["seconds"], 1), "matrices": len(recs),
+            "seconds": round(self.progress["seconds"], 1),
+            "phase_seconds": {k: round(v, 1) for k, v in self.progress.get("phase_seconds", {}).items()},
+            "matrices": len(recs),
             "dense_params_compressed": dense_params,
             "overhead_params": overhead, "overhead_pct_of_dense": 100.0 * overhead / dense_params,
             "checkpoint_bytes": sum(f.stat().st_size for f in files),

@@ -8,6 +8,7 @@ import torch
 from safetensors import safe_open
 
 from conftest import ROOT, SMALL, run_cli
+from compress.pipeline import PHASES
 from model_executors.sparsity import unpack
 
 
@@ -31,6 +32,11 @@ def test_armor_checkpoint_format(armor_ckpt):
     assert summary["mean_proxy_loss"] < summary["mean_proxy_loss_start"]
     assert 0 < summary["overhead_pct_of_dense"] < 15
     assert 0.5 < summary["compressed_matrix_bytes"] / summary["dense_matrix_bytes"] < 0.7  # 2:4 + meta + blocks
+    # where the time went: every phase measured, and together they account for the run
+    phases = summary["phase_seconds"]
+    assert set(phases) == set(PHASES) and all(v >= 0 for v in phases.values())
+    assert phases["bcd"] > 0 and phases["pruning"] > 0 and phases["gram"] > 0
+    assert 0.8 * summary["seconds"] <= sum(phases.values()) <= summary["seconds"] + 1
 
 
 def test_every_armor_matrix_ends_at_or_below_its_start(armor_ckpt):
