@@ -15,14 +15,16 @@ A = B = I at the start and (M, V) a 2:4 pruning of W (NoWag-P for the diagonal p
 full one), so L starts at that baseline's loss. The stored factors fold the scales in (diag(r) A and
 B diag(c) are still block-diagonal), so no scale vectors are needed.
 
-Block coordinate descent, one iteration (after measuring the loss and its gradient at the current state):
+Block coordinate descent, one iteration:
+  (a) exact A: for fixed S and B the loss is a least-squares problem per row of A, solved per A-block
+      (b x b systems); then the loss and its gradient are measured at that state.
   (b) discrete: for every (A-block, B-block) pair one group of 4 is drawn (probability ~ L1 norm of dL/dS
       on the group) and replaced by the exact best of the 6 two-of-four supports with optimal values.
       Pairs in different A-blocks touch different rows, and the loss is a sum over rows, so their changes
       add up exactly; pairs sharing an A-block interact through H's off-diagonal blocks (full proxy only),
       so each A-block's joint change is measured exactly and kept only when it lowers L. Step (b) never
       increases L.
-  (a) continuous: one Adam step on (A, B, V) with M fixed, from the measured gradient.
+  (c) continuous: one Adam step on (B, V) with M fixed, from the measured gradient.
 The best state seen is returned, so the final loss is never above the start.
 """
 from __future__ import annotations
