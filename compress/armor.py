@@ -75,8 +75,9 @@ def _column_weighted(e: torch.Tensor, hc: torch.Tensor) -> torch.Tensor:
 
 
 class _WeightedSquare(torch.autograd.Function):
-    """L = sum_i w_i R_i Hc R_i^T / scale over the rows R_i of R; also returns R Hc, which the backward pass
-    (dL/dR = 2 w R Hc / scale) and the discrete step reuse: one matmul per iteration instead of three."""
+    """L = sum_i w_i R_i Hc R_i^T / scale over the rows R_i of R; also returns R Hc (computed here unless the
+    caller passes it, as the exact A step does), which the backward pass (dL/dR = 2 w R Hc / scale) and the
+    discrete step reuse instead of recomputing it."""
 
     @staticmethod
     def forward(ctx, resid, row_w, hc, scale, resid_w=None):
@@ -159,7 +160,7 @@ class ArmorProblem:
         jitter = 1e-7 * gram.diagonal(dim1=1, dim2=2).mean(1).clamp_min(1e-30)
         gram = gram + jitter[:, None, None] * torch.eye(bsz)
         a_t, info = torch.linalg.solve_ex(gram, rhs)
-        a = torch.where((info == 0)[:, None, None], a_t.transpose(1, 2), self.a.detach())  # keep A where singular
+        a = torch.where((info == 0)[:, None, None], a_t.transpose(1, 2), self.a)  # keep A where singular
         return a, blockdiag.left(a, ph) - self.wn_hc
 
     def loss(self) -> float:
@@ -231,8 +232,7 @@ class ArmorProblem:
         d_r = (a_col.view(na, nb, bsz).transpose(1, 2)[..., None] * d_bg[:, None]).reshape(d_out, d_in)
         d_rw = _column_weighted(d_r, self.hc)
         # loss change per row r^2 (2 <d_r, R Hc> + <d_r, d_r Hc>), as row-wise dot products (no temporaries)
-        dot = lambda x, y: (x[:, None, :] @ y[:, :, None]).view(-1)  # noqa: E731
-        change = self.row.pow(2) * (2 * dot(d_r, resid_w) + dot(d_r, d_rw))
+        change = self.row.pow(2) * (2 * torch.einsum("ij,ij->i", d_r, resid_w) + torch.einsum("ij,ij->i", d_r, d_rw))
         keep = change.view(na, -1).sum(1) < 0
         accept &= keep.repeat_interleave(nb)
         if not bool(accept.any()):
@@ -277,12 +277,10 @@ def armor(weight: torch.Tensor, gram: torch.Tensor, cfg: ArmorConfig, seed: int 
         # measure the current state (kept if it is the best so far), then step from it
         core = values * prob.mask
         core.retain_grad()
-        if it == 0:  # the start itself (A = I), so its loss is exactly the baseline's
-            a, resid_w = prob.a, None
-        else:  # (a) exact A for the current S and B
-            a, resid_w = prob.solve_a(core.detach(), b.detach())
-            prob.a = a
-        loss_t, resid_w = prob.loss_of(a, core, b, resid_w)
+        resid_w = None  # iteration 0 measures the start itself (A = I): its loss is exactly the baseline's
+        if it > 0:  # (a) exact A for the current S and B
+            prob.a, resid_w = prob.solve_a(core.detach(), b.detach())
+        loss_t, resid_w = prob.loss_of(prob.a, core, b, resid_w)
         loss = loss_t.item()
         if it == 0:
             start_loss = loss
@@ -291,7 +289,7 @@ def armor(weight: torch.Tensor, gram: torch.Tensor, cfg: ArmorConfig, seed: int 
         if loss < best:
             since_best = 0 if loss < best * (1 - cfg.rtol) else since_best + 1
             best = loss
-            best_state = (a.detach().clone(), b.detach().clone(), values.detach().clone(), prob.mask.clone())
+            best_state = (prob.a.clone(), b.detach().clone(), values.detach().clone(), prob.mask.clone())
         else:
             since_best += 1
         if it == cfg.iters or since_best >= cfg.patience:
