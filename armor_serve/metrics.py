@@ -38,18 +38,19 @@ def layer_kernels(model_dir: str | Path, device: str, dtype) -> dict[str, tuple[
 
 
 def checkpoint_weight_bytes(model_dir: str | Path, kernels: dict[str, tuple[str, str]] | None = None,
-                            scratch_bytes: int = 0) -> tuple[int, int]:
+                            scratch_bytes=None) -> tuple[int, int]:
     """(resident, dense-equivalent) weight bytes of a checkpoint as an engine holds it.
 
     ARMOR tensors count as stored (values + metadata + blocks: the packed CPU kernel and the 2:4 tensor-core
     path hold exactly that, in their own byte order) except in layers whose kernel (`kernels`, from
-    layer_kernels) is the reference one, which holds S dense-with-zeros; plus the kernels' largest scratch
-    buffer (`scratch_bytes`) when the checkpoint has ARMOR layers. Dense-equivalent counts every ARMOR
-    matrix as d_out x d_in.
+    layer_kernels) is the reference one, which holds S dense-with-zeros; plus the largest scratch buffer a
+    layer call allocates, `scratch_bytes(d_out, d_in, block)` (the packed CPU kernel's prefill panel; layers
+    run one at a time, so only the largest counts). Dense-equivalent counts every ARMOR matrix as d_out x d_in.
     """
     kernels = kernels or {}
     model_dir = Path(model_dir)
-    resident = dense = 0
+    block = int(json.loads((model_dir / "config.json").read_text()).get("quantization_config", {}).get("block_size", 0))
+    resident = dense = scratch = 0
     for file in sorted(model_dir.glob("*.safetensors")):
         with safe_open(file, "pt") as fh:
             for key in fh.keys():
@@ -63,6 +64,8 @@ def checkpoint_weight_bytes(model_dir: str | Path, kernels: dict[str, tuple[str,
                 if key.endswith(".sparse_values"):
                     resident += n * size * (2 if expanded else 1)
                     dense += n * 2 * size
+                    if scratch_bytes and not expanded:
+                        scratch = max(scratch, scratch_bytes(shape[0], shape[1] * 2, block))
                 elif key.endswith(".sparse_meta"):
                     resident += 0 if expanded else n
                 elif key.endswith((".a_blocks", ".b_blocks")):
@@ -70,9 +73,7 @@ def checkpoint_weight_bytes(model_dir: str | Path, kernels: dict[str, tuple[str,
                 else:
                     resident += n * size
                     dense += n * size
-    if resident != dense:
-        resident += scratch_bytes
-    return resident, dense  # a tied lm_head is stored (and held) once, and counted once
+    return resident + scratch, dense  # a tied lm_head is stored (and held) once, and counted once
 
 
 def _rss_bytes() -> float:

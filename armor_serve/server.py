@@ -65,9 +65,11 @@ def serve(args) -> None:
     from model_executors import cpu_kernel
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    kernels = layer_kernels(model_dir, device, _weight_dtype(model_dir, args.dtype, engine_kind, device))
+    dtype = _weight_dtype(model_dir, args.dtype, engine_kind, device)
+    kernels = layer_kernels(model_dir, device, dtype)
     packed = any(kernel == "packed" for kernel, _ in kernels.values())
-    resident, dense = checkpoint_weight_bytes(model_dir, kernels, scratch_bytes=cpu_kernel.scratch_bytes() if packed else 0)
+    resident, dense = checkpoint_weight_bytes(
+        model_dir, kernels, scratch_bytes=(lambda d_out, d_in, b: cpu_kernel.scratch_bytes(d_out, d_in, b, dtype)) if packed else None)
     config = ServerConfig(name, args.api_key, args.max_concurrent, args.max_queue, root=str(model_dir),
                           max_n=args.max_n, max_logprobs=args.max_logprobs, max_stop=args.max_stop,
                           max_request_bytes=args.max_request_bytes)

@@ -5,6 +5,7 @@ unlike benchmarks.layers, which re-runs one matrix whose weights may sit in the 
     python -m benchmarks.decode_step [--model smollm2-135m] [--layers N]
     -> benchmarks/results/decode-step-cpu.{json,md}
 
+Dense and ARMOR are timed in turn within every repetition (a shared machine's slow spells hit both alike).
 Dense is timed twice: torch's F.linear (MKL for float32, oneDNN for bfloat16) and, when vLLM is installed,
 vLLM's CPU GEMM (oneDNN, weights prepacked), which is what vLLM's CPU engine runs for dense layers. vLLM's
 CPU engine on this 2-core machine runs its model on one thread (it reserves the other core), so 1 thread is
@@ -21,7 +22,7 @@ import time
 
 import torch
 
-from benchmarks.layers import RESULTS, SHAPES, device_name, onednn_linear, random_armor, time_call
+from benchmarks.layers import RESULTS, SHAPES, device_name, onednn_linear, random_armor, time_calls
 
 def build(model: str, layers: int, dtype):
     mats = []
@@ -42,12 +43,11 @@ def run_one(args) -> None:
     mats = build(args.model, args.layers, dtype)
     for tokens in (int(t) for t in args.tokens.split(",")):
         xs = {d: torch.randn(tokens, d, dtype=dtype) for d in {m.in_features for m, _, _ in mats}}
-        row = {"dtype": args.dtype, "threads": torch.get_num_threads(), "tokens": tokens,
-               "armor_s": time_call(lambda: [m(xs[m.in_features]) for m, _, _ in mats], "cpu", args.reps),
-               "dense_torch_s": time_call(lambda: [torch.nn.functional.linear(xs[m.in_features], w) for m, w, _ in mats],
-                                          "cpu", args.reps)}
+        fns = {"armor_s": lambda: [m(xs[m.in_features]) for m, _, _ in mats],
+               "dense_torch_s": lambda: [torch.nn.functional.linear(xs[m.in_features], w) for m, w, _ in mats]}
         if all(o for _, _, o in mats):
-            row["dense_onednn_s"] = time_call(lambda: [o(xs[m.in_features]) for m, _, o in mats], "cpu", args.reps)
+            fns["dense_onednn_s"] = lambda: [o(xs[m.in_features]) for m, _, o in mats]
+        row = {"dtype": args.dtype, "threads": torch.get_num_threads(), "tokens": tokens, **time_calls(fns, args.reps)}
         print("ROW " + json.dumps(row), flush=True)
 
 

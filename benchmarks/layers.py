@@ -57,6 +57,21 @@ def time_call(fn, device: str, reps: int) -> float:
     return statistics.median(samples)
 
 
+def time_calls(fns: dict, reps: int) -> dict:
+    """Median seconds of one call of each CPU function, the functions run in turn within every repetition, so
+    a shared machine's slow spells (other tenants, frequency changes) hit all of them alike and their ratios
+    stay fair."""
+    for fn in fns.values():
+        fn()
+    samples = {name: [] for name in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(s) for name, s in samples.items()}
+
+
 def onednn_linear(w: torch.Tensor):
     """vLLM's CPU dense GEMM on `w` (oneDNN, prepacked once), or None without vLLM."""
     try:

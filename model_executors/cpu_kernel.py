@@ -75,9 +75,11 @@ def checkpoint_layout(mask: torch.Tensor, a_blocks_t: torch.Tensor, b_blocks_t: 
             b_blocks_t.transpose(-1, -2).contiguous())
 
 
-def scratch_bytes() -> int:
-    """The largest buffer one call allocates besides activations: the prefill path's panel of dense S."""
-    return _C.prefill_scratch_bytes() if _C else 0
+def scratch_bytes(d_out: int, d_in: int, block: int, dtype: torch.dtype) -> int:
+    """The buffer one call on a (shard of a) d_out x d_in layer allocates besides activations: the prefill
+    path's panel of dense S (a 4 MB budget, but at least 512 rows)."""
+    esize = torch.empty(0, dtype=dtype).element_size()
+    return _C.prefill_scratch_bytes(d_out, d_in, block, esize) if _C else 0
 
 
 def use_isa(name: str) -> None:

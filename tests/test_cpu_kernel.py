@@ -119,6 +119,22 @@ def test_fused_qkv_and_gate_up_layouts(path, dtype):
         assert relerr(y, reference(x, values, codes, a, b, sizes, bias)) < TOL[dtype]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_prefill_panels_and_wide_blocks(dtype):
+    """Long rows: the prefill path decompresses S in several panels (at least 512 rows, whole A-blocks, never
+    across shards) and A reads each panel's GEMM output; blocks of 48 and 64 (the float32 transforms' 32 + 16
+    lanes)."""
+    sizes, d_in = [624, 480], 8192
+    values, codes, a, b = layer(sum(sizes), d_in, 48, 64, dtype, shards=2)
+    esize = values.element_size()
+    assert cpu_kernel.scratch_bytes(624, d_in, 48, dtype) == 480 * d_in * esize < 624 * d_in * esize
+    assert cpu_kernel.scratch_bytes(576, 576, 32, dtype) == 576 * 576 * esize  # the whole matrix fits the budget
+    x = torch.randn(70, d_in).to(dtype)
+    bias = torch.randn(sum(sizes)).to(dtype)
+    y = cpu_kernel.linear(x, values, *kernel_layout(codes, a, b), sizes, bias)
+    assert relerr(y, reference(x, values, codes, a, b, sizes, bias)) < TOL[dtype]
+
+
 @pytest.mark.parametrize("tp", [2, 4])
 def test_tensor_parallel_pieces(tp):
     """Each rank's piece (model_executors.sharding) through the kernel reassembles the full layer."""

