@@ -67,7 +67,7 @@ armor::Kernels& active() {
 }
 
 constexpr int64_t kMaxBlock = 128;  // largest A/B block (generic.h block_matvec's buffer)
-int64_t g_panel_bytes = 4 << 20;  // the prefill path's scratch budget: one panel of S, dense
+constexpr int64_t kPanelBytes = 4 << 20;  // the prefill path's scratch budget: one panel of S, dense
 
 // Token counts from which the prefill path runs, per weight dtype, from `python -m benchmarks.kernel_crossover`
 // (benchmarks/results/kernel-crossover-cpu.md, and the SmolLM2 shapes 3072x576, 576x1536): with oneDNN
@@ -117,11 +117,11 @@ at::Tensor gemm(const at::Tensor& x, const at::Tensor& w) {
 }
 
 // Rows of S per prefill panel: the scratch budget, but never fewer than kMinPanelRows (a GEMM that narrow
-// re-packs x for too little work: Llama-3-8B down_proj, 73 float32 rows per 4 MB, ran 1.6-2x slower than
-// whole-matrix oneDNN), and whole A-blocks so each panel's GEMM output feeds A directly.
+// re-packs x for too little work: Llama-3-8B down_proj, 73 float32 rows per 4 MB, ran ~2x slower than
+// whole-matrix oneDNN at 128 tokens), and whole A-blocks so each panel's GEMM output feeds A directly.
 constexpr int64_t kMinPanelRows = 512;
 int64_t panel_rows(int64_t d_out, int64_t d_in, int64_t ba, int64_t esize) {
-  const int64_t rows = std::max(g_panel_bytes / (d_in * esize), kMinPanelRows);
+  const int64_t rows = std::max(kPanelBytes / (d_in * esize), kMinPanelRows);
   return std::min(std::max<int64_t>(rows / ba, 1) * ba, d_out);
 }
 
@@ -220,8 +220,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("prefill_scratch_bytes", [](int64_t d_out, int64_t d_in, int64_t ba, int64_t esize) {
           return panel_rows(d_out, d_in, ba, esize) * d_in * esize; },
         "bytes of the prefill path's panel of dense S for one (shard of a) layer");
-  m.def("set_prefill_panel_budget", [](int64_t bytes) { g_panel_bytes = bytes; },
-        "the prefill panel's byte budget (benchmarks); panels keep at least 512 rows");
   m.def("max_block", [] { return kMaxBlock; });
   m.def("prefill_min_tokens", [](bool bf16) { return g_prefill_min_tokens[bf16]; });
   m.def("set_prefill_min_tokens", [](bool bf16, int64_t n) { g_prefill_min_tokens[bf16] = n; },
