@@ -20,13 +20,19 @@ def _layer_type(key: str) -> str:
     return key.rsplit(".", 2)[-2]  # model.layers.3.self_attn.q_proj.sparse_values -> q_proj
 
 
+def _armor_block_size(model_dir: Path) -> int:
+    """The checkpoint's ARMOR block size (0 for a dense checkpoint)."""
+    config = json.loads((model_dir / "config.json").read_text())
+    return int(config.get("quantization_config", {}).get("block_size", 0))
+
+
 def layer_kernels(model_dir: str | Path, device: str, dtype) -> dict[str, tuple[str, str]]:
     """{layer type (q_proj, ...): (kernel, why)} as the engines pick them for `dtype` weights on `device`
     (model_executors.kernel_choice: the same decision, taken from the checkpoint's shapes)."""
     from model_executors import kernel_choice
 
     model_dir = Path(model_dir)
-    block = int(json.loads((model_dir / "config.json").read_text()).get("quantization_config", {}).get("block_size", 0))
+    block = _armor_block_size(model_dir)
     kernels = {}
     for file in sorted(model_dir.glob("*.safetensors")):
         with safe_open(file, "pt") as fh:
@@ -49,7 +55,7 @@ def checkpoint_weight_bytes(model_dir: str | Path, kernels: dict[str, tuple[str,
     """
     kernels = kernels or {}
     model_dir = Path(model_dir)
-    block = int(json.loads((model_dir / "config.json").read_text()).get("quantization_config", {}).get("block_size", 0))
+    block = _armor_block_size(model_dir)
     resident = dense = scratch = 0
     for file in sorted(model_dir.glob("*.safetensors")):
         with safe_open(file, "pt") as fh:

