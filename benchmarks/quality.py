@@ -1,6 +1,7 @@
 """Quality table: dense vs magnitude / Wanda / SparseGPT / NoWag-P / ARMOR on the bundled model.
 
     python -m benchmarks.quality            # writes benchmarks/results/quality.{json,md,png}
+    python -m benchmarks.quality --model DIR --work .cache/quality-NAME --name quality-NAME   # another model
 
 Each configuration is compressed with `armor compress` and evaluated with `armor eval` (both through the
 CLI, exactly as a user runs them); results are cached under .cache/quality so an interrupted run resumes.
@@ -67,6 +68,8 @@ def main() -> None:
                    help="examples per zero-shot task and LAMBADA (500: the mean accuracy's standard error < 1 point)")
     p.add_argument("--work", default=str(ROOT / ".cache" / "quality"))
     p.add_argument("--only", help="comma-separated config names to run")
+    p.add_argument("--name", default="quality",
+                   help="results file stem (a second model's table beside SmolLM2's: quality-qwen2.5-coder-1.5b)")
     args = p.parse_args()
 
     work = Path(args.work)
@@ -117,7 +120,7 @@ def write(rows: list[dict], args) -> None:
     settings = {k: v for k, v in vars(args).items() if k != "work"}
     payload = {"command": "python -m benchmarks.quality " + " ".join(sys.argv[1:]), "settings": settings,
                "date": time.strftime("%Y-%m-%d"), "rows": rows}
-    (RESULTS / "quality.json").write_text(json.dumps(payload, indent=2) + "\n")
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(payload, indent=2) + "\n")
     head = "| config | wiki ppl | lambada ppl | lambada acc | " + " | ".join(MC_TASKS) + " | mean acc ± SE | compress s | overhead % |"
     lines = [f"Command: `{payload['command']}` ({payload['date']}). wiki ppl: {args.ppl_windows} windows of 2048 "
              f"test-split tokens; other tasks: first {args.limit} examples (fewer where the set is smaller); zero-shot "
@@ -148,8 +151,8 @@ def write(rows: list[dict], args) -> None:
         lines += ["", "Compression time per phase (s): " + ", ".join(names), ""]
         lines += [f"* {r['config']}: " + ", ".join(f"{r['phase_seconds'].get(n, 0):.0f}" for n in names) +
                   f" (total {r['compress_seconds']:.0f})" for r in phased]
-    (RESULTS / "quality.md").write_text("\n".join(lines) + "\n")
-    plot(rows)
+    (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
+    plot(rows, args)
 
 
 def gap_closed(rows: list[dict]) -> list[str]:
@@ -169,7 +172,7 @@ def gap_closed(rows: list[dict]) -> list[str]:
     return [""] + out if out else []
 
 
-def plot(rows: list[dict]) -> None:
+def plot(rows: list[dict], args) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -182,10 +185,10 @@ def plot(rows: list[dict]) -> None:
     ax.bar(names, ppl, color=["gray" if n == "dense" else "tab:green" if n.startswith("armor") else "tab:blue" for n in names])
     ax.set_ylabel("wiki perplexity (lower is better)")
     ax.set_yscale("log")
-    ax.set_title("2:4 compression of SmolLM2-135M-Instruct")
+    ax.set_title(f"2:4 compression of {Path(args.model).name if args.model else 'SmolLM2-135M-Instruct'}")
     plt.xticks(rotation=30, ha="right")
     fig.tight_layout()
-    fig.savefig(RESULTS / "quality.png", dpi=120)
+    fig.savefig(RESULTS / f"{args.name}.png", dpi=120)
 
 
 if __name__ == "__main__":
