@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 SUPPORTS = torch.tensor(list(itertools.combinations(range(GROUP), 2)))  # the 6 two-of-four supports
 PROXIES = ("diag", "hessian")
+D_H_FLOATS = 1 << 25  # cap (128 MiB) on the discrete step's (A-blocks, B-blocks, d_in) temporary
 
 
 @dataclass
@@ -52,7 +53,7 @@ class ArmorConfig:
     lr: float = 3e-3  # the reference uses 1e-4 with 3000 iterations; see docs/algorithm.md
     patience: int = 100
     rtol: float = 1e-6
-    discrete_steps: int = 1  # sparse-core updates per iteration (each costs one d_out x d_in x d_in matmul)
+    discrete_steps: int = 1  # sparse-core updates per iteration
 
 
 @dataclass
@@ -86,12 +87,12 @@ class _WeightedSquare(torch.autograd.Function):
         ctx.save_for_backward(resid_w, row_w)
         ctx.scale = scale
         ctx.mark_non_differentiable(resid_w)
-        return (row_w[:, None] * resid * resid_w).sum() / scale, resid_w
+        return (resid * resid_w).sum(1) @ row_w / scale, resid_w
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_resid_w):
         resid_w, row_w = ctx.saved_tensors
-        return 2 * grad_loss * row_w[:, None] * resid_w / ctx.scale, None, None, None, None
+        return (2 * grad_loss / ctx.scale * row_w)[:, None] * resid_w, None, None, None, None
 
 
 class ArmorProblem:
@@ -135,24 +136,23 @@ class ArmorProblem:
         return self.hc.dim() == 2
 
     def product(self, a, core, b) -> torch.Tensor:
-        return blockdiag.right(blockdiag.left(a, core), b)
+        return blockdiag.left(a, blockdiag.right(core, b))
 
-    def loss_of(self, a, core, b, resid_w=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The loss (differentiable) and the weighted residual (What - Wn) Hc that the discrete step needs
-        (computed here unless the caller already has it)."""
-        return _WeightedSquare.apply(self.product(a, core, b) - self.wn, self.row.pow(2), self.hc, self.scale, resid_w)
+    def loss_of(self, a, core_b, resid_w=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loss of A (S B) (differentiable; `core_b` = S B) and the weighted residual (What - Wn) Hc that the
+        discrete step needs (computed here unless the caller already has it)."""
+        return _WeightedSquare.apply(blockdiag.left(a, core_b) - self.wn, self.row.pow(2), self.hc, self.scale, resid_w)
 
     @torch.no_grad()
-    def solve_a(self, core, b) -> tuple[torch.Tensor, torch.Tensor]:
-        """The exact minimiser of L over A for fixed S and B, and the weighted residual R Hc it leaves.
+    def solve_a(self, p) -> tuple[torch.Tensor, torch.Tensor]:
+        """The exact minimiser of L over A for fixed P = S B, and the weighted residual R Hc it leaves.
 
-        Every row of A only moves its own output row, so each is a small least-squares problem: with P = S B,
-        rows J of one A-block satisfy A_J (P_J Hc P_J^T) = Wn_J Hc P_J^T, a (b x b) solve per block. P Hc is
-        the iteration's one big matmul: R Hc = A (P Hc) - Wn Hc follows from it with block-sized work.
+        Every row of A only moves its own output row, so each is a small least-squares problem: rows J of one
+        A-block satisfy A_J (P_J Hc P_J^T) = Wn_J Hc P_J^T, a (b x b) solve per block. P Hc is the iteration's
+        one big matmul: R Hc = A (P Hc) - Wn Hc follows from it with block-sized work.
         """
         d_out, d_in = self.wn.shape
         na, bsz = d_out // self.block, self.block
-        p = blockdiag.right(core, b)
         ph = _column_weighted(p, self.hc)
         p3, ph3 = p.view(na, bsz, d_in), ph.view(na, bsz, d_in)
         gram = ph3 @ p3.transpose(1, 2)  # P_J Hc P_J^T, symmetric
@@ -164,7 +164,7 @@ class ArmorProblem:
         return a, blockdiag.left(a, ph) - self.wn_hc
 
     def loss(self) -> float:
-        return self.loss_of(self.a, self.values * self.mask, self.b)[0].item()
+        return self.loss_of(self.a, blockdiag.right(self.values * self.mask, self.b))[0].item()
 
     @torch.no_grad()
     def discrete_step(self, grad_s: torch.Tensor, generator: torch.Generator,
@@ -228,11 +228,26 @@ class ArmorProblem:
         #    changes add up exactly. Pairs of one A-block interact through the off-diagonal blocks of H (full
         #    proxy only): measure each A-block's joint change exactly and keep it only when it lowers the loss.
         d_bg = ((s1 - s0)[:, None, :] @ b_rows).view(na, nb, bsz)  # (s1 - s0)^T Bg on the pair's B-block
-        # change of R: the outer product a_col d_bg^T on every pair's block, written straight in R's layout
-        d_r = (a_col.view(na, nb, bsz).transpose(1, 2)[..., None] * d_bg[:, None]).reshape(d_out, d_in)
-        d_rw = _column_weighted(d_r, self.hc)
-        # loss change per row r^2 (2 <d_r, R Hc> + <d_r, d_r Hc>), as row-wise dot products (no temporaries)
-        change = self.row.pow(2) * (2 * torch.einsum("ij,ij->i", d_r, resid_w) + torch.einsum("ij,ij->i", d_r, d_rw))
+        # R changes by the outer product a_col d_bg^T on every pair's block: row i of A-block j by
+        # sum_k a_mat[j, i, k] d_bg[j, k] (d_bg placed in B-block k). Its product with Hc therefore needs only
+        # d_bg @ Hc's rows of block k: 2 d_out d_in^2 / b flops instead of a full d_out x d_in x d_in matmul.
+        a_mat = a_col.view(na, nb, bsz).transpose(1, 2)  # (na, b, nb)
+        d_rw = torch.empty_like(resid_w)  # (change of R) Hc
+        step = max(1, D_H_FLOATS // (nb * d_in))  # A-blocks at a time: bounds the (A-block, B-block, d_in) temporary
+        for j in range(0, na, step):
+            d_bg_j = d_bg[j:j + step]
+            if self.full:  # row (j, k): d_bg[j, k] @ (rows of Hc in B-block k)
+                d_h = torch.bmm(d_bg_j.transpose(0, 1), self.hc.view(nb, bsz, d_in)).transpose(0, 1)
+            else:  # diagonal Hc: d_bg[j, k] * h_k in B-block k, zero elsewhere
+                d_h = d_bg_j.new_zeros(d_bg_j.shape[0], nb, nb, bsz)
+                d_h.diagonal(dim1=1, dim2=2).copy_((d_bg_j * self.hc.view(nb, bsz)).transpose(1, 2))
+            torch.bmm(a_mat[j:j + step], d_h.reshape(-1, nb, d_in), out=d_rw.view(na, bsz, d_in)[j:j + step])
+
+        def row_dot(m):  # <change of R, m> per row, from m's (na, b, nb, b) view (A-block, row, B-block, column)
+            return (a_mat * torch.einsum("jikc,jkc->jik", m.view(na, bsz, nb, bsz), d_bg)).sum(2).reshape(d_out)
+
+        # loss change per row r^2 (2 <d_r, R Hc> + <d_r, d_r Hc>)
+        change = self.row.pow(2) * (2 * row_dot(resid_w) + row_dot(d_rw))
         keep = change.view(na, -1).sum(1) < 0
         accept &= keep.repeat_interleave(nb)
         if not bool(accept.any()):
@@ -277,10 +292,11 @@ def armor(weight: torch.Tensor, gram: torch.Tensor, cfg: ArmorConfig, seed: int 
         # measure the current state (kept if it is the best so far), then step from it
         core = values * prob.mask
         core.retain_grad()
+        core_b = blockdiag.right(core, b)  # P = S B, shared by the exact A step and the loss
         resid_w = None  # iteration 0 measures the start itself (A = I): its loss is exactly the baseline's
         if it > 0:  # (a) exact A for the current S and B
-            prob.a, resid_w = prob.solve_a(core.detach(), b.detach())
-        loss_t, resid_w = prob.loss_of(prob.a, core, b, resid_w)
+            prob.a, resid_w = prob.solve_a(core_b.detach())
+        loss_t, resid_w = prob.loss_of(prob.a, core_b, resid_w)
         loss = loss_t.item()
         if it == 0:
             start_loss = loss

@@ -21,6 +21,8 @@ def add_compress_arguments(parser) -> None:
     parser.add_argument("--iters", type=int, default=d.iters, help="ARMOR BCD iterations per matrix (paper: 3000)")
     parser.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate of the continuous step")
     parser.add_argument("--patience", type=int, default=d.patience, help="stop after N iterations without improvement")
+    parser.add_argument("--discrete-steps", type=int, default=d.discrete_steps,
+                        help="ARMOR sparse-core (mask) updates per iteration; each costs a fraction of an iteration")
     parser.add_argument("--calib-samples", type=int, default=d.calib_samples, help="calibration sequences")
     parser.add_argument("--seq-len", type=int, default=d.seq_len, help="tokens per calibration sequence")
     parser.add_argument("--seed", type=int, default=d.seed)
@@ -32,7 +34,7 @@ def run_compress(args) -> None:
     from compress.model_import import require_checkpoint
 
     settings = Settings(method=args.method, block_size=args.block_size, proxy=args.proxy, hessian_damp=args.hessian_damp, iters=args.iters, lr=args.lr,
-                        patience=args.patience, calib_samples=args.calib_samples, seq_len=args.seq_len,
+                        patience=args.patience, discrete_steps=args.discrete_steps, calib_samples=args.calib_samples, seq_len=args.seq_len,
                         seed=args.seed, batch_size=args.batch_size)
     summary = compress_checkpoint(require_checkpoint(args.model), Path(args.out), settings, overwrite=args.overwrite)
     print(json.dumps(summary, indent=2))

@@ -44,7 +44,7 @@ LINEARS = {  # module path inside a decoder layer -> which calibration statistic
     "self_attn.q_proj": "attn_in", "self_attn.k_proj": "attn_in", "self_attn.v_proj": "attn_in",
     "self_attn.o_proj": "o_in", "mlp.gate_proj": "mlp_in", "mlp.up_proj": "mlp_in", "mlp.down_proj": "down_in",
 }
-ARMOR_ONLY = ("block_size", "proxy", "hessian_damp", "iters", "lr", "patience")
+ARMOR_ONLY = ("block_size", "proxy", "hessian_damp", "iters", "lr", "patience", "discrete_steps")
 PROGRESS = "armor_progress.json"
 # Where a run's time goes (summary["phase_seconds"]): reading weights, running calibration tokens through the
 # layers, gathering Gram matrices, the 2:4 pruning (a baseline, or ARMOR's SparseGPT/NoWag-P start), ARMOR's
@@ -61,6 +61,7 @@ class Settings:
     iters: int = 100  # with the exact A step: SmolLM2-135M in ~10 min on 2 cores (docs/algorithm.md)
     lr: float = 3e-3
     patience: int = 100
+    discrete_steps: int = 1  # sparse-core updates per BCD iteration
     calib_samples: int = 32
     seq_len: int = 512
     seed: int = 0
@@ -126,6 +127,8 @@ def check_model(config, settings: Settings) -> None:
         raise UserError(f"unknown proxy '{settings.proxy}'; choose from {', '.join(PROXIES)}")
     if settings.hessian_damp < 0:
         raise UserError(f"--hessian-damp must be >= 0 (a fraction of mean(diag H)), got {settings.hessian_damp}")
+    if settings.discrete_steps < 1:
+        raise UserError(f"--discrete-steps must be >= 1 (sparse-core updates per iteration), got {settings.discrete_steps}")
     b = settings.block_size
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     dims = {"hidden_size": config.hidden_size, "intermediate_size": config.intermediate_size,
@@ -297,7 +300,8 @@ class LayerwiseCompressor:
                 if it % 10 == 0:
                     bar.set_postfix_str(f"L{i} {name} it {it}/{s.iters} loss {value:.4f}")
 
-            cfg = ArmorConfig(block_size=s.block_size, iters=s.iters, lr=s.lr, patience=s.patience)
+            cfg = ArmorConfig(block_size=s.block_size, iters=s.iters, lr=s.lr, patience=s.patience,
+                              discrete_steps=s.discrete_steps)
             gram, start = h, None  # the paper's proxy starts from NoWag-P (ARMOR's own default start)
             if self.settings.uses_hessian:
                 gram = stats["H"].float()

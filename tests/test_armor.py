@@ -62,6 +62,22 @@ def test_start_is_nowag_p_and_discrete_steps_never_increase_the_loss(real_layers
 
 
 @pytest.mark.parametrize("name", LAYERS)
+def test_discrete_steps_hand_on_the_exact_residual_with_the_diagonal_proxy(real_layers, name):
+    w, h, _ = real_layers[name]
+    prob = ArmorProblem(w, h, 32)
+    g = torch.Generator().manual_seed(4)
+    prob.a += 0.05 * torch.randn(prob.a.shape, generator=g)  # off the identity: every row of an A-block moves
+    prob.b += 0.05 * torch.randn(prob.b.shape, generator=g)
+    losses, resid_w = [prob.loss()], None
+    for _ in range(5):
+        resid_w = prob.discrete_step(torch.rand_like(w), g, resid_w)[1]
+        losses.append(prob.loss())
+        fresh = prob.loss_of(prob.a, blockdiag.right(prob.values * prob.mask, prob.b))[1]
+        torch.testing.assert_close(resid_w, fresh, rtol=1e-4, atol=1e-4 * fresh.abs().max().item())
+    assert all(b <= a * (1 + 1e-6) for a, b in zip(losses, losses[1:])) and losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("name", LAYERS)
 def test_final_loss_never_above_nowag_p_and_factors_reconstruct_exactly(real_layers, name):
     w, h, _ = real_layers[name]
     res = armor(w, h, ArmorConfig(block_size=32, iters=40), seed=0)
@@ -113,7 +129,7 @@ def test_hessian_proxy_starts_at_sparsegpt_and_discrete_steps_never_increase_it(
         changed += n
         losses.append(prob.loss())
         # the weighted residual handed on equals the one measured from scratch at the new state
-        fresh = prob.loss_of(prob.a, prob.values * prob.mask, prob.b)[1]
+        fresh = prob.loss_of(prob.a, blockdiag.right(prob.values * prob.mask, prob.b))[1]
         torch.testing.assert_close(resid_w, fresh, rtol=1e-4, atol=1e-4 * fresh.abs().max().item())
     assert changed > 0
     assert all(b <= a * (1 + 1e-6) for a, b in zip(losses, losses[1:]))
@@ -140,15 +156,15 @@ def test_a_update_is_the_exact_minimiser_for_fixed_core_and_b(real_layers, name)
     prob.b += 0.05 * torch.randn(prob.b.shape, generator=g)
     core = prob.values * prob.mask
     before = prob.loss()
-    a, resid_w = prob.solve_a(core, prob.b)
+    a, resid_w = prob.solve_a(blockdiag.right(core, prob.b))
     a = a.clone().requires_grad_()
-    loss, measured = prob.loss_of(a, core, prob.b)
+    loss, measured = prob.loss_of(a, blockdiag.right(core, prob.b))
     loss.backward()
     assert loss.item() < before
     # stationary in A (the loss is a convex quadratic in A, so that is its minimum) ...
     assert a.grad.abs().max().item() < 1e-4 * (a.detach().abs().max().item() * loss.item())
     # ... and no block-diagonal perturbation does better
     for _ in range(3):
-        assert prob.loss_of(a.detach() + 1e-3 * torch.randn(a.shape, generator=g), core, prob.b)[0].item() > loss.item()
+        assert prob.loss_of(a.detach() + 1e-3 * torch.randn(a.shape, generator=g), blockdiag.right(core, prob.b))[0].item() > loss.item()
     # A (P Hc) - Wn Hc against (A P - Wn) Hc: equal up to float32 cancellation
     torch.testing.assert_close(resid_w, measured, rtol=1e-3, atol=1e-3 * measured.abs().max().item())

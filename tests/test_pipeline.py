@@ -113,10 +113,11 @@ def test_bad_inputs_fail_before_heavy_work(dense_model, armor_ckpt, tmp_path):
     (odd / "model.safetensors").symlink_to(dense_model / "model.safetensors")
     arch = run_cli("compress", "--model", str(odd), "--out", str(tmp_path / "a"))
     damp = run_cli("compress", "--model", str(dense_model), "--out", str(tmp_path / "d"), "--hessian-damp", "-1")
+    steps = run_cli("compress", "--model", str(dense_model), "--out", str(tmp_path / "e"), "--discrete-steps", "0")
     cases = ((block, "block size 128 does not divide"), (other, "holds a different run"),
              (short, "fewer than the 100000 asked for"), (compressed_input, "already quantized"),
              (not_empty, "holds no compression run"), (arch, "no known decoder-layer layout"),
-             (damp, "--hessian-damp must be >= 0"))
+             (damp, "--hessian-damp must be >= 0"), (steps, "--discrete-steps must be >= 1"))
     for proc, text in cases:
         assert proc.returncode == 2, (text, proc.stderr[-2000:])
         assert text in proc.stderr and "Traceback" not in proc.stderr
