@@ -181,9 +181,10 @@ class LayerwiseCompressor:
                 progress = json.loads(progress_file.read_text())
             except ValueError:
                 raise UserError(f"'{progress_file}' is corrupt; pass --overwrite to start again") from None
-            if progress.get("fingerprint") != self.fingerprint:
+            if not self._same_run(progress.get("fingerprint")):
                 old = progress.get("fingerprint", {}).get("settings")
                 raise UserError(f"'{out}' holds a different run ({old}); use another --out or pass --overwrite")
+            progress["fingerprint"] = self.fingerprint
             for i, digest in progress["shards"].items():
                 shard = out / self.shard_name(int(i))
                 if not shard.is_file() or _sha256(shard) != digest:
@@ -203,6 +204,15 @@ class LayerwiseCompressor:
         except OSError as err:
             raise UserError(f"cannot write to '{out}' ({err.strerror}); choose another --out") from None
         return progress
+
+    def _same_run(self, stored: dict | None) -> bool:
+        """Whether a stored run's fingerprint is this run's. A run started by an older version lacks the settings
+        added since; it ran with their defaults, so it resumes when this run asks for those defaults."""
+        if not stored:
+            return False
+        settings, defaults = stored.get("settings", {}), asdict(Settings())
+        added = {k: defaults[k] for k in self.fingerprint["settings"].keys() - settings.keys() if k in defaults}
+        return {**stored, "settings": {**added, **settings}} == self.fingerprint
 
     @contextmanager
     def _phase(self, name: str):
