@@ -49,7 +49,7 @@ D_H_FLOATS = 1 << 25  # cap (128 MiB) on the discrete step's (A-blocks, B-blocks
 @dataclass
 class ArmorConfig:
     block_size: int = 32
-    iters: int = 100  # with the exact A step: SmolLM2-135M in ~10 min on 2 cores (docs/algorithm.md)
+    iters: int = 100  # with the exact A step: SmolLM2-135M in ~8 min on 2 cores (docs/algorithm.md)
     lr: float = 3e-3  # the reference uses 1e-4 with 3000 iterations; see docs/algorithm.md
     patience: int = 100
     rtol: float = 1e-6

@@ -58,7 +58,7 @@ class Settings:
     method: str = "armor"
     block_size: int = 32
     proxy: str = "hessian"  # ARMOR's loss: the full Gram matrix (from SparseGPT) or its diagonal (from NoWag-P)
-    iters: int = 100  # with the exact A step: SmolLM2-135M in ~10 min on 2 cores (docs/algorithm.md)
+    iters: int = 100  # with the exact A step: SmolLM2-135M in ~8 min on 2 cores (docs/algorithm.md)
     lr: float = 3e-3
     patience: int = 100
     discrete_steps: int = 1  # sparse-core updates per BCD iteration
