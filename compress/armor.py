@@ -228,11 +228,31 @@ class ArmorProblem:
         #    changes add up exactly. Pairs of one A-block interact through the off-diagonal blocks of H (full
         #    proxy only): measure each A-block's joint change exactly and keep it only when it lowers the loss.
         d_bg = ((s1 - s0)[:, None, :] @ b_rows).view(na, nb, bsz)  # (s1 - s0)^T Bg on the pair's B-block
-        # R changes by the outer product a_col d_bg^T on every pair's block: row i of A-block j by
-        # sum_k a_mat[j, i, k] d_bg[j, k] (d_bg placed in B-block k). Its product with Hc therefore needs only
-        # d_bg @ Hc's rows of block k: 2 d_out d_in^2 / b flops instead of a full d_out x d_in x d_in matmul.
+        change, d_rw = self._block_change(a_col, d_bg, resid_w)
+        keep = change.view(na, -1).sum(1) < 0
+        accept &= keep.repeat_interleave(nb)
+        if not bool(accept.any()):
+            return 0, resid_w
+        p = accept.nonzero().squeeze(1)
+        r, cols = rows[p, None], group_cols[p]
+        self.mask[r, cols] = False
+        self.values[r, cols] = 0.0
+        self.mask[r, cols[:, :1] + sup[p]] = True
+        self.values[r, cols[:, :1] + sup[p]] = vals[p]
+        # rows of a kept A-block changed by exactly d_r (a rejected block's rows not at all): update R Hc
+        return int(p.numel()), torch.addcmul(resid_w, keep.repeat_interleave(bsz)[:, None].to(d_rw.dtype), d_rw)
+
+    def _block_change(self, a_col, d_bg, resid_w) -> tuple[torch.Tensor, torch.Tensor]:
+        """The exact loss change per row of the discrete step's proposal, and (change of R) Hc.
+
+        R changes by the outer product a_col d_bg^T on every pair's block: row i of A-block j by
+        sum_k a_mat[j, i, k] d_bg[j, k] (d_bg placed in B-block k). Its product with Hc therefore needs only
+        d_bg @ Hc's rows of block k: 2 d_out d_in^2 / b flops instead of a full d_out x d_in x d_in matmul.
+        """
+        bsz, (d_out, d_in) = self.block, self.wn.shape
+        na, nb = d_out // bsz, d_in // bsz
         a_mat = a_col.view(na, nb, bsz).transpose(1, 2)  # (na, b, nb)
-        d_rw = torch.empty_like(resid_w)  # (change of R) Hc
+        d_rw = torch.empty_like(resid_w)
         step = max(1, D_H_FLOATS // (nb * d_in))  # A-blocks at a time: bounds the (A-block, B-block, d_in) temporary
         for j in range(0, na, step):
             d_bg_j = d_bg[j:j + step]
@@ -247,19 +267,7 @@ class ArmorProblem:
             return (a_mat * torch.einsum("jikc,jkc->jik", m.view(na, bsz, nb, bsz), d_bg)).sum(2).reshape(d_out)
 
         # loss change per row r^2 (2 <d_r, R Hc> + <d_r, d_r Hc>)
-        change = self.row.pow(2) * (2 * row_dot(resid_w) + row_dot(d_rw))
-        keep = change.view(na, -1).sum(1) < 0
-        accept &= keep.repeat_interleave(nb)
-        if not bool(accept.any()):
-            return 0, resid_w
-        p = accept.nonzero().squeeze(1)
-        r, cols = rows[p, None], group_cols[p]
-        self.mask[r, cols] = False
-        self.values[r, cols] = 0.0
-        self.mask[r, cols[:, :1] + sup[p]] = True
-        self.values[r, cols[:, :1] + sup[p]] = vals[p]
-        # rows of a kept A-block changed by exactly d_r (a rejected block's rows not at all): update R Hc
-        return int(p.numel()), torch.addcmul(resid_w, keep.repeat_interleave(bsz)[:, None].to(d_rw.dtype), d_rw)
+        return self.row.pow(2) * (2 * row_dot(resid_w) + row_dot(d_rw)), d_rw
 
     def result(self, start_loss: float, final_loss: float, iters: int) -> ArmorResult:
         a = self.a * self.row.reshape(-1, self.block, 1)  # diag(r) A
