@@ -4,7 +4,7 @@ vs panel decompression + torch's dense GEMM (prefill path), each against the den
     python -m benchmarks.kernel_crossover [--shape 4096x4096] [--tokens 1,2,...]
     -> benchmarks/results/kernel-crossover-cpu.{json,md}
 
-The thresholds compiled into model_executors/csrc/armor_op.cpp (g_prefill_min_tokens) come from this table.
+The thresholds compiled into model_executors/csrc/armor_op.cpp (make_active, per kernel path) come from this table.
 """
 from __future__ import annotations
 

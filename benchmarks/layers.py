@@ -1,7 +1,7 @@
 """Layer speed: dense vs plain 2:4 vs ARMOR (per block size) on real projection shapes.
 
     python -m benchmarks.layers [--device cpu|cuda] [--dtype float32|bfloat16]
-    -> benchmarks/results/layers-<device>-<dtype>.{json,md}
+    -> benchmarks/results/layers-<device>-<dtype>.{json,md} (or --name STEM)
 
 Kernels per device:
 * dense: F.linear with the dense weight (cuBLAS; on CPU MKL for float32, oneDNN for bfloat16);
@@ -141,11 +141,13 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--max-gflop", type=float, default=None, help="skip calls above this many GFLOP (CPU time)")
     p.add_argument("--resume", action="store_true", help="keep the rows already in the results file, run the rest")
+    p.add_argument("--name", help="results file stem (default layers-<device>-<dtype>; e.g. layers-cpu-avx2-float32 "
+                   "beside the AVX-512 table)")
     args = p.parse_args()
     dtype = getattr(torch, args.dtype or ("bfloat16" if args.device == "cuda" else "float32"))
     blocks = [int(b) for b in args.blocks.split(",")]
     rows, skipped = [], []
-    done_file = RESULTS / f"layers-{args.device}-{str(dtype).removeprefix('torch.')}.json"
+    done_file = RESULTS / f"{results_stem(args, dtype)}.json"
     if args.resume and done_file.exists():
         rows = json.loads(done_file.read_text())["rows"]
     done = {(r["model"], r["matrix"], r["tokens"]) for r in rows}
@@ -176,9 +178,13 @@ def device_name(device: str) -> str:
     return f"{cpu}, ARMOR kernel path {cpu_kernel.isa() if cpu_kernel.available() else 'none (reference)'}"
 
 
+def results_stem(args, dtype) -> str:
+    return args.name or f"layers-{args.device}-{str(dtype).removeprefix('torch.')}"
+
+
 def write(rows: list[dict], skipped: list[str], args, dtype, blocks: list[int]) -> None:
     name = device_name(args.device)
-    stem = f"layers-{args.device}-{str(dtype).removeprefix('torch.')}"
+    stem = results_stem(args, dtype)
     payload = {"command": "python -m benchmarks.layers " + " ".join(sys.argv[1:]), "device": args.device,
                "device_name": name, "threads": torch.get_num_threads(), "dtype": str(dtype), "torch": torch.__version__,
                "date": time.strftime("%Y-%m-%d"), "skipped_over_max_gflop": skipped, "rows": rows}

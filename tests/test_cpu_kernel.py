@@ -85,6 +85,24 @@ def test_kernel_matches_reference(isa, path, dtype, tokens):
         assert relerr(y, reference(x, values, codes, a, b, [96], with_bias)) < TOL[dtype]
 
 
+@pytest.mark.skipif("avx2" not in ISAS, reason="this CPU has no AVX2")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_avx2_tiled_product(dtype):
+    """The AVX2 path's tiled product (x in tiles of 8 tokens): 8 / 16 / 32-token passes and a zero-padded last
+    tile, A-blocks of 6 rows (4-row groups plus leftovers), inputs in several L1 chunks (1096 > 8 * 64)."""
+    cpu_kernel.use_isa("avx2")
+    try:
+        values, codes, a, b = layer(48, 1096, 6, 8, dtype, seed=5)
+        layout = kernel_layout(codes, a, b)
+        for tokens in (8, 13, 24, 40, 61):
+            x = torch.randn(tokens, 1096).to(dtype)
+            bias = torch.randn(48).to(dtype)
+            y = cpu_kernel.linear(x, values, *layout, [48], bias)
+            assert relerr(y, reference(x, values, codes, a, b, [48], bias)) < TOL[dtype], tokens
+    finally:
+        cpu_kernel.use_isa(ISAS[0])
+
+
 @pytest.mark.parametrize("d_in", [40, 48, 56, 64])  # every remainder mod 32 (the bf16 path's chunk)
 def test_input_tails(isa, path, d_in):
     for dtype in (torch.float32, torch.bfloat16):

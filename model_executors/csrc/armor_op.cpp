@@ -5,7 +5,8 @@
 //
 // Two paths, picked by token count:
 // * decode (T < prefill_min_tokens): B x, then per A-block of rows the sparse product from the packed
-//   core (accumulators in registers, the core read once) and A applied while those rows are in cache;
+//   core (accumulators in registers, the core read once) and A applied while those rows are in cache; where
+//   the ISA file has a tiled product (AVX2), x goes to it in tiles of 8 tokens from 8 tokens on;
 // * prefill (larger T, compute-bound): S is decompressed panel by panel into a small scratch buffer that
 //   feeds oneDNN's dense GEMM, then A.
 // The kernels come in AVX-512, AVX2 and portable builds (kernel_*.cpp), picked at run time by CPUID.
@@ -15,6 +16,7 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstdlib>
 #include <optional>
 #include <string>
@@ -61,18 +63,44 @@ std::string best_isa() {
   return "portable";
 }
 
-armor::Kernels& active() {
-  static armor::Kernels k = kernels_for(best_isa());
-  return k;
+// The kernels in use and the token counts from which the prefill path runs, per weight dtype {float32,
+// bfloat16}, measured per path (`python -m benchmarks.kernel_crossover`, benchmarks/results/kernel-crossover-cpu.md):
+// * AVX-512 (and portable): with oneDNN behind the panels the prefill path wins from about 64 tokens in float32,
+//   32-64 in bfloat16 (SmolLM2 shapes 3072x576, 576x1536);
+// * AVX2 (AMD EPYC Zen 1, 4096x4096, 2026-12-01): the tiled product beats the prefill path at 64 and 128 tokens
+//   (39 vs 57 ms, 73 vs 94 ms) and ties it at 2048 (1216 vs 1220 ms) in float32; in bfloat16 the prefill path's
+//   GEMM, without AVX512-BF16, is ~5x slower than the tiled product at 64-128 tokens, so it never runs.
+struct Active {
+  armor::Kernels k;
+  int64_t prefill_min_tokens[2];
+};
+
+Active make_active(const std::string& isa) {
+  const bool avx2 = isa == "avx2";
+  return {kernels_for(isa), {avx2 ? 1024 : 64, avx2 ? INT64_MAX : 48}};
+}
+
+Active& active() {
+  static Active a = make_active(best_isa());
+  return a;
 }
 
 constexpr int64_t kMaxBlock = 128;  // largest A/B block (generic.h block_matvec's buffer)
 constexpr int64_t kPanelBytes = 4 << 20;  // the prefill path's scratch budget: one panel of S, dense
 
-// Token counts from which the prefill path runs, per weight dtype, from `python -m benchmarks.kernel_crossover`
-// (benchmarks/results/kernel-crossover-cpu.md, and the SmolLM2 shapes 3072x576, 576x1536): with oneDNN
-// behind the panels the prefill path wins from about 64 tokens in float32, 32-64 in bfloat16.
-int64_t g_prefill_min_tokens[2] = {64, 48};  // float32, bfloat16
+// The decode path's product where the ISA file takes x in tiles of kTileTokens tokens (kernels.h): xb
+// zero-padded to whole tiles and laid out tile by tile; the padding's outputs are dropped.
+at::Tensor decode_tiled(const armor::Layer& L, const armor::Kernels& k, const at::Tensor& xb) {
+  const int64_t T = xb.size(1), tile = armor::kTileTokens, Tp = (T + tile - 1) / tile * tile;
+  const at::Tensor xt = at::constant_pad_nd(xb, {0, 0, 0, Tp - T}).view({L.n_shards, Tp / tile, tile, L.d_in})
+                            .transpose(2, 3).contiguous();
+  at::Tensor y = at::empty({Tp, L.d_out}, xb.options());
+  at::parallel_for(0, L.d_out / L.ba, 1, [&](int64_t j0, int64_t j1) {
+    std::vector<float> scratch(Tp * L.ba);
+    k.sparse_rows_tiled(L, j0, j1, xt.data_ptr<float>(), Tp, y.data_ptr<float>(), scratch.data());
+  });
+  return y.narrow(0, 0, T);
+}
 
 // Few tokens (memory-bound): B x, then the packed core read once, A applied per block of rows in cache.
 at::Tensor decode(const armor::Layer& L, const armor::Kernels& k, const at::Tensor& x, const std::vector<int64_t>& shard_rows) {
@@ -85,8 +113,9 @@ at::Tensor decode(const armor::Layer& L, const armor::Kernels& k, const at::Tens
       i = end;
     }
   });
-  at::Tensor y = at::empty({T, L.d_out}, x.options());
   const at::Tensor xb16 = L.bf16 && k.sparse_rows_bf16 ? xb.to(at::kBFloat16) : at::Tensor();
+  if (k.sparse_rows_tiled && !xb16.defined() && T >= armor::kTileTokens) return decode_tiled(L, k, xb);
+  at::Tensor y = at::empty({T, L.d_out}, x.options());
   at::parallel_for(0, L.d_out / L.ba, 1, [&](int64_t j0, int64_t j1) {
     std::vector<float> scratch(T * L.ba);
     if (xb16.defined())
@@ -192,12 +221,12 @@ at::Tensor armor_linear(const at::Tensor& x, const at::Tensor& values, const at:
   const armor::Layer L{d_in, d_out, ba, bsz, n_shards, shard_rows.data(), vals.data_ptr(), msk.data_ptr<uint8_t>(),
                        a.data_ptr(), b.data_ptr(), wtype == at::kBFloat16,
                        bias32.defined() ? bias32.data_ptr<float>() : nullptr};
-  const armor::Kernels& k = active();
+  const armor::Kernels& k = active().k;
   auto out_shape = x.sizes().vec();
   out_shape.back() = d_out;
   if (T == 0) return at::empty(out_shape, x.options());
 
-  const at::Tensor y = T < g_prefill_min_tokens[L.bf16]
+  const at::Tensor y = T < active().prefill_min_tokens[L.bf16]
                            ? decode(L, k, x2.to(at::kFloat).contiguous(), shard_rows)
                            : prefill(L, k, x2.to(wtype).contiguous(), vals, shard_rows);
   return y.to(x.scalar_type()).reshape(out_shape);
@@ -214,14 +243,15 @@ TORCH_LIBRARY_IMPL(armor, CPU, m) { m.impl("linear", &armor_linear); }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "ARMOR CPU kernels (registers torch.ops.armor.linear)";
-  m.def("isa", [] { return std::string(active().name); }, "the instruction-set path in use");
+  m.def("isa", [] { return std::string(active().k.name); }, "the instruction-set path in use");
   m.def("cpu_has", &cpu_has, "whether this CPU can run the named path (avx512, avx2, portable)");
-  m.def("use_isa", [](const std::string& isa) { active() = kernels_for(isa); }, "pin a path (tests, benchmarks)");
+  m.def("use_isa", [](const std::string& isa) { active() = make_active(isa); },
+        "pin a path, with its prefill thresholds (tests, benchmarks)");
   m.def("prefill_scratch_bytes", [](int64_t d_out, int64_t d_in, int64_t ba, int64_t esize) {
           return panel_rows(d_out, d_in, ba, esize) * d_in * esize; },
         "bytes of the prefill path's panel of dense S for one (shard of a) layer");
   m.def("max_block", [] { return kMaxBlock; });
-  m.def("prefill_min_tokens", [](bool bf16) { return g_prefill_min_tokens[bf16]; });
-  m.def("set_prefill_min_tokens", [](bool bf16, int64_t n) { g_prefill_min_tokens[bf16] = n; },
+  m.def("prefill_min_tokens", [](bool bf16) { return active().prefill_min_tokens[bf16]; });
+  m.def("set_prefill_min_tokens", [](bool bf16, int64_t n) { active().prefill_min_tokens[bf16] = n; },
         "token count from which the decompress + dense GEMM path runs (benchmarks)");
 }

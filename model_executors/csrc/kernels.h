@@ -43,7 +43,11 @@ struct Kernels {
   void (*a_transform_w)(const Layer&, int64_t j0, int64_t j1, const void* z, int64_t ld_z, int64_t T, void* y);
   // rows [r0, r1) of S dense-with-zeros into out (row stride d_in), in the weight dtype.
   void (*decompress)(const Layer&, int64_t r0, int64_t r1, void* out);
+  // sparse_rows for xt in tiles of kTileTokens tokens, (n_shards, T / kTileTokens, d_in, kTileTokens) with T
+  // zero-padded to a multiple of kTileTokens, and y (T, d_out); nullptr where the ISA file has none.
+  void (*sparse_rows_tiled)(const Layer&, int64_t j0, int64_t j1, const float* xt, int64_t T, float* y, float* scratch);
 };
+constexpr int64_t kTileTokens = 8;
 
 Kernels avx512_kernels();
 using Bf16Rows = void (*)(const Layer&, int64_t, int64_t, const uint16_t*, int64_t, float*, float*);
