@@ -42,12 +42,12 @@ inline float hsum(__m256 v) {
 
 constexpr int kPrefetch = 8192;  // bytes ahead in a row's values
 
-// Token by token, 16 inputs (4 groups of 4, 8 kept values) at a time: instead of moving the kept values into
-// their lanes, x is moved to the values. x is loaded as xq = groups 0 | 2 and xr = groups 1 | 3 (one per 128-bit
+// One token (pairs of tokens run `tile`), 16 inputs (4 groups of 4, 8 kept values) at a time: instead of
+// moving the kept values into their lanes, x is moved to the values. x is loaded as xq = groups 0 | 2 and xr = groups 1 | 3 (one per 128-bit
 // lane) and permuted within lanes (vpermilps: one cheap instruction on every AVX2 CPU, where the
 // lane-crossing vpermps of expand4 costs several on AMD Zen 1) so that each lane holds its two kept inputs
 // twice, [p0, p1, p0, p1]; a blend of xq's slots 0-1 and xr's slots 2-3 then lines up with the 8 packed values
-// [g0 g0 g1 g1 | g2 g2 g3 g3]. The x loads and permute indices are shared by the R rows' tokens.
+// [g0 g0 g1 g1 | g2 g2 g3 g3]. The two x loads are shared by the R rows; each row loads its own two indices.
 struct PairLut {
   int32_t idx[256][8];  // low nibble: lane 0's group mask, high nibble: lane 1's
 };
