@@ -3,7 +3,7 @@ count, token count and dtype. The weights of all layers (hundreds of MB) stream 
 unlike benchmarks.layers, which re-runs one matrix whose weights may sit in the CPU's caches.
 
     python -m benchmarks.decode_step [--model smollm2-135m] [--layers N]
-    -> benchmarks/results/decode-step-cpu.{json,md}
+    -> benchmarks/results/decode-step-cpu.{json,md} (or --name STEM)
 
 Dense and ARMOR are timed in turn within every repetition (a shared machine's slow spells hit both alike).
 Dense is timed twice: torch's F.linear (MKL for float32, oneDNN for bfloat16) and, when vLLM is installed,
@@ -59,6 +59,8 @@ def main() -> None:
     p.add_argument("--threads", default="1,2")
     p.add_argument("--dtypes", default="float32,bfloat16")
     p.add_argument("--reps", type=int, default=7)
+    p.add_argument("--name", default="decode-step-cpu",
+                   help="results file stem (e.g. decode-step-cpu-avx2 beside the AVX-512 table)")
     p.add_argument("--dtype", help=argparse.SUPPRESS)  # child mode
     args = p.parse_args()
     if args.dtype:
@@ -77,7 +79,7 @@ def main() -> None:
     command = "python -m benchmarks.decode_step " + " ".join(sys.argv[1:])
     payload = {"command": command, "device": device_name("cpu"), "model": args.model, "layers": args.layers,
                "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "rows": rows}
-    (RESULTS / "decode-step-cpu.json").write_text(json.dumps(payload, indent=2) + "\n")
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(payload, indent=2) + "\n")
     lines = [f"`{command}` ({payload['device']}, torch {torch.__version__}, {payload['date']}): all {args.layers} "
              f"layers' qkv/o/gate_up/down of {args.model} in one pass (ms, medians); speed-up = dense / ARMOR b32.", "",
              "| dtype | threads | tokens | dense F.linear ms | dense oneDNN (vLLM) ms | ARMOR ms | x vs F.linear | "
@@ -87,7 +89,7 @@ def main() -> None:
         lines.append(f"| {r['dtype']} | {r['threads']} | {r['tokens']} | {r['dense_torch_s'] * 1e3:.2f} | "
                      f"{one * 1e3 if one else float('nan'):.2f} | {r['armor_s'] * 1e3:.2f} | "
                      f"{r['dense_torch_s'] / r['armor_s']:.2f} | {(one / r['armor_s']) if one else float('nan'):.2f} |")
-    (RESULTS / "decode-step-cpu.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

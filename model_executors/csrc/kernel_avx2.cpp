@@ -8,6 +8,12 @@
 #include <immintrin.h>
 
 namespace {
+// Block transforms (B and A) for float32 and bfloat16 weights on float activations: declared before
+// generic.h so that its block_matvec takes these overloads (defined below).
+inline bool fast_block_matvec(const float* blkT, int64_t n, const float* in, int64_t ld_in, float* out,
+                              int64_t ld_out, int64_t T, const float* bias);
+inline bool fast_block_matvec(const uint16_t* blkT, int64_t n, const float* in, int64_t ld_in, float* out,
+                              int64_t ld_out, int64_t T, const float* bias);
 #include "generic.h"
 
 struct PermLut {
@@ -218,6 +224,73 @@ inline void tiled_pass(const armor::Layer& L, int64_t r, int64_t n, const float*
   }
   for (int64_t i = 0; i < n; ++i)
     for (int t = 0; t < NT * 8; ++t) z[t * ld_z + i] = acc_mem[i * NT * 8 + t];
+}
+
+// TQ tokens x 8 * NV outputs of one block per pass, accumulators in registers: per input k, NV column loads
+// shared by TQ broadcast FMAs (a GEMM micro-kernel). The generic loops keep their accumulators on the stack
+// under GCC's AVX2 code, a store and a reload around every FMA.
+template <int TQ, int NV, typename W>
+inline void block_tile(const W* blkT, int64_t n, int64_t i0, const float* in, int64_t ld_in, float* out,
+                       int64_t ld_out, const float* bias) {
+  __m256 acc[TQ][NV];
+#pragma GCC unroll 16
+  for (int v = 0; v < NV; ++v) {
+    const __m256 b = bias ? _mm256_loadu_ps(bias + i0 + 8 * v) : _mm256_setzero_ps();
+#pragma GCC unroll 16
+    for (int q = 0; q < TQ; ++q) acc[q][v] = b;
+  }
+  for (int64_t k = 0; k < n; ++k) {
+    __m256 col[NV];
+#pragma GCC unroll 16
+    for (int v = 0; v < NV; ++v) col[v] = load8(blkT + k * n + i0 + 8 * v);
+#pragma GCC unroll 16
+    for (int q = 0; q < TQ; ++q) {
+      const __m256 xk = _mm256_broadcast_ss(in + q * ld_in + k);
+#pragma GCC unroll 16
+      for (int v = 0; v < NV; ++v) acc[q][v] = _mm256_fmadd_ps(xk, col[v], acc[q][v]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int q = 0; q < TQ; ++q)
+#pragma GCC unroll 16
+    for (int v = 0; v < NV; ++v) _mm256_storeu_ps(out + q * ld_out + i0 + 8 * v, acc[q][v]);
+}
+
+// TQ tokens, all outputs: 16 at a time (2 registers per token), then 8
+template <int TQ, typename W>
+inline void block_tokens(const W* blkT, int64_t n, const float* in, int64_t ld_in, float* out, int64_t ld_out,
+                         const float* bias) {
+  int64_t i0 = 0;
+  for (; i0 + 16 <= n; i0 += 16) block_tile<TQ, 2>(blkT, n, i0, in, ld_in, out, ld_out, bias);
+  if (i0 < n) block_tile<TQ, 1>(blkT, n, i0, in, ld_in, out, ld_out, bias);
+}
+
+template <typename W>
+inline bool block_matvec_avx2(const W* blkT, int64_t n, const float* in, int64_t ld_in, float* out, int64_t ld_out,
+                              int64_t T, const float* bias) {
+  if (n % 8) return false;
+  int64_t t = 0;
+  for (; t + 6 <= T; t += 6) block_tokens<6>(blkT, n, in + t * ld_in, ld_in, out + t * ld_out, ld_out, bias);
+  const float* i = in + t * ld_in;
+  float* o = out + t * ld_out;
+  switch (T - t) {  // 6 tokens x 16 outputs: 12 accumulators, 2 columns and a broadcast in 16 registers
+    case 5: block_tokens<5>(blkT, n, i, ld_in, o, ld_out, bias); break;
+    case 4: block_tokens<4>(blkT, n, i, ld_in, o, ld_out, bias); break;
+    case 3: block_tokens<3>(blkT, n, i, ld_in, o, ld_out, bias); break;
+    case 2: block_tokens<2>(blkT, n, i, ld_in, o, ld_out, bias); break;
+    case 1: block_tokens<1>(blkT, n, i, ld_in, o, ld_out, bias); break;
+    default: break;
+  }
+  return true;
+}
+
+inline bool fast_block_matvec(const float* blkT, int64_t n, const float* in, int64_t ld_in, float* out,
+                              int64_t ld_out, int64_t T, const float* bias) {
+  return block_matvec_avx2(blkT, n, in, ld_in, out, ld_out, T, bias);
+}
+inline bool fast_block_matvec(const uint16_t* blkT, int64_t n, const float* in, int64_t ld_in, float* out,
+                              int64_t ld_out, int64_t T, const float* bias) {
+  return block_matvec_avx2(blkT, n, in, ld_in, out, ld_out, T, bias);
 }
 
 struct Avx2 {
