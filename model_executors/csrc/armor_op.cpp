@@ -196,14 +196,17 @@ at::Tensor armor_linear(const at::Tensor& x, const at::Tensor& values, const at:
   TORCH_CHECK(d_in % 8 == 0 && mask.size(0) == d_out && mask.size(1) == d_in / 8,
               "armor::linear: mask shape ", mask.sizes(), " does not match values ", values.sizes());
   TORCH_CHECK(x.size(-1) == d_in, "armor::linear: input has ", x.size(-1), " features, the layer expects ", d_in);
-  at::Tensor bb = b_blocks.dim() == 3 ? b_blocks.unsqueeze(0) : b_blocks;
-  TORCH_CHECK(a_blocks.dim() == 3 && bb.dim() == 4 && a_blocks.scalar_type() == wtype && bb.scalar_type() == wtype,
+  // Plain sizes and pointers, no unsqueeze / reshape ops: each costs microseconds of dispatch, and a decode
+  // step calls this op ~4 times per layer (SmolLM2: ~25% of a 1-token call's fixed cost).
+  const bool one_b = b_blocks.dim() == 3;
+  TORCH_CHECK(a_blocks.dim() == 3 && (one_b || b_blocks.dim() == 4) && a_blocks.scalar_type() == wtype &&
+                  b_blocks.scalar_type() == wtype,
               "armor::linear: a_blocks (n, b, b) and b_blocks ([shards,] n, b, b) must have the values' dtype");
-  const int64_t ba = a_blocks.size(-1), bsz = bb.size(-1), n_shards = bb.size(0);
+  const int64_t ba = a_blocks.size(-1), bsz = b_blocks.size(-1), n_shards = one_b ? 1 : b_blocks.size(0);
   TORCH_CHECK(ba <= kMaxBlock && bsz <= kMaxBlock, "armor::linear: block sizes ", ba, " / ", bsz,
               " exceed the CPU kernel's ", kMaxBlock);
-  TORCH_CHECK(a_blocks.size(0) * ba == d_out && bb.size(1) * bsz == d_in,
-              "armor::linear: block shapes ", a_blocks.sizes(), " / ", bb.sizes(), " do not tile ", d_out, "x", d_in);
+  TORCH_CHECK(a_blocks.size(0) * ba == d_out && b_blocks.size(-3) * bsz == d_in, "armor::linear: block shapes ",
+              a_blocks.sizes(), " / ", b_blocks.sizes(), " do not tile ", d_out, "x", d_in);
   TORCH_CHECK(static_cast<int64_t>(shard_sizes.size()) == n_shards, "armor::linear: ", shard_sizes.size(),
               " shard sizes for ", n_shards, " B transforms");
   std::vector<int64_t> shard_rows{0};
@@ -213,10 +216,10 @@ at::Tensor armor_linear(const at::Tensor& x, const at::Tensor& values, const at:
   }
   TORCH_CHECK(shard_rows.back() == d_out, "armor::linear: shard sizes add up to ", shard_rows.back(), ", not ", d_out);
 
-  const at::Tensor vals = values.contiguous(), msk = mask.contiguous(), a = a_blocks.contiguous(), b = bb.contiguous();
+  const at::Tensor vals = values.contiguous(), msk = mask.contiguous(), a = a_blocks.contiguous(), b = b_blocks.contiguous();
   at::Tensor bias32;
   if (bias && bias->defined()) bias32 = bias->to(at::kFloat).contiguous();
-  const at::Tensor x2 = x.reshape({-1, d_in});
+  const at::Tensor x2 = x.dim() == 2 ? x : x.reshape({-1, d_in});
   const int64_t T = x2.size(0);
   const armor::Layer L{d_in, d_out, ba, bsz, n_shards, shard_rows.data(), vals.data_ptr(), msk.data_ptr<uint8_t>(),
                        a.data_ptr(), b.data_ptr(), wtype == at::kBFloat16,
@@ -229,7 +232,8 @@ at::Tensor armor_linear(const at::Tensor& x, const at::Tensor& values, const at:
   const at::Tensor y = T < active().prefill_min_tokens[L.bf16]
                            ? decode(L, k, x2.to(at::kFloat).contiguous(), shard_rows)
                            : prefill(L, k, x2.to(wtype).contiguous(), vals, shard_rows);
-  return y.to(x.scalar_type()).reshape(out_shape);
+  const at::Tensor out = y.to(x.scalar_type());
+  return x.dim() == 2 ? out : out.reshape(out_shape);
 }
 
 }  // namespace
