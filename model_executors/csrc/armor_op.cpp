@@ -197,7 +197,7 @@ at::Tensor armor_linear(const at::Tensor& x, const at::Tensor& values, const at:
               "armor::linear: mask shape ", mask.sizes(), " does not match values ", values.sizes());
   TORCH_CHECK(x.size(-1) == d_in, "armor::linear: input has ", x.size(-1), " features, the layer expects ", d_in);
   // Plain sizes and pointers, no unsqueeze / reshape ops: each costs microseconds of dispatch, and a decode
-  // step calls this op ~4 times per layer (SmolLM2: ~25% of a 1-token call's fixed cost).
+  // step calls this op ~4 times per layer (Zen 1: 22 -> 10 us per call without them).
   const bool one_b = b_blocks.dim() == 3;
   TORCH_CHECK(a_blocks.dim() == 3 && (one_b || b_blocks.dim() == 4) && a_blocks.scalar_type() == wtype &&
                   b_blocks.scalar_type() == wtype,
