@@ -103,23 +103,20 @@ def test_avx2_tiled_product(dtype):
         cpu_kernel.use_isa(ISAS[0])
 
 
-@pytest.mark.parametrize("block", [24, 40])  # 16 + 8 and 2 x 16 + 8 outputs: the SIMD block transforms' tails
-def test_block_transforms_every_token_remainder(isa, block):
-    """A and B blocks through the decode path for 1-13 tokens: every remainder of the AVX2 transforms' 6-token
-    passes and the AVX-512 ones' 8-token passes, both weight dtypes."""
-    cpu_kernel._C.set_prefill_min_tokens(False, 1 << 40)
-    cpu_kernel._C.set_prefill_min_tokens(True, 1 << 40)
-    try:
-        for dtype in (torch.float32, torch.bfloat16):
-            values, codes, a, b = layer(2 * block, 3 * block, block, block, dtype, seed=block)
-            layout = kernel_layout(codes, a, b)
-            bias = torch.randn(2 * block).to(dtype)
-            for tokens in range(1, 14):
-                x = torch.randn(tokens, 3 * block).to(dtype)
-                y = cpu_kernel.linear(x, values, *layout, [2 * block], bias)
-                assert relerr(y, reference(x, values, codes, a, b, [2 * block], bias)) < TOL[dtype], (dtype, tokens)
-    finally:
-        cpu_kernel.use_isa(isa)  # the measured prefill thresholds again
+# 24 = 16 + 8 and 40 = 2 x 16 + 8 outputs: the AVX2 block transforms' tails (the generic loops on AVX-512);
+# 48 = 32 + 16: the AVX-512 ones' tail
+@pytest.mark.parametrize("block", [24, 40, 48])
+def test_block_transforms_every_token_remainder(isa, path, block):
+    """A and B blocks for 1-13 tokens: every remainder of the AVX2 transforms' 6-token passes and the AVX-512
+    ones' 8-token passes, both weight dtypes, both paths."""
+    for dtype in (torch.float32, torch.bfloat16):
+        values, codes, a, b = layer(2 * block, 3 * block, block, block, dtype, seed=block)
+        layout = kernel_layout(codes, a, b)
+        bias = torch.randn(2 * block).to(dtype)
+        for tokens in range(1, 14):
+            x = torch.randn(tokens, 3 * block).to(dtype)
+            y = cpu_kernel.linear(x, values, *layout, [2 * block], bias)
+            assert relerr(y, reference(x, values, codes, a, b, [2 * block], bias)) < TOL[dtype], (dtype, tokens)
 
 
 @pytest.mark.parametrize("d_in", [40, 48, 56, 64])  # every remainder mod 32 (the bf16 path's chunk)
