@@ -3,7 +3,8 @@
 Kernels, picked by device (`kernel="auto"`) or by name:
 * packed (CPU): `torch.ops.armor.linear` (model_executors/cpu_kernel.py) reads S straight from its packed
   form; the buffers are turned into the kernel layout in place once, at load time (position codes ->
-  bitmask, A/B blocks transposed: the same bytes); no dense copy of S is ever held;
+  bitmask, A/B blocks transposed, values interleaved 4 rows at a time on AVX2: the same bytes); no dense
+  copy of S is ever held;
 * sparse (CUDA, sm80+, float16/bfloat16): 2:4 sparse tensor cores (model_executors/cuda_kernel.py): the
   metadata permuted in place once, at load time, into CUTLASS's order (the same bytes); a Triton kernel
   up to a measured token count, CUTLASS's 2:4 GEMM beyond; otherwise the reference path, reason logged;
@@ -69,36 +70,41 @@ class ArmorLinear(nn.Module):
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"block_a={self.a_blocks.shape[-1]}, block_b={self.b_blocks.shape[-1]}, kernel={self.kernel}")
 
-    def checkpoint_factors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(position codes, A blocks, B blocks) in the checkpoint layout, whatever layout the buffers hold now."""
+    def checkpoint_factors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(values, position codes, A blocks, B blocks) in the checkpoint layout, whatever layout the buffers
+        hold now."""
         if self._layout == "cpu":
-            return cpu_kernel.checkpoint_layout(self.sparse_meta, self.a_blocks, self.b_blocks)
+            return cpu_kernel.checkpoint_layout(self.sparse_values, self.sparse_meta, self.a_blocks, self.b_blocks)
         if self._layout == "cuda":
-            return cuda_kernel.checkpoint_layout(self.sparse_meta, [self.out_features]), self.a_blocks, self.b_blocks
-        return self.sparse_meta, self.a_blocks, self.b_blocks
+            meta = cuda_kernel.checkpoint_layout(self.sparse_meta, [self.out_features])
+            return self.sparse_values, meta, self.a_blocks, self.b_blocks
+        return self.sparse_values, self.sparse_meta, self.a_blocks, self.b_blocks
 
     def _use_layout(self, layout: str) -> None:
         """Turn the buffers into `layout` ("checkpoint", "cpu" or "cuda"), in place."""
         if layout == self._layout:
             return
         if self._layout != "checkpoint":
-            for buf, value in zip((self.sparse_meta, self.a_blocks, self.b_blocks), self.checkpoint_factors()):
+            factors = self.checkpoint_factors()
+            self.sparse_values = self.sparse_values.view(self.out_features, self.in_features // 2)
+            for buf, value in zip((self.sparse_values, self.sparse_meta, self.a_blocks, self.b_blocks), factors):
                 buf.copy_(value)
         if layout == "cpu":
-            cpu_kernel.to_kernel_layout(self.sparse_meta, self.a_blocks, self.b_blocks)
+            self.sparse_values = cpu_kernel.to_kernel_layout(self.sparse_values, self.sparse_meta, self.a_blocks,
+                                                             self.b_blocks)
         elif layout == "cuda":
             cuda_kernel.to_cutlass_layout(self.sparse_meta, [self.out_features])
         self._layout = layout
 
     def validate(self, name: str) -> None:
-        sparsity.check_packed(self.sparse_values, self.checkpoint_factors()[0], name)
+        sparsity.check_packed(*self.checkpoint_factors()[:2], name)
 
     def dense_core(self) -> torch.Tensor:
-        return sparsity.unpack(self.sparse_values, self.checkpoint_factors()[0])
+        return sparsity.unpack(*self.checkpoint_factors()[:2])
 
     def dense_weight(self) -> torch.Tensor:
         """A S B as one dense matrix (fold mode, tests)."""
-        _, a_blocks, b_blocks = self.checkpoint_factors()
+        _, _, a_blocks, b_blocks = self.checkpoint_factors()
         return blockdiag.right(blockdiag.left(a_blocks, self.dense_core()), b_blocks)
 
     def packed_bytes(self) -> int:
@@ -159,10 +165,11 @@ class ArmorLinear(nn.Module):
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         super()._save_to_state_dict(destination, prefix, keep_vars)
         if self._layout != "checkpoint":  # always save the checkpoint format
-            for name, value in zip(("sparse_meta", "a_blocks", "b_blocks"), self.checkpoint_factors()):
+            for name, value in zip(("sparse_values", "sparse_meta", "a_blocks", "b_blocks"), self.checkpoint_factors()):
                 destination[prefix + name] = value
 
     def _load_from_state_dict(self, *args, **kwargs):
+        self.sparse_values = self.sparse_values.view(self.out_features, self.in_features // 2)  # overwritten next
         super()._load_from_state_dict(*args, **kwargs)
         self._layout, self._mode, self._core = "checkpoint", None, None  # the buffers hold the checkpoint layout again
 

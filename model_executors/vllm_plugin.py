@@ -143,7 +143,8 @@ class ArmorLinearMethod(LinearMethodBase):
         layer.armor_kernel = kernel
         if kernel == kernel_choice.PACKED:
             log.info_once(f"ARMOR layers run the {why}")
-            cpu_kernel.to_kernel_layout(layer.sparse_meta.data, layer.a_blocks.data, layer.b_blocks.data)
+            layer.sparse_values.data = cpu_kernel.to_kernel_layout(values, layer.sparse_meta.data, layer.a_blocks.data,
+                                                                   layer.b_blocks.data)
             return
         if kernel == kernel_choice.SPARSE:
             log.info_once(f"ARMOR layers run on {why}")

@@ -35,11 +35,11 @@ def layer(d_out, d_in, ba, bb, dtype, seed=0, shards=1):
     return values.to(dtype), codes, a.to(dtype), b.to(dtype)
 
 
-def kernel_layout(codes, a, b):
-    """(mask, a_t, b_t): what the op reads, made from the checkpoint layout as the loaders make it."""
-    mask, a_t, b_t = codes.clone(), a.clone(), b.clone()
-    cpu_kernel.to_kernel_layout(mask, a_t, b_t)
-    return mask, a_t, b_t
+def kernel_layout(values, codes, a, b):
+    """(values, mask, a_t, b_t): what the op reads on the path in use, made from the checkpoint layout as the
+    loaders make it."""
+    values, mask, a_t, b_t = values.clone(), codes.clone(), a.clone(), b.clone()
+    return cpu_kernel.to_kernel_layout(values, mask, a_t, b_t), mask, a_t, b_t
 
 
 def reference(x, values, codes, a, b, shard_sizes, bias):
@@ -72,15 +72,17 @@ def isa(request):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("tokens", [1, 3, 16, 257, 2048])
-def test_kernel_matches_reference(isa, path, dtype, tokens):
+@pytest.mark.parametrize("d_in", [200, 208])
+def test_kernel_matches_reference(isa, path, dtype, tokens, d_in):
     if isa == "portable" and tokens == 2048:
         pytest.skip("scalar path: 2048 tokens is covered by the SIMD paths, 257 covers its tiling")
-    # d_in = 200: 8 inputs past a multiple of 16 and of 32 (the SIMD tails); A and B blocks of different sizes
-    values, codes, a, b = layer(96, 200, 16, 8, dtype, seed=tokens)
-    x = torch.randn(tokens, 200).to(dtype)
+    # d_in = 200: 8 inputs past a multiple of 16 and of 32 (the SIMD tails); 208 = 13 x 16: the AVX2 path's
+    # interleaved values (which need a multiple of 16); A and B blocks of different sizes
+    values, codes, a, b = layer(96, d_in, 16, 8, dtype, seed=tokens)
+    x = torch.randn(tokens, d_in).to(dtype)
     bias = torch.randn(96).to(dtype)
     for with_bias in (bias, None):
-        y = cpu_kernel.linear(x, values, *kernel_layout(codes, a, b), [96], with_bias)
+        y = cpu_kernel.linear(x, *kernel_layout(values, codes, a, b), [96], with_bias)
         assert y.dtype == dtype and y.shape == (tokens, 96)
         assert relerr(y, reference(x, values, codes, a, b, [96], with_bias)) < TOL[dtype]
 
@@ -89,15 +91,16 @@ def test_kernel_matches_reference(isa, path, dtype, tokens):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_avx2_tiled_product(dtype):
     """The AVX2 path's tiled product (x in tiles of 8 tokens): 8 / 16 / 32-token passes and a zero-padded last
-    tile, A-blocks of 6 rows (4-row groups plus leftovers), inputs in several L1 chunks (1096 > 8 * 64)."""
+    tile, A-blocks of 6 rows (4-row groups plus leftovers, and, values interleaved 4 rows at a time, groups
+    across A-blocks), inputs in several L1 chunks (1104 > 8 * 64)."""
     cpu_kernel.use_isa("avx2")
     try:
-        values, codes, a, b = layer(48, 1096, 6, 8, dtype, seed=5)
-        layout = kernel_layout(codes, a, b)
-        for tokens in (8, 13, 24, 40, 61):
-            x = torch.randn(tokens, 1096).to(dtype)
+        values, codes, a, b = layer(48, 1104, 6, 8, dtype, seed=5)
+        layout = kernel_layout(values, codes, a, b)
+        for tokens in (1, 3, 8, 13, 24, 40, 61):  # 1 and 3: the one-token and token-pair products
+            x = torch.randn(tokens, 1104).to(dtype)
             bias = torch.randn(48).to(dtype)
-            y = cpu_kernel.linear(x, values, *layout, [48], bias)
+            y = cpu_kernel.linear(x, *layout, [48], bias)
             assert relerr(y, reference(x, values, codes, a, b, [48], bias)) < TOL[dtype], tokens
     finally:
         cpu_kernel.use_isa(ISAS[0])
@@ -111,11 +114,11 @@ def test_block_transforms_every_token_remainder(isa, path, block):
     ones' 8-token passes, both weight dtypes, both paths."""
     for dtype in (torch.float32, torch.bfloat16):
         values, codes, a, b = layer(2 * block, 3 * block, block, block, dtype, seed=block)
-        layout = kernel_layout(codes, a, b)
+        layout = kernel_layout(values, codes, a, b)
         bias = torch.randn(2 * block).to(dtype)
         for tokens in range(1, 14):
             x = torch.randn(tokens, 3 * block).to(dtype)
-            y = cpu_kernel.linear(x, values, *layout, [2 * block], bias)
+            y = cpu_kernel.linear(x, *layout, [2 * block], bias)
             assert relerr(y, reference(x, values, codes, a, b, [2 * block], bias)) < TOL[dtype], (dtype, tokens)
 
 
@@ -124,22 +127,22 @@ def test_input_tails(isa, path, d_in):
     for dtype in (torch.float32, torch.bfloat16):
         values, codes, a, b = layer(32, d_in, 8, 8, dtype, seed=d_in)
         x = torch.randn(5, d_in).to(dtype)
-        y = cpu_kernel.linear(x, values, *kernel_layout(codes, a, b), [32], None)
+        y = cpu_kernel.linear(x, *kernel_layout(values, codes, a, b), [32], None)
         assert relerr(y, reference(x, values, codes, a, b, [32], None)) < TOL[dtype]
 
 
 def test_non_contiguous_and_batched_inputs(path):
     values, codes, a, b = layer(64, 128, 32, 32, torch.float32)
-    mask, a_t, b_t = kernel_layout(codes, a, b)
+    vk, mask, a_t, b_t = kernel_layout(values, codes, a, b)
     wide = torch.randn(2, 7, 256)
     x = wide[..., ::2]  # strided last dimension, 3-D batch
     assert not x.is_contiguous()
-    y = cpu_kernel.linear(x, values, mask, a_t, b_t, [64], None)
+    y = cpu_kernel.linear(x, vk, mask, a_t, b_t, [64], None)
     assert y.shape == (2, 7, 64)
     ref = reference(x.reshape(-1, 128), values, codes, a, b, [64], None).reshape(2, 7, 64)
     assert relerr(y, ref) < TOL[torch.float32]
     xt = torch.randn(128, 9).t()  # transposed view
-    assert relerr(cpu_kernel.linear(xt, values, mask, a_t, b_t, [64], None), reference(xt, values, codes, a, b, [64], None)) < 2e-5
+    assert relerr(cpu_kernel.linear(xt, vk, mask, a_t, b_t, [64], None), reference(xt, values, codes, a, b, [64], None)) < 2e-5
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -149,7 +152,7 @@ def test_fused_qkv_and_gate_up_layouts(path, dtype):
         values, codes, a, b = layer(sum(sizes), 128, 16, 32, dtype, seed=len(sizes), shards=len(sizes))
         x = torch.randn(6, 128).to(dtype)
         bias = torch.randn(sum(sizes)).to(dtype)
-        y = cpu_kernel.linear(x, values, *kernel_layout(codes, a, b), sizes, bias)
+        y = cpu_kernel.linear(x, *kernel_layout(values, codes, a, b), sizes, bias)
         assert relerr(y, reference(x, values, codes, a, b, sizes, bias)) < TOL[dtype]
 
 
@@ -165,7 +168,7 @@ def test_prefill_panels_and_wide_blocks(dtype):
     assert cpu_kernel.scratch_bytes(576, 576, 32, dtype) == 576 * 576 * esize  # the whole matrix fits the budget
     x = torch.randn(70, d_in).to(dtype)
     bias = torch.randn(sum(sizes)).to(dtype)
-    y = cpu_kernel.linear(x, values, *kernel_layout(codes, a, b), sizes, bias)
+    y = cpu_kernel.linear(x, *kernel_layout(values, codes, a, b), sizes, bias)
     assert relerr(y, reference(x, values, codes, a, b, sizes, bias)) < TOL[dtype]
 
 
@@ -178,8 +181,8 @@ def test_tensor_parallel_pieces(tp):
     full = reference(x, values, codes, a, b, [128], None)
 
     def run(p, xs):
-        return cpu_kernel.linear(xs, p["sparse_values"], *kernel_layout(p["sparse_meta"], p["a_blocks"], p["b_blocks"]),
-                                 [p["sparse_values"].shape[0]], None)
+        layout = kernel_layout(p["sparse_values"], p["sparse_meta"], p["a_blocks"], p["b_blocks"])
+        return cpu_kernel.linear(xs, *layout, [p["sparse_values"].shape[0]], None)
 
     cols = torch.cat([run(sharding.column_shard(t, r, tp), x) for r in range(tp)], -1)
     q = 256 // tp
@@ -189,8 +192,8 @@ def test_tensor_parallel_pieces(tp):
 
 def test_torch_compile_traces_the_op():
     values, codes, a, b = layer(64, 128, 16, 16, torch.float32)
-    mask, a_t, b_t = kernel_layout(codes, a, b)
-    fn = lambda x: cpu_kernel.linear(x, values, mask, a_t, b_t, [64], None) * 2  # noqa: E731
+    layout = kernel_layout(values, codes, a, b)
+    fn = lambda x: cpu_kernel.linear(x, *layout, [64], None) * 2  # noqa: E731
     compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")  # fake tensors: the registered fake impl
     x = torch.randn(3, 128)
     torch.testing.assert_close(compiled(x), fn(x))
@@ -198,13 +201,20 @@ def test_torch_compile_traces_the_op():
 
 def test_bad_shapes_are_refused_with_a_message():
     values, codes, a, b = layer(64, 128, 16, 16, torch.float32)
-    mask, a, b = kernel_layout(codes, a, b)
+    values, mask, a, b = kernel_layout(values, codes, a, b)
     with pytest.raises(RuntimeError, match="input has 100 features, the layer expects 128"):
         cpu_kernel.linear(torch.randn(2, 100), values, mask, a, b, [64], None)
     with pytest.raises(RuntimeError, match="shard sizes add up to 48, not 64"):
         cpu_kernel.linear(torch.randn(2, 128), values, mask, a, b, [48], None)
     with pytest.raises(RuntimeError, match="weights must be float32 or bfloat16"):
         cpu_kernel.linear(torch.randn(2, 128), values.half(), mask, a.half(), b.half(), [64], None)
+    if values.dim() == 3:  # interleaved (AVX2) values on a path that reads rows one by one
+        cpu_kernel.use_isa("portable")
+        try:
+            with pytest.raises(RuntimeError, match="interleaved kernel layout, which the portable path does not read"):
+                cpu_kernel.linear(torch.randn(2, 128), values, mask, a, b, [64], None)
+        finally:
+            cpu_kernel.use_isa(ISAS[0])
     with pytest.raises(RuntimeError, match="lacks|unknown"):
         cpu_kernel.use_isa("sse9")
 

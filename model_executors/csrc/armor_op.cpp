@@ -187,12 +187,19 @@ at::Tensor prefill(const armor::Layer& L, const armor::Kernels& k, const at::Ten
 at::Tensor armor_linear(const at::Tensor& x, const at::Tensor& values, const at::Tensor& mask,
                         const at::Tensor& a_blocks, const at::Tensor& b_blocks, at::IntArrayRef shard_sizes,
                         const std::optional<at::Tensor>& bias) {
-  TORCH_CHECK(values.dim() == 2 && mask.dim() == 2 && mask.scalar_type() == at::kByte,
-              "armor::linear: values must be 2-D and mask 2-D uint8");
+  // values: (d_out, d_in/2), or (d_out/4, d_in/16, 32) in the interleaved layout (kernels.h)
+  const bool interleaved = values.dim() == 3;
+  TORCH_CHECK((values.dim() == 2 || (interleaved && values.size(2) == 32)) && mask.dim() == 2 &&
+                  mask.scalar_type() == at::kByte,
+              "armor::linear: values must be 2-D (or 3-D (n, m, 32), interleaved) and mask 2-D uint8");
+  const armor::Kernels& k = active().k;
+  TORCH_CHECK(!interleaved || k.interleaved_values, "armor::linear: values are in the interleaved kernel layout, ",
+              "which the ", k.name, " path does not read; make the kernel layout (cpu_kernel.to_kernel_layout) ",
+              "after choosing the path");
   const auto wtype = values.scalar_type();
   TORCH_CHECK(wtype == at::kFloat || wtype == at::kBFloat16, "armor::linear: weights must be float32 or bfloat16, got ",
               wtype, "; load the model with dtype float32 or bfloat16");
-  const int64_t d_out = values.size(0), d_in = values.size(1) * 2;
+  const int64_t d_out = values.size(0) * (interleaved ? 4 : 1), d_in = values.size(1) * (interleaved ? 16 : 2);
   TORCH_CHECK(d_in % 8 == 0 && mask.size(0) == d_out && mask.size(1) == d_in / 8,
               "armor::linear: mask shape ", mask.sizes(), " does not match values ", values.sizes());
   TORCH_CHECK(x.size(-1) == d_in, "armor::linear: input has ", x.size(-1), " features, the layer expects ", d_in);
@@ -223,8 +230,7 @@ at::Tensor armor_linear(const at::Tensor& x, const at::Tensor& values, const at:
   const int64_t T = x2.size(0);
   const armor::Layer L{d_in, d_out, ba, bsz, n_shards, shard_rows.data(), vals.data_ptr(), msk.data_ptr<uint8_t>(),
                        a.data_ptr(), b.data_ptr(), wtype == at::kBFloat16,
-                       bias32.defined() ? bias32.data_ptr<float>() : nullptr};
-  const armor::Kernels& k = active().k;
+                       bias32.defined() ? bias32.data_ptr<float>() : nullptr, interleaved};
   auto out_shape = x.sizes().vec();
   out_shape.back() = d_out;
   if (T == 0) return at::empty(out_shape, x.options());
@@ -248,6 +254,8 @@ TORCH_LIBRARY_IMPL(armor, CPU, m) { m.impl("linear", &armor_linear); }
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "ARMOR CPU kernels (registers torch.ops.armor.linear)";
   m.def("isa", [] { return std::string(active().k.name); }, "the instruction-set path in use");
+  m.def("interleaves_values", [] { return active().k.interleaved_values; },
+        "whether the path in use reads values in the interleaved layout (kernels.h)");
   m.def("cpu_has", &cpu_has, "whether this CPU can run the named path (avx512, avx2, portable)");
   m.def("use_isa", [](const std::string& isa) { active() = make_active(isa); },
         "pin a path, with its prefill thresholds (tests, benchmarks)");

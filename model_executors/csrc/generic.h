@@ -30,6 +30,17 @@ inline float from_f32<float>(float v) { return v; }
 template <>
 inline uint16_t from_f32<uint16_t>(float v) { return f32_to_bf16(v); }
 
+// Row r's first kept value, and the distance between its 8-value chunks (16 inputs): rows one after the
+// other, or 4 rows' chunks in turn (Layer.rows_interleaved). unit_offset: where the 4 values of the row's
+// 8-input unit c (its mask byte c) start, from the row's first value.
+template <typename W>
+inline const W* row_values(const armor::Layer& L, int64_t r) {
+  const W* v = static_cast<const W*>(L.values);
+  return L.rows_interleaved ? v + (r >> 2) * 2 * L.d_in + (r & 3) * 8 : v + r * (L.d_in / 2);
+}
+inline int64_t chunk_stride(const armor::Layer& L) { return L.rows_interleaved ? 32 : 8; }
+inline int64_t unit_offset(int64_t c, int64_t cs) { return (c >> 1) * cs + (c & 1) * 4; }
+
 // the two kept positions (0..3, lo < hi) of group g of a row's bitmask
 inline void kept_positions(const uint8_t* m, int64_t g, int& lo, int& hi) {
   const unsigned bits = (m[g >> 1] >> ((g & 1) * 4)) & 0xFu;
@@ -133,18 +144,18 @@ void a_transform_w(const armor::Layer& L, int64_t j0, int64_t j1, const void* z,
 template <typename W>
 void decompress_impl(const armor::Layer& L, int64_t r0, int64_t r1, void* out_) {
   W* out = static_cast<W*>(out_);
-  const W* vals = static_cast<const W*>(L.values);
-  const int64_t d_in = L.d_in;
+  const int64_t d_in = L.d_in, cs = chunk_stride(L);
   for (int64_t r = r0; r < r1; ++r) {
-    const W* v = vals + r * (d_in / 2);
+    const W* v = row_values<W>(L, r);
     const uint8_t* m = L.mask + r * (d_in / 8);
     W* o = out + (r - r0) * d_in;
     for (int64_t i = 0; i < d_in; ++i) o[i] = W(0);
     for (int64_t g = 0; g < d_in / 4; ++g) {
       int lo, hi;
       kept_positions(m, g, lo, hi);
-      o[4 * g + lo] = v[2 * g];
-      o[4 * g + hi] = v[2 * g + 1];
+      const W* vg = v + unit_offset(g >> 1, cs) + 2 * (g & 1);
+      o[4 * g + lo] = vg[0];
+      o[4 * g + hi] = vg[1];
     }
   }
 }

@@ -77,7 +77,8 @@ inline __m256 load8(const uint16_t* v) {
 }
 
 template <typename W, int R, int TT>
-inline void tile(const W* const* v, const uint8_t* const* m, const float* x, int64_t d_in, float* z, int64_t ld_z) {
+inline void tile(const W* const* v, const uint8_t* const* m, int64_t cs, const float* x, int64_t d_in, float* z,
+                 int64_t ld_z) {
   __m256 acc[R][TT];
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r)
@@ -89,9 +90,10 @@ inline void tile(const W* const* v, const uint8_t* const* m, const float* x, int
     for (int t = 0; t < TT; ++t) xv[t] = _mm256_loadu_ps(x + t * d_in + 8 * c);
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
-      _mm_prefetch(reinterpret_cast<const char*>(v[r] + 4 * c) + kPrefetch, _MM_HINT_T0);  // as kernel_avx512.cpp
+      const W* vc = v[r] + unit_offset(c, cs);
+      _mm_prefetch(reinterpret_cast<const char*>(vc) + kPrefetch, _MM_HINT_T0);  // as kernel_avx512.cpp
       if ((c & 31) == 0) _mm_prefetch(reinterpret_cast<const char*>(m[r] + c) + kPrefetch / 8, _MM_HINT_T0);
-      const __m256 w = expand4(v[r] + 4 * c, m[r][c]);
+      const __m256 w = expand4(vc, m[r][c]);
 #pragma GCC unroll 16
       for (int t = 0; t < TT; ++t) acc[r][t] = _mm256_fmadd_ps(w, xv[t], acc[r][t]);
     }
@@ -103,7 +105,8 @@ inline void tile(const W* const* v, const uint8_t* const* m, const float* x, int
 }
 
 template <typename W, int R>
-inline void single_token_tile(const W* const* v, const uint8_t* const* m, const float* x, int64_t d_in, float* z) {
+inline void single_token_tile(const W* const* v, const uint8_t* const* m, int64_t cs, const float* x, int64_t d_in,
+                              float* z) {
   __m256 acc[R];
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
@@ -113,18 +116,20 @@ inline void single_token_tile(const W* const* v, const uint8_t* const* m, const 
     const __m256 xr = _mm256_loadu2_m128(x + 8 * c + 12, x + 8 * c + 4);
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
-      _mm_prefetch(reinterpret_cast<const char*>(v[r] + 4 * c) + kPrefetch, _MM_HINT_T0);  // as kernel_avx512.cpp
+      const W* vc = v[r] + (c >> 1) * cs;  // the row's 8 values of inputs 8c..8c+15
+      _mm_prefetch(reinterpret_cast<const char*>(vc) + kPrefetch, _MM_HINT_T0);  // as kernel_avx512.cpp
       if ((c & 31) == 0) _mm_prefetch(reinterpret_cast<const char*>(m[r] + c) + kPrefetch / 8, _MM_HINT_T0);
       const unsigned lo = m[r][c], hi = m[r][c + 1];
       const __m256i iq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kPairLut.idx[(lo & 15) | (hi & 15) << 4]));
       const __m256i ir = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kPairLut.idx[lo >> 4 | (hi & 0xF0)]));
       const __m256 xs = _mm256_blend_ps(_mm256_permutevar_ps(xq, iq), _mm256_permutevar_ps(xr, ir), 0xCC);
-      acc[r] = _mm256_fmadd_ps(load8(v[r] + 4 * c), xs, acc[r]);
+      acc[r] = _mm256_fmadd_ps(load8(vc), xs, acc[r]);
     }
   }
   if (c < d_in / 8)  // 8 inputs left over: kept values expanded into their lanes
 #pragma GCC unroll 16
-    for (int r = 0; r < R; ++r) acc[r] = _mm256_fmadd_ps(expand4(v[r] + 4 * c, m[r][c]), _mm256_loadu_ps(x + 8 * c), acc[r]);
+    for (int r = 0; r < R; ++r)
+      acc[r] = _mm256_fmadd_ps(expand4(v[r] + unit_offset(c, cs), m[r][c]), _mm256_loadu_ps(x + 8 * c), acc[r]);
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r) z[r] = hsum(acc[r]);
 }
@@ -135,12 +140,13 @@ inline void row_group(const armor::Layer& L, int64_t r, const float* xs, int64_t
   const W* v[R];
   const uint8_t* m[R];
   for (int i = 0; i < R; ++i) {
-    v[i] = static_cast<const W*>(L.values) + (r + i) * (d_in / 2);
+    v[i] = row_values<W>(L, r + i);
     m[i] = L.mask + (r + i) * (d_in / 8);
   }
+  const int64_t cs = chunk_stride(L);
   int64_t t = 0;
-  for (; t + 2 <= T; t += 2) tile<W, R, 2>(v, m, xs + t * d_in, d_in, z + t * ld_z, ld_z);
-  if (t < T) single_token_tile<W, R>(v, m, xs + t * d_in, d_in, z + t * ld_z);
+  for (; t + 2 <= T; t += 2) tile<W, R, 2>(v, m, cs, xs + t * d_in, d_in, z + t * ld_z, ld_z);
+  if (t < T) single_token_tile<W, R>(v, m, cs, xs + t * d_in, d_in, z + t * ld_z);
 }
 
 // Tiled path (T >= 8; x in tiles of 8 tokens, [tile][d_in][8]): each kept weight is broadcast and
@@ -167,8 +173,8 @@ inline __m256 broadcast(const uint16_t* v) { return _mm256_set1_ps(bf16_to_f32(*
 // R rows x NT tiles of 8 tokens over the inputs [8 c0, 8 c1); xt: the first tile (tiles 8 * d_in floats
 // apart); the partial sums live in acc_mem (row r, tile n, token i at (r * NT + n) * 8 + i) between calls.
 template <typename W, int R, int NT>
-inline void tiled_tile(const W* const* v, const uint8_t* const* m, const float* xt, int64_t d_in, int64_t c0,
-                       int64_t c1, float* acc_mem) {
+inline void tiled_tile(const W* const* v, const uint8_t* const* m, int64_t cs, const float* xt, int64_t d_in,
+                       int64_t c0, int64_t c1, float* acc_mem) {
   __m256 acc[R][NT];
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r)
@@ -176,12 +182,13 @@ inline void tiled_tile(const W* const* v, const uint8_t* const* m, const float* 
     for (int n = 0; n < NT; ++n) acc[r][n] = _mm256_loadu_ps(acc_mem + (r * NT + n) * 8);
   for (int64_t c = c0; c < c1; ++c) {
     const float* xc = xt + 64 * c;  // inputs 8c..8c+7, 8 tokens each
+    const int64_t vo = unit_offset(c, cs);
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
       const uint8_t* pos = kPosLut.pos[m[r][c]];
 #pragma GCC unroll 4
       for (int k = 0; k < 4; ++k) {
-        const __m256 w = broadcast(v[r] + 4 * c + k);
+        const __m256 w = broadcast(v[r] + vo + k);
         const float* xk = xc + 8 * pos[k];
 #pragma GCC unroll 16
         for (int n = 0; n < NT; ++n) acc[r][n] = _mm256_fmadd_ps(w, _mm256_loadu_ps(xk + n * 8 * d_in), acc[r][n]);
@@ -200,8 +207,7 @@ constexpr int64_t kChunk = 64;  // a pass covers 8 * kChunk / NT inputs: their x
 // is read from L1 by all n rows; then the sums go to z[t * ld_z + row].
 template <typename W, int R, int NT>
 inline void tiled_pass(const armor::Layer& L, int64_t r, int64_t n, const float* xt, float* z, int64_t ld_z) {
-  const int64_t d_in = L.d_in;
-  const W* values = static_cast<const W*>(L.values);
+  const int64_t d_in = L.d_in, cs = chunk_stride(L);
   float acc_mem[kMaxRows * NT * 8] = {};
   constexpr int64_t chunk = kChunk / NT;
   for (int64_t c0 = 0; c0 < d_in / 8; c0 += chunk) {
@@ -210,14 +216,14 @@ inline void tiled_pass(const armor::Layer& L, int64_t r, int64_t n, const float*
       const W* v[R];
       const uint8_t* m[R];
       for (int q = 0; q < R && i + q < n; ++q) {
-        v[q] = values + (r + i + q) * (d_in / 2);
+        v[q] = row_values<W>(L, r + i + q);
         m[q] = L.mask + (r + i + q) * (d_in / 8);
       }
       if (n - i >= R) {
-        tiled_tile<W, R, NT>(v, m, xt, d_in, c0, c1, acc_mem + i * NT * 8);
+        tiled_tile<W, R, NT>(v, m, cs, xt, d_in, c0, c1, acc_mem + i * NT * 8);
         i += R;
       } else {  // rows left over when R does not divide the A-block
-        tiled_tile<W, 1, NT>(v, m, xt, d_in, c0, c1, acc_mem + i * NT * 8);
+        tiled_tile<W, 1, NT>(v, m, cs, xt, d_in, c0, c1, acc_mem + i * NT * 8);
         i += 1;
       }
     }
@@ -320,5 +326,6 @@ armor::Kernels armor::avx2_kernels() {
     L.bf16 ? sparse_rows_driver<uint16_t>(L, j0, j1, xt, T, y, scratch, Avx2::tiled_rows<uint16_t>, armor::kTileTokens)
            : sparse_rows_driver<float>(L, j0, j1, xt, T, y, scratch, Avx2::tiled_rows<float>, armor::kTileTokens);
   };
+  k.interleaved_values = true;
   return k;
 }

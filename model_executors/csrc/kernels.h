@@ -8,7 +8,10 @@
 namespace armor {
 
 // One (possibly fused) ARMOR layer, y = A [S_s (B_s x)]_s + bias, on T tokens.
-//   values  (d_out, d_in/2)  kept weights of the 2:4 core, float32 or bfloat16 (raw uint16)
+//   values  (d_out, d_in/2)  kept weights of the 2:4 core, float32 or bfloat16 (raw uint16); row by row, or
+//                            (rows_interleaved, the AVX2 layout made at load time: same bytes) the rows of each
+//                            group of 4 interleaved 8 values (16 inputs) at a time, so that the 4 rows a
+//                            kernel reads together come from one sequential stream (generic.h row_values)
 //   mask    (d_out, d_in/8)  uint8 bitmask of the kept inputs: bit j of byte k <=> input 8k + j is kept (made
 //                            once at load time from the checkpoint's 4-bit position codes: same size)
 //   a       (d_out/ba, ba, ba), b (n_shards, d_in/bb, bb, bb): the block-diagonal factors' blocks, weight
@@ -23,6 +26,7 @@ struct Layer {
   const void* b;
   bool bf16;  // weights (values, a, b) are bfloat16; float32 otherwise
   const float* bias;  // float32 (d_out) or nullptr
+  bool rows_interleaved;  // values in the interleaved layout (d_out % 4 == 0, d_in % 16 == 0)
 };
 
 struct Kernels {
@@ -46,6 +50,8 @@ struct Kernels {
   // sparse_rows for xt in tiles of kTileTokens tokens, (n_shards, T / kTileTokens, d_in, kTileTokens) with T
   // zero-padded to a multiple of kTileTokens, and y (T, d_out); nullptr where the ISA file has none.
   void (*sparse_rows_tiled)(const Layer&, int64_t j0, int64_t j1, const float* xt, int64_t T, float* y, float* scratch);
+  // whether these kernels take values in the interleaved layout (and expect it where the shapes allow)
+  bool interleaved_values;
 };
 constexpr int64_t kTileTokens = 8;
 
