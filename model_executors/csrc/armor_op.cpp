@@ -88,6 +88,11 @@ Active& active() {
 constexpr int64_t kMaxBlock = 128;  // largest A/B block (generic.h block_matvec's buffer)
 constexpr int64_t kPanelBytes = 4 << 20;  // the prefill path's scratch budget: one panel of S, dense
 
+// From this many tokens the decode path runs the tiled product (where the ISA file has one), the last tile
+// zero-padded: on Zen 1 (SmolLM2's 30 layers, one thread, float32) one padded 8-token tile took 118 ms where
+// the token-pair product took 100 ms for 4 tokens, 144 for 6 and 170 for 7.
+constexpr int64_t kTiledMinTokens = 5;
+
 // The decode path's product where the ISA file takes x in tiles of kTileTokens tokens (kernels.h): xb
 // zero-padded to whole tiles and laid out tile by tile; the padding's outputs are dropped.
 at::Tensor decode_tiled(const armor::Layer& L, const armor::Kernels& k, const at::Tensor& xb) {
@@ -114,7 +119,7 @@ at::Tensor decode(const armor::Layer& L, const armor::Kernels& k, const at::Tens
     }
   });
   const at::Tensor xb16 = L.bf16 && k.sparse_rows_bf16 ? xb.to(at::kBFloat16) : at::Tensor();
-  if (k.sparse_rows_tiled && !xb16.defined() && T >= armor::kTileTokens) return decode_tiled(L, k, xb);
+  if (k.sparse_rows_tiled && !xb16.defined() && T >= kTiledMinTokens) return decode_tiled(L, k, xb);
   at::Tensor y = at::empty({T, L.d_out}, x.options());
   at::parallel_for(0, L.d_out / L.ba, 1, [&](int64_t j0, int64_t j1) {
     std::vector<float> scratch(T * L.ba);
