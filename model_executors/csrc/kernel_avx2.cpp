@@ -1,8 +1,9 @@
 // AVX2 path (with FMA), three products by token count: one token, x permuted within 128-bit lanes onto the
-// packed values (single_token_tile); pairs of tokens (2-7 tokens), per 8 inputs the 4 kept values permuted
+// packed values (single_token_tile); pairs of tokens (2-4 tokens), per 8 inputs the 4 kept values permuted
 // into their lanes (vpermps through a table indexed by the 8-bit mask of kept positions) and the other lanes
-// zeroed, then one FMA per token (tile); 8 tokens and more, x in tiles of 8 tokens and each kept weight
-// broadcast against them (tiled_tile).
+// zeroed, then one FMA per token (tile); 5 tokens and more (armor_op.cpp kTiledMinTokens), x in tiles of 8
+// tokens and each kept weight broadcast against them (tiled_tile). Values come interleaved 4 rows at a time
+// (kernels.h): each row's pointer is generic.h's row_values, its 8-value chunks chunk_stride apart.
 #include "kernels.h"
 #pragma GCC target("avx2,fma,f16c")
 #include <immintrin.h>
@@ -149,7 +150,7 @@ inline void row_group(const armor::Layer& L, int64_t r, const float* xs, int64_t
   if (t < T) single_token_tile<W, R>(v, m, cs, xs + t * d_in, d_in, z + t * ld_z);
 }
 
-// Tiled path (T >= 8; x in tiles of 8 tokens, [tile][d_in][8]): each kept weight is broadcast and
+// Tiled path (T >= 5; x in tiles of 8 tokens, [tile][d_in][8]): each kept weight is broadcast and
 // multiplies its input's 8 tokens in one FMA, so no lane works on a pruned zero and nothing is expanded:
 // half the FMAs of a dense GEMM. Token by token (above), expand4 spends ~6 instructions per 8 inputs per
 // token pair before the FMAs, so the product costs as much as dense: on an AVX2-only AMD EPYC (Zen 1),
