@@ -5,9 +5,9 @@
 computes y = A [S_s (B_s x)]_s + bias straight from the packed core, for float32 and bfloat16 weights, any
 token count. The kernel layout holds the same bytes as the checkpoint: the kept values (on the AVX2 path
 the rows of each group of 4 interleaved 8 values at a time, so a 4-row group streams from DRAM as one
-sequence: SmolLM2's one-thread decode step at 1 token 1.29-1.38x -> 1.43-1.48x oneDNN's dense on Zen 1), a bitmask of their positions
-instead of the position codes (a SIMD kernel loads it straight into a lane mask), and the A/B blocks
-transposed (each input then scales a contiguous column: no horizontal sums). Fused layers (qkv,
+sequence: SmolLM2's one-thread decode step at 1 token 1.29-1.38x -> 1.43-1.48x oneDNN's dense on Zen 1),
+a bitmask of their positions instead of the position codes (a SIMD kernel loads it straight into a lane
+mask), and the A/B blocks transposed (each input then scales a contiguous column: no horizontal sums). Fused layers (qkv,
 gate_up) pass one B per shard (b_blocks of shape (shards, n, b, b)) and the shards' row counts. The op has a fake (meta) implementation,
 so torch.compile and vLLM's CPU engine trace it as one node. docs/executors.md describes the kernels.
 """

@@ -50,7 +50,8 @@ struct Kernels {
   // sparse_rows for xt in tiles of kTileTokens tokens, (n_shards, T / kTileTokens, d_in, kTileTokens) with T
   // zero-padded to a multiple of kTileTokens, and y (T, d_out); nullptr where the ISA file has none.
   void (*sparse_rows_tiled)(const Layer&, int64_t j0, int64_t j1, const float* xt, int64_t T, float* y, float* scratch);
-  // whether these kernels take values in the interleaved layout (and expect it where the shapes allow)
+  // whether these kernels also read values in the interleaved layout (cpu_kernel.to_kernel_layout makes it
+  // for them wherever the shapes allow)
   bool interleaved_values;
 };
 constexpr int64_t kTileTokens = 8;
