@@ -91,8 +91,8 @@ def test_kernel_matches_reference(isa, path, dtype, tokens, d_in):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_avx2_tiled_product(dtype):
     """The AVX2 path's tiled product (x in tiles of 8 tokens, from 5 tokens): 8 / 16 / 32-token passes and a
-    zero-padded last tile, A-blocks of 6 rows (4-row groups plus leftovers, and, values interleaved 4 rows at a time, groups
-    across A-blocks), inputs in several L1 chunks (1104 > 8 * 64)."""
+    zero-padded last tile, A-blocks of 6 rows (4-row groups plus leftovers; with the values interleaved 4 rows
+    at a time, groups that cross A-blocks), inputs in several L1 chunks (1104 > 8 * 64)."""
     cpu_kernel.use_isa("avx2")
     try:
         values, codes, a, b = layer(48, 1104, 6, 8, dtype, seed=5)
