@@ -90,18 +90,19 @@ def test_kernel_matches_reference(isa, path, dtype, tokens, d_in):
 @pytest.mark.skipif("avx2" not in ISAS, reason="this CPU has no AVX2")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_avx2_tiled_product(dtype):
-    """The AVX2 path's tiled product (x in tiles of 8 tokens, from 5 tokens): 8 / 16 / 32-token passes and a
-    zero-padded last tile, A-blocks of 6 rows (4-row groups plus leftovers; with the values interleaved 4 rows
-    at a time, groups that cross A-blocks), inputs in several L1 chunks (1104 > 8 * 64)."""
+    """The AVX2 path's tiled product (x in tiles of 8 tokens, from 3 tokens): 8 / 16 / 32-token passes of 4 / 4 /
+    3 rows and a zero-padded last tile, A-blocks of 10 rows (whole row groups plus leftovers; with the values
+    interleaved 4 rows at a time, groups that cross A-blocks), inputs in several passes (8208 > 8 * 1024, the
+    kChunk of kernel_avx2.cpp)."""
     cpu_kernel.use_isa("avx2")
     try:
-        values, codes, a, b = layer(48, 1104, 6, 8, dtype, seed=5)
+        values, codes, a, b = layer(40, 8208, 10, 8, dtype, seed=5)
         layout = kernel_layout(values, codes, a, b)
-        for tokens in (1, 3, 5, 8, 13, 24, 40, 61):  # 1 and 3: the one-token and token-pair products
-            x = torch.randn(tokens, 1104).to(dtype)
-            bias = torch.randn(48).to(dtype)
-            y = cpu_kernel.linear(x, *layout, [48], bias)
-            assert relerr(y, reference(x, values, codes, a, b, [48], bias)) < TOL[dtype], tokens
+        for tokens in (1, 2, 3, 5, 8, 13, 24, 40, 61):  # 1 and 2: the one-token and token-pair products
+            x = torch.randn(tokens, 8208).to(dtype)
+            bias = torch.randn(40).to(dtype)
+            y = cpu_kernel.linear(x, *layout, [40], bias)
+            assert relerr(y, reference(x, values, codes, a, b, [40], bias)) < TOL[dtype], tokens
     finally:
         cpu_kernel.use_isa(ISAS[0])
 

@@ -89,9 +89,9 @@ constexpr int64_t kMaxBlock = 128;  // largest A/B block (generic.h block_matvec
 constexpr int64_t kPanelBytes = 4 << 20;  // the prefill path's scratch budget: one panel of S, dense
 
 // From this many tokens the decode path runs the tiled product (where the ISA file has one), the last tile
-// zero-padded: on Zen 1 (SmolLM2's 30 layers, one thread, float32) one padded 8-token tile took 118 ms where
-// the token-pair product took 100 ms for 4 tokens, 144 for 6 and 170 for 7.
-constexpr int64_t kTiledMinTokens = 5;
+// zero-padded: on Zen 1 (4x 4096x4096, one thread, float32) one padded 8-token tile took 39 ms where the
+// token-pair product took 29 ms for 2 tokens, 44 for 3 and 56 for 4.
+constexpr int64_t kTiledMinTokens = 3;
 
 // The decode path's product where the ISA file takes x in tiles of kTileTokens tokens (kernels.h): xb
 // zero-padded to whole tiles and laid out tile by tile; the padding's outputs are dropped.

@@ -162,7 +162,7 @@ void decompress_impl(const armor::Layer& L, int64_t r0, int64_t r1, void* out_) 
 
 // The sparse product and A for A-blocks [j0, j1): z[t, 0:ba] = S[j-block rows] xb_s[t] by `rows_fn`,
 // then y = A_j z + bias while those rows are in cache. X: the element type of xb (float, or bf16 bits).
-// `step`: the token blocks' granularity (the tiled layout's tile: a block never splits one).
+// `step`: the token blocks' granularity (for the tiled layout a multiple of its tile: a block never splits one).
 template <typename W, typename X, typename RowsFn>
 void sparse_rows_driver(const armor::Layer& L, int64_t j0, int64_t j1, const X* xb, int64_t T, float* y,
                         float* scratch, RowsFn rows_fn, int64_t step = 4) {

@@ -1,7 +1,7 @@
 // AVX2 path (with FMA), three products by token count: one token, x permuted within 128-bit lanes onto the
-// packed values (single_token_tile); pairs of tokens (2-4 tokens), per 8 inputs the 4 kept values permuted
+// packed values (single_token_tile); two tokens, per 8 inputs the 4 kept values permuted
 // into their lanes (vpermps through a table indexed by the 8-bit mask of kept positions) and the other lanes
-// zeroed, then one FMA per token (tile); 5 tokens and more (armor_op.cpp kTiledMinTokens), x in tiles of 8
+// zeroed, then one FMA per token (tile); 3 tokens and more (armor_op.cpp kTiledMinTokens), x in tiles of 8
 // tokens and each kept weight broadcast against them (tiled_tile). Values come interleaved 4 rows at a time
 // (kernels.h): each row's pointer is generic.h's row_values, its 8-value chunks chunk_stride apart.
 #include "kernels.h"
@@ -150,22 +150,27 @@ inline void row_group(const armor::Layer& L, int64_t r, const float* xs, int64_t
   if (t < T) single_token_tile<W, R>(v, m, cs, xs + t * d_in, d_in, z + t * ld_z);
 }
 
-// Tiled path (T >= 5; x in tiles of 8 tokens, [tile][d_in][8]): each kept weight is broadcast and
+// Tiled path (T >= 3; x in tiles of 8 tokens, [tile][d_in][8]): each kept weight is broadcast and
 // multiplies its input's 8 tokens in one FMA, so no lane works on a pruned zero and nothing is expanded:
 // half the FMAs of a dense GEMM. Token by token (above), expand4 spends ~6 instructions per 8 inputs per
 // token pair before the FMAs, so the product costs as much as dense: on an AVX2-only AMD EPYC (Zen 1),
 // 4096x4096 at 16 tokens took 27 ms that way, 10 ms tiled (oneDNN's dense GEMM: 11-12 ms).
-struct PosLut {
-  uint8_t pos[256][4];  // the positions of a mask byte's kept inputs (4 in a 2:4 core), in order
+// The byte offsets in a tile's 8-input unit (8 floats per input: 32 * position) of a mask byte's kept inputs (4
+// in a 2:4 core), in order, packed 4 to a uint32: one table load per row and unit, the offsets taken out with
+// shifts, and each x load addressed as base + offset. Zen 1, 4x 4096x4096 at 16 tokens, one thread: 80 ms with
+// a table of positions (a byte load, shift and sign extension per kept weight before the address), 57 ms with
+// byte offsets, 53 ms with them packed (oneDNN dense: 70-74 ms).
+struct OffsetLut {
+  uint32_t off[256];
 };
-constexpr PosLut make_pos_lut() {
-  PosLut l{};
+constexpr OffsetLut make_offset_lut() {
+  OffsetLut l{};
   for (int m = 0; m < 256; ++m)
     for (int j = 0, k = 0; j < 8 && k < 4; ++j)
-      if (m >> j & 1) l.pos[m][k++] = j;
+      if (m >> j & 1) l.off[m] |= uint32_t(32 * j) << 8 * k++;
   return l;
 }
-constexpr PosLut kPosLut = make_pos_lut();
+constexpr OffsetLut kOffsetLut = make_offset_lut();
 constexpr int64_t kMaxRows = 128;  // an A-block's rows (armor_op.cpp kMaxBlock)
 
 inline __m256 broadcast(const float* v) { return _mm256_broadcast_ss(v); }
@@ -182,17 +187,20 @@ inline void tiled_tile(const W* const* v, const uint8_t* const* m, int64_t cs, c
 #pragma GCC unroll 16
     for (int n = 0; n < NT; ++n) acc[r][n] = _mm256_loadu_ps(acc_mem + (r * NT + n) * 8);
   for (int64_t c = c0; c < c1; ++c) {
-    const float* xc = xt + 64 * c;  // inputs 8c..8c+7, 8 tokens each
+    const char* xc[NT];  // each tile's inputs 8c..8c+7, 8 tokens each
+#pragma GCC unroll 16
+    for (int n = 0; n < NT; ++n) xc[n] = reinterpret_cast<const char*>(xt + 64 * c + n * 8 * d_in);
     const int64_t vo = unit_offset(c, cs);
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
-      const uint8_t* pos = kPosLut.pos[m[r][c]];
+      const uint32_t off = kOffsetLut.off[m[r][c]];
 #pragma GCC unroll 4
       for (int k = 0; k < 4; ++k) {
         const __m256 w = broadcast(v[r] + vo + k);
-        const float* xk = xc + 8 * pos[k];
+        const int64_t o = off >> 8 * k & 0xFF;
 #pragma GCC unroll 16
-        for (int n = 0; n < NT; ++n) acc[r][n] = _mm256_fmadd_ps(w, _mm256_loadu_ps(xk + n * 8 * d_in), acc[r][n]);
+        for (int n = 0; n < NT; ++n)
+          acc[r][n] = _mm256_fmadd_ps(w, _mm256_loadu_ps(reinterpret_cast<const float*>(xc[n] + o)), acc[r][n]);
       }
     }
   }
@@ -202,7 +210,10 @@ inline void tiled_tile(const W* const* v, const uint8_t* const* m, int64_t cs, c
     for (int n = 0; n < NT; ++n) _mm256_storeu_ps(acc_mem + (r * NT + n) * 8, acc[r][n]);
 }
 
-constexpr int64_t kChunk = 64;  // a pass covers 8 * kChunk / NT inputs: their x (8 NT tokens each), 16 KB, stays in L1
+// A pass covers 8 * kChunk / NT inputs: their x (8 NT tokens each), 256 KB, stays in L2. Longer passes read
+// each row's values in longer sequential runs: on Zen 1 (4x 4096x4096, 16 tokens, one thread) 64 (x in L1)
+// took 75 ms, 256 63 ms, 1024 60 ms, whole rows 59-61 ms.
+constexpr int64_t kChunk = 1024;
 
 // rows [r, r + n) for NT tiles: every row sweeps one chunk of inputs before the next chunk, so the chunk's x
 // is read from L1 by all n rows; then the sums go to z[t * ld_z + row].
@@ -314,18 +325,22 @@ struct Avx2 {
   template <typename W>
   static void tiled_rows(const armor::Layer& L, int64_t r0, int64_t n, const float* xt, int64_t T, float* z, int64_t ld_z) {
     int64_t t = 0;  // T is a multiple of 8: tile t / 8 starts at xt + t * d_in
-    for (; t + 32 <= T; t += 32) tiled_pass<W, 2, 4>(L, r0, n, xt + t * L.d_in, z + t * ld_z, ld_z);
+    for (; t + 32 <= T; t += 32) tiled_pass<W, 3, 4>(L, r0, n, xt + t * L.d_in, z + t * ld_z, ld_z);
     for (; t + 16 <= T; t += 16) tiled_pass<W, 4, 2>(L, r0, n, xt + t * L.d_in, z + t * ld_z, ld_z);
     if (t < T) tiled_pass<W, 4, 1>(L, r0, n, xt + t * L.d_in, z + t * ld_z, ld_z);
   }
 };
 }  // namespace
 
+// Token blocks of whole 32-token passes (the driver's step): 4096x4096 at 128 tokens, one thread, ran ~7% faster
+// than with blocks of 8-token steps (40 tokens there: one 32-token pass and one 8-token pass).
+constexpr int64_t kTiledStep = 32;
+
 armor::Kernels armor::avx2_kernels() {
   armor::Kernels k = make_kernels<Avx2>("avx2");
   k.sparse_rows_tiled = [](const armor::Layer& L, int64_t j0, int64_t j1, const float* xt, int64_t T, float* y, float* scratch) {
-    L.bf16 ? sparse_rows_driver<uint16_t>(L, j0, j1, xt, T, y, scratch, Avx2::tiled_rows<uint16_t>, armor::kTileTokens)
-           : sparse_rows_driver<float>(L, j0, j1, xt, T, y, scratch, Avx2::tiled_rows<float>, armor::kTileTokens);
+    L.bf16 ? sparse_rows_driver<uint16_t>(L, j0, j1, xt, T, y, scratch, Avx2::tiled_rows<uint16_t>, kTiledStep)
+           : sparse_rows_driver<float>(L, j0, j1, xt, T, y, scratch, Avx2::tiled_rows<float>, kTiledStep);
   };
   k.interleaved_values = true;
   return k;
