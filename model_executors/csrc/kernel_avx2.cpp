@@ -216,7 +216,7 @@ inline void tiled_tile(const W* const* v, const uint8_t* const* m, int64_t cs, c
 constexpr int64_t kChunk = 1024;
 
 // rows [r, r + n) for NT tiles: every row sweeps one chunk of inputs before the next chunk, so the chunk's x
-// is read from L1 by all n rows; then the sums go to z[t * ld_z + row].
+// is read from cache by all n rows; then the sums go to z[t * ld_z + row].
 template <typename W, int R, int NT>
 inline void tiled_pass(const armor::Layer& L, int64_t r, int64_t n, const float* xt, float* z, int64_t ld_z) {
   const int64_t d_in = L.d_in, cs = chunk_stride(L);
