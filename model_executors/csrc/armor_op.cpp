@@ -6,7 +6,7 @@
 // Two paths, picked by token count:
 // * decode (T < prefill_min_tokens): B x, then per A-block of rows the sparse product from the packed
 //   core (accumulators in registers, the core read once) and A applied while those rows are in cache; where
-//   the ISA file has a tiled product (AVX2), x goes to it in tiles of 8 tokens from 5 tokens on;
+//   the ISA file has a tiled product (AVX2), x goes to it in tiles of 8 tokens from kTiledMinTokens on;
 // * prefill (larger T, compute-bound): S is decompressed panel by panel into a small scratch buffer that
 //   feeds oneDNN's dense GEMM, then A.
 // The kernels come in AVX-512, AVX2 and portable builds (kernel_*.cpp), picked at run time by CPUID.
