@@ -127,9 +127,10 @@ def test_block_transforms_every_token_remainder(isa, path, block):
 def test_input_tails(isa, path, d_in):
     for dtype in (torch.float32, torch.bfloat16):
         values, codes, a, b = layer(32, d_in, 8, 8, dtype, seed=d_in)
-        x = torch.randn(5, d_in).to(dtype)
-        y = cpu_kernel.linear(x, *kernel_layout(values, codes, a, b), [32], None)
-        assert relerr(y, reference(x, values, codes, a, b, [32], None)) < TOL[dtype]
+        for tokens in (1, 5):  # 1: the AVX2 one-token product's 32- and 16-input steps and its leftover unit
+            x = torch.randn(tokens, d_in).to(dtype)
+            y = cpu_kernel.linear(x, *kernel_layout(values, codes, a, b), [32], None)
+            assert relerr(y, reference(x, values, codes, a, b, [32], None)) < TOL[dtype], (dtype, tokens)
 
 
 def test_non_contiguous_and_batched_inputs(path):
