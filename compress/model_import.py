@@ -78,12 +78,31 @@ def _source_stamp(gguf: Path) -> dict:
     return {"source": str(gguf), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
+# GGUF architectures whose decoder layers the import and `armor compress` map (Mistral GGUFs say "llama")
+SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3")
+
+
+def _architecture(gguf: Path) -> str | None:
+    """The file's `general.architecture`, or None where its header cannot be read (transformers then says why)."""
+    from gguf import GGUFReader
+
+    try:
+        field = GGUFReader(gguf).fields["general.architecture"]
+        return bytes(field.parts[field.data[0]]).decode()
+    except Exception:  # a truncated or corrupt header: reported by the transformers load
+        return None
+
+
 def _check_gguf(gguf: Path) -> None:
     if not gguf.is_file():
         raise UserError(f"GGUF file '{gguf}' does not exist; pass an existing file to --gguf")
     with gguf.open("rb") as fh:
         if fh.read(4) != b"GGUF":
             raise UserError(f"'{gguf}' is not a GGUF file (bad magic bytes); re-download or pick another file")
+    arch = _architecture(gguf)
+    if arch is not None and arch not in SUPPORTED_ARCHITECTURES:
+        raise UserError(f"'{gguf}' holds a '{arch}' model; armor model import maps only "
+                        f"{', '.join(SUPPORTED_ARCHITECTURES)} architectures")
 
 
 def is_cached(out: Path, gguf: Path) -> bool:

@@ -1,5 +1,7 @@
 import json
 
+import gguf
+
 from compress import model_import
 from conftest import run_cli
 
@@ -41,8 +43,16 @@ def test_bad_gguf_inputs_are_one_line_errors(tmp_path):
     truncated.write_bytes(b"GGUF" + b"\x00" * 64)
     broken = run_cli("model", "import", "--gguf", str(truncated), "--out", str(tmp_path / "o2"))
     unknown = run_cli("model", "import", "gpt5")
+    other_arch = tmp_path / "mamba.gguf"  # a well-formed GGUF of an architecture the import does not map
+    writer = gguf.GGUFWriter(str(other_arch), arch="mamba")
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    unmapped = run_cli("model", "import", "--gguf", str(other_arch), "--out", str(tmp_path / "o3"))
     for proc, text in ((missing, "does not exist"), (corrupt, "not a GGUF file"), (broken, "could not read"),
-                       (unknown, "unknown bundled model")):
+                       (unknown, "unknown bundled model"),
+                       (unmapped, "holds a 'mamba' model; armor model import maps only llama, qwen2, qwen3")):
         assert proc.returncode == 2, proc.stderr
         assert text in proc.stderr and "Traceback" not in proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1
