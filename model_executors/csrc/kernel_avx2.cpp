@@ -71,6 +71,14 @@ constexpr PairLut make_pair_lut() {
 }
 constexpr PairLut kPairLut = make_pair_lut();
 
+// x lined up with 8 packed values: xq holds the inputs of the two groups whose kept values go to each lane's slots
+// 0-1, xr those for slots 2-3; lo / hi: the mask bytes whose low and high nibbles are lane 0's and lane 1's groups.
+inline __m256 lane_pairs(__m256 xq, __m256 xr, unsigned lo, unsigned hi) {
+  const __m256i iq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kPairLut.idx[(lo & 15) | (hi & 15) << 4]));
+  const __m256i ir = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kPairLut.idx[lo >> 4 | (hi & 0xF0)]));
+  return _mm256_blend_ps(_mm256_permutevar_ps(xq, iq), _mm256_permutevar_ps(xr, ir), 0xCC);
+}
+
 inline __m256 load8(const float* v) { return _mm256_loadu_ps(v); }
 inline __m256 load8(const uint16_t* v) {
   const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(v));
@@ -132,13 +140,8 @@ inline int64_t wide_steps(const uint16_t* const* v, const uint8_t* const* m, int
       _mm_prefetch(reinterpret_cast<const char*>(vc + cs) + kPrefetch, _MM_HINT_T0);
       if ((c & 31) == 0) _mm_prefetch(reinterpret_cast<const char*>(m[r] + c) + kPrefetch / 8, _MM_HINT_T0);
       const __m256i w = _mm256_loadu2_m128i(reinterpret_cast<const __m128i*>(vc + cs), reinterpret_cast<const __m128i*>(vc));
-      const unsigned a = m[r][c], b = m[r][c + 1], a2 = m[r][c + 2], b2 = m[r][c + 3];
-      const __m256i i0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kPairLut.idx[(a & 15) | (a2 & 15) << 4]));
-      const __m256i i1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kPairLut.idx[a >> 4 | (a2 & 0xF0)]));
-      const __m256i i2 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kPairLut.idx[(b & 15) | (b2 & 15) << 4]));
-      const __m256i i3 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kPairLut.idx[b >> 4 | (b2 & 0xF0)]));
-      const __m256 x01 = _mm256_blend_ps(_mm256_permutevar_ps(xg0, i0), _mm256_permutevar_ps(xg1, i1), 0xCC);
-      const __m256 x23 = _mm256_blend_ps(_mm256_permutevar_ps(xg2, i2), _mm256_permutevar_ps(xg3, i3), 0xCC);
+      const __m256 x01 = lane_pairs(xg0, xg1, m[r][c], m[r][c + 2]);
+      const __m256 x23 = lane_pairs(xg2, xg3, m[r][c + 1], m[r][c + 3]);
       acc[r] = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_unpacklo_epi16(zero, w)), x01, acc[r]);
       acc[r] = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_unpackhi_epi16(zero, w)), x23, acc[r]);
     }
@@ -161,11 +164,7 @@ inline void single_token_tile(const W* const* v, const uint8_t* const* m, int64_
       const W* vc = v[r] + (c >> 1) * cs;  // the row's 8 values of inputs 8c..8c+15
       _mm_prefetch(reinterpret_cast<const char*>(vc) + kPrefetch, _MM_HINT_T0);  // as kernel_avx512.cpp
       if ((c & 31) == 0) _mm_prefetch(reinterpret_cast<const char*>(m[r] + c) + kPrefetch / 8, _MM_HINT_T0);
-      const unsigned lo = m[r][c], hi = m[r][c + 1];
-      const __m256i iq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kPairLut.idx[(lo & 15) | (hi & 15) << 4]));
-      const __m256i ir = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kPairLut.idx[lo >> 4 | (hi & 0xF0)]));
-      const __m256 xs = _mm256_blend_ps(_mm256_permutevar_ps(xq, iq), _mm256_permutevar_ps(xr, ir), 0xCC);
-      acc[r] = _mm256_fmadd_ps(load8(vc), xs, acc[r]);
+      acc[r] = _mm256_fmadd_ps(load8(vc), lane_pairs(xq, xr, m[r][c], m[r][c + 1]), acc[r]);
     }
   }
   if (c < d_in / 8)  // 8 inputs left over: kept values expanded into their lanes
