@@ -23,6 +23,10 @@ def add_compress_arguments(parser) -> None:
     parser.add_argument("--patience", type=int, default=d.patience, help="stop after N iterations without improvement")
     parser.add_argument("--discrete-steps", type=int, default=d.discrete_steps,
                         help="ARMOR sparse-core (mask) updates per iteration; each costs a fraction of an iteration")
+    parser.add_argument("--tune-epochs", type=int, default=d.tune_epochs,
+                        help="epochs of block-wise tuning: each decoder layer's ARMOR factors fitted jointly to the "
+                             "dense layer's output (0: off)")
+    parser.add_argument("--tune-lr", type=float, default=d.tune_lr, help="Adam learning rate of the block-wise tuning")
     parser.add_argument("--calib-samples", type=int, default=d.calib_samples, help="calibration sequences")
     parser.add_argument("--seq-len", type=int, default=d.seq_len, help="tokens per calibration sequence")
     parser.add_argument("--seed", type=int, default=d.seed)
@@ -33,8 +37,10 @@ def add_compress_arguments(parser) -> None:
 def run_compress(args) -> None:
     from compress.model_import import require_checkpoint
 
-    settings = Settings(method=args.method, block_size=args.block_size, proxy=args.proxy, hessian_damp=args.hessian_damp, iters=args.iters, lr=args.lr,
-                        patience=args.patience, discrete_steps=args.discrete_steps, calib_samples=args.calib_samples, seq_len=args.seq_len,
+    settings = Settings(method=args.method, block_size=args.block_size, proxy=args.proxy,
+                        hessian_damp=args.hessian_damp, iters=args.iters, lr=args.lr, patience=args.patience,
+                        discrete_steps=args.discrete_steps, tune_epochs=args.tune_epochs, tune_lr=args.tune_lr,
+                        calib_samples=args.calib_samples, seq_len=args.seq_len,
                         seed=args.seed, batch_size=args.batch_size)
     summary = compress_checkpoint(require_checkpoint(args.model), Path(args.out), settings, overwrite=args.overwrite)
     print(json.dumps(summary, indent=2))

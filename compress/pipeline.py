@@ -27,7 +27,7 @@ from safetensors.torch import save_file
 from torch import nn
 from tqdm import tqdm
 
-from compress import baselines
+from compress import baselines, block_tuning
 from compress.armor import PROXIES, ArmorConfig, armor, proxy_loss
 from compress.weights import CheckpointWeights
 from compress.errors import UserError
@@ -44,12 +44,13 @@ LINEARS = {  # module path inside a decoder layer -> which calibration statistic
     "self_attn.q_proj": "attn_in", "self_attn.k_proj": "attn_in", "self_attn.v_proj": "attn_in",
     "self_attn.o_proj": "o_in", "mlp.gate_proj": "mlp_in", "mlp.up_proj": "mlp_in", "mlp.down_proj": "down_in",
 }
-ARMOR_ONLY = ("block_size", "proxy", "hessian_damp", "iters", "lr", "patience", "discrete_steps")
+ARMOR_ONLY = ("block_size", "proxy", "hessian_damp", "iters", "lr", "patience", "discrete_steps", "tune_epochs",
+              "tune_lr", "tune_holdout")
 PROGRESS = "armor_progress.json"
 # Where a run's time goes (summary["phase_seconds"]): reading weights, running calibration tokens through the
 # layers, gathering Gram matrices, the 2:4 pruning (a baseline, or ARMOR's SparseGPT/NoWag-P start), ARMOR's
-# block coordinate descent, and writing shards.
-PHASES = ("load", "calibration_forward", "gram", "pruning", "bcd", "write")
+# block coordinate descent, the block-wise tuning of each decoder layer, and writing shards.
+PHASES = ("load", "calibration_forward", "gram", "pruning", "bcd", "tuning", "write")
 SUMMARY = "compression_summary.json"
 
 
@@ -62,6 +63,9 @@ class Settings:
     lr: float = 3e-3
     patience: int = 100
     discrete_steps: int = 1  # sparse-core updates per BCD iteration
+    tune_epochs: int = 0  # block-wise tuning of each decoder layer's factors to its dense output (block_tuning.py)
+    tune_lr: float = 1e-4
+    tune_holdout: int = 4  # calibration samples that only measure the tuning
     calib_samples: int = 32
     seq_len: int = 512
     seed: int = 0
@@ -129,6 +133,12 @@ def check_model(config, settings: Settings) -> None:
         raise UserError(f"--hessian-damp must be >= 0 (a fraction of mean(diag H)), got {settings.hessian_damp}")
     if settings.discrete_steps < 1:
         raise UserError(f"--discrete-steps must be >= 1 (sparse-core updates per iteration), got {settings.discrete_steps}")
+    if settings.tune_epochs < 0 or settings.tune_lr <= 0:
+        raise UserError(f"--tune-epochs must be >= 0 and --tune-lr > 0, got {settings.tune_epochs} and {settings.tune_lr}")
+    if settings.tune_epochs and settings.calib_samples < settings.tune_holdout + 2:
+        raise UserError(f"--tune-epochs holds {settings.tune_holdout} calibration samples out to measure the tuning and "
+                        f"needs 2 more to tune on: pass --calib-samples {settings.tune_holdout + 2} or more "
+                        f"(got {settings.calib_samples})")
     b = settings.block_size
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     dims = {"hidden_size": config.hidden_size, "intermediate_size": config.intermediate_size,
@@ -344,6 +354,11 @@ class LayerwiseCompressor:
         return module, record
 
     def _compress_layer(self, i: int, layer, hidden, kwargs, bar) -> list[dict]:
+        s = self.settings
+        tune = s.method == "armor" and s.tune_epochs > 0
+        if tune:
+            with self._phase("tuning"):
+                targets = self._run(layer, hidden, kwargs)  # the dense layer's outputs on the same inputs
         stats = self._statistics(layer, hidden, kwargs)
         records = []
         for name in LINEARS:
@@ -352,6 +367,14 @@ class LayerwiseCompressor:
             module, record = self._compress_matrix(i, name, getattr(parent, child), stats[name], bar)
             setattr(parent, child, module)
             records.append(record)
+        if tune:
+            with self._phase("tuning"):
+                result = block_tuning.tune_layer(layer, list(LINEARS), hidden, targets, kwargs, s.tune_epochs,
+                                                 s.tune_lr, s.tune_holdout)
+            log.info("layer %d: held-out layer-output error %.4g -> %.4g (tuning, %d epochs kept)", i,
+                     result["holdout_error_start"], result["holdout_error_final"], result["epochs_kept"])
+            for record in records:  # its loss_* fields describe the BCD result, `tuning` what was stored
+                record["tuning"] = result
         return records
 
     def _write_layer(self, i: int, layer) -> str:
@@ -464,6 +487,10 @@ class LayerwiseCompressor:
         if self.settings.method == "armor":
             summary.update(proxy=self.settings.proxy, start_method=self.start_method,
                            mean_proxy_loss_start=sum(r["loss_start"] for r in recs) / len(recs))
+        tuned = [r["tuning"] for r in recs if "tuning" in r]  # every matrix of a layer holds its layer's result
+        if tuned:
+            summary["mean_holdout_layer_error"] = {
+                k: sum(t[f"holdout_error_{k}"] for t in tuned) / len(tuned) for k in ("start", "final")}
         return summary
 
 

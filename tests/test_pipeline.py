@@ -72,8 +72,10 @@ def _shards(path):
 
 
 def test_resume_after_kill_gives_an_identical_checkpoint(dense_model, tmp_path):
-    # the paper's diagonal proxy here (the default full-Gram proxy runs in the armor_ckpt fixture)
-    args = ["compress", "--model", str(dense_model), *SMALL, "--method", "armor", "--proxy", "diag", "--iters", "3"]
+    # the paper's diagonal proxy here (the default full-Gram proxy runs in the armor_ckpt fixture), and the
+    # block-wise tuning, which must give the same result on the replayed activations
+    args = ["compress", "--model", str(dense_model), *SMALL, "--method", "armor", "--proxy", "diag", "--iters", "3",
+            "--tune-epochs", "1"]
     whole = tmp_path / "whole"
     assert run_cli(*args, "--out", str(whole)).returncode == 0
     killed = tmp_path / "killed"
@@ -93,6 +95,9 @@ def test_resume_after_kill_gives_an_identical_checkpoint(dense_model, tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming" in resumed.stderr
     assert _shards(killed) == _shards(whole)
+    tuning = [rec["tuning"] for rec in json.loads((killed / "armor_progress.json").read_text())["matrices"]]
+    assert len(tuning) == 210 and all(t["holdout_error_final"] <= t["holdout_error_start"] for t in tuning)
+    assert sum(t["epochs_kept"] for t in tuning) > 0  # it did tune somewhere
     assert (killed / "model-base.safetensors").read_bytes() == (whole / "model-base.safetensors").read_bytes()
     # a finished run is not redone
     again = run_cli(*args, "--out", str(killed))
@@ -117,10 +122,13 @@ def test_bad_inputs_fail_before_heavy_work(dense_model, armor_ckpt, tmp_path):
     arch = run_cli("compress", "--model", str(odd), "--out", str(tmp_path / "a"))
     damp = run_cli("compress", "--model", str(dense_model), "--out", str(tmp_path / "d"), "--hessian-damp", "-1")
     steps = run_cli("compress", "--model", str(dense_model), "--out", str(tmp_path / "e"), "--discrete-steps", "0")
+    few = run_cli("compress", "--model", str(dense_model), "--out", str(tmp_path / "f"), "--tune-epochs", "2",
+                  "--calib-samples", "5")
     cases = ((block, "block size 128 does not divide"), (other, "holds a different run"),
              (short, "fewer than the 100000 asked for"), (compressed_input, "already quantized"),
              (not_empty, "holds no compression run"), (arch, "no known decoder-layer layout"),
-             (damp, "--hessian-damp must be >= 0"), (steps, "--discrete-steps must be >= 1"))
+             (damp, "--hessian-damp must be >= 0"), (steps, "--discrete-steps must be >= 1"),
+             (few, "pass --calib-samples 6 or more"))
     for proc, text in cases:
         assert proc.returncode == 2, (text, proc.stderr[-2000:])
         assert text in proc.stderr and "Traceback" not in proc.stderr

@@ -1,0 +1,100 @@
+"""Block-wise reconstruction: after ARMOR has compressed a decoder layer's seven matrices one by one, tune
+their factors jointly so the compressed layer's output matches the dense layer's.
+
+Each matrix is fitted on its own proxy (its own inputs, its own output error); the layer's output also
+depends on how the errors of q/k/v pass through attention and of gate/up through the SiLU product, which no
+per-matrix proxy sees. Here the packed values (the 2:4 mask stays fixed), A and B of all seven matrices
+take Adam steps on the mean squared error of the layer output against the dense layer's output on the same
+calibration inputs. A held-out share of the calibration samples measures that error before tuning and after
+every epoch; the best state is kept, so the held-out layer error never ends above ARMOR's.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from model_executors import blockdiag, sparsity
+from model_executors.armor_linear import ArmorLinear
+
+
+class TunableArmor(nn.Module):
+    """An ArmorLinear's factors as trainable parameters, its 2:4 positions fixed."""
+
+    def __init__(self, mod: ArmorLinear):
+        super().__init__()
+        values, meta, a_blocks, b_blocks = (t.detach().clone() for t in mod.checkpoint_factors())
+        self.values, self.a_blocks, self.b_blocks = (nn.Parameter(t.float()) for t in (values, a_blocks, b_blocks))
+        self.register_buffer("meta", meta)
+        self.bias = None if mod.bias is None else mod.bias.detach().float()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = blockdiag.right(blockdiag.left(self.a_blocks, sparsity.unpack(self.values, self.meta)), self.b_blocks)
+        return nn.functional.linear(x, weight.to(x.dtype), self.bias)
+
+    def to_armor(self, like: ArmorLinear) -> ArmorLinear:
+        """A fresh ArmorLinear (checkpoint layout, `like`'s kernel and dtype) holding the current factors."""
+        mod = ArmorLinear(like.in_features, like.out_features, self.a_blocks.shape[-1], self.b_blocks.shape[-1],
+                          like.bias is not None, like.a_blocks.dtype, kernel=like.kernel)
+        with torch.no_grad():
+            for buf, value in zip((mod.sparse_values, mod.sparse_meta, mod.a_blocks, mod.b_blocks),
+                                  (self.values, self.meta, self.a_blocks, self.b_blocks)):
+                buf.copy_(value)
+            if like.bias is not None:
+                mod.bias.copy_(like.bias)
+        return mod
+
+    def state(self) -> list[torch.Tensor]:
+        return [p.detach().clone() for p in (self.values, self.a_blocks, self.b_blocks)]
+
+    def load(self, state: list[torch.Tensor]) -> None:
+        with torch.no_grad():
+            for p, value in zip((self.values, self.a_blocks, self.b_blocks), state):
+                p.copy_(value)
+
+
+def _micro_batches(batches: list[torch.Tensor], size: int) -> list[torch.Tensor]:
+    return [m for b in batches for m in b.split(size)]
+
+
+def _output(layer, h, kwargs):
+    out = layer(h, **kwargs)
+    return out[0] if isinstance(out, tuple) else out
+
+
+def _error(layer, inputs, targets, kwargs) -> float:
+    with torch.no_grad():
+        total = sum(float((_output(layer, h, kwargs) - t).pow(2).sum()) for h, t in zip(inputs, targets))
+    return total / sum(t.numel() for t in targets)
+
+
+def tune_layer(layer: nn.Module, names: list[str], inputs: list[torch.Tensor], targets: list[torch.Tensor],
+               kwargs: dict, epochs: int, lr: float, holdout: int, micro_batch: int = 2) -> dict:
+    """Tune the ArmorLinear modules `names` of `layer` towards `targets`; they are replaced by tuned ones.
+
+    inputs/targets: the calibration batches (samples, seq, hidden) and the dense layer's outputs on them.
+    The last `holdout` samples only measure. Returns the held-out errors before and after, and epochs kept."""
+    xs, ys = _micro_batches(inputs, micro_batch), _micro_batches(targets, micro_batch)
+    n_val = max(1, holdout // micro_batch)
+    (train_x, val_x), (train_y, val_y) = (xs[:-n_val], xs[-n_val:]), (ys[:-n_val], ys[-n_val:])
+    mods = {name: layer.get_submodule(name) for name in names}
+    tunables = {name: TunableArmor(mod) for name, mod in mods.items()}
+    for name, tunable in tunables.items():
+        parent, _, child = name.rpartition(".")
+        setattr(layer.get_submodule(parent), child, tunable)
+    params = [p for t in tunables.values() for p in t.parameters()]
+    opt = torch.optim.Adam(params, lr=lr)
+    start = best = _error(layer, val_x, val_y, kwargs)
+    best_state, best_epoch = {n: t.state() for n, t in tunables.items()}, 0
+    for epoch in range(1, epochs + 1):
+        for h, y in zip(train_x, train_y):
+            opt.zero_grad(set_to_none=True)
+            (_output(layer, h, kwargs) - y).pow(2).mean().backward()
+            opt.step()
+        error = _error(layer, val_x, val_y, kwargs)
+        if error < best:
+            best, best_epoch, best_state = error, epoch, {n: t.state() for n, t in tunables.items()}
+    for name, tunable in tunables.items():
+        tunable.load(best_state[name])
+        parent, _, child = name.rpartition(".")
+        setattr(layer.get_submodule(parent), child, tunable.to_armor(mods[name]))
+    return {"holdout_error_start": start, "holdout_error_final": best, "epochs_kept": best_epoch}
