@@ -79,8 +79,7 @@ def tune_layer(layer: nn.Module, names: list[str], inputs: list[torch.Tensor], t
     mods = {name: layer.get_submodule(name) for name in names}
     tunables = {name: TunableArmor(mod) for name, mod in mods.items()}
     for name, tunable in tunables.items():
-        parent, _, child = name.rpartition(".")
-        setattr(layer.get_submodule(parent), child, tunable)
+        layer.set_submodule(name, tunable)
     params = [p for t in tunables.values() for p in t.parameters()]
     opt = torch.optim.Adam(params, lr=lr)
     start = best = _error(layer, val_x, val_y, kwargs)
@@ -95,6 +94,5 @@ def tune_layer(layer: nn.Module, names: list[str], inputs: list[torch.Tensor], t
             best, best_epoch, best_state = error, epoch, {n: t.state() for n, t in tunables.items()}
     for name, tunable in tunables.items():
         tunable.load(best_state[name])
-        parent, _, child = name.rpartition(".")
-        setattr(layer.get_submodule(parent), child, tunable.to_armor(mods[name]))
+        layer.set_submodule(name, tunable.to_armor(mods[name]))
     return {"holdout_error_start": start, "holdout_error_final": best, "epochs_kept": best_epoch}

@@ -283,7 +283,8 @@ class LayerwiseCompressor:
         return [layer(h, **kwargs) for h in hidden]
 
     @torch.no_grad()
-    def _statistics(self, layer, hidden, kwargs) -> dict[str, dict[str, torch.Tensor]]:
+    def _statistics(self, layer, hidden, kwargs) -> tuple[dict[str, dict[str, torch.Tensor]], list[torch.Tensor]]:
+        """The calibration statistics of the layer's linear inputs, and the (dense) layer's outputs."""
         need_full = self.settings.method == "sparsegpt" or self.settings.uses_hessian
         stats: dict[str, dict[str, torch.Tensor]] = {}
 
@@ -302,11 +303,11 @@ class LayerwiseCompressor:
         handles = [layer.get_submodule(name).register_forward_hook(hook(name)) for name in LINEARS]
         try:
             with self._phase("gram"):
-                self._run(layer, hidden, kwargs)
+                outputs = self._run(layer, hidden, kwargs)
         finally:
             for handle in handles:
                 handle.remove()
-        return stats
+        return stats, outputs
 
     def _compress_matrix(self, i: int, name: str, linear: nn.Linear, stats: dict, bar) -> tuple[nn.Module, dict]:
         s = self.settings
@@ -355,21 +356,15 @@ class LayerwiseCompressor:
 
     def _compress_layer(self, i: int, layer, hidden, kwargs, bar) -> list[dict]:
         s = self.settings
-        tune = s.method == "armor" and s.tune_epochs > 0
-        if tune:
-            with self._phase("tuning"):
-                targets = self._run(layer, hidden, kwargs)  # the dense layer's outputs on the same inputs
-        stats = self._statistics(layer, hidden, kwargs)
+        stats, dense_outputs = self._statistics(layer, hidden, kwargs)
         records = []
         for name in LINEARS:
-            parent_name, _, child = name.rpartition(".")
-            parent = layer.get_submodule(parent_name)
-            module, record = self._compress_matrix(i, name, getattr(parent, child), stats[name], bar)
-            setattr(parent, child, module)
+            module, record = self._compress_matrix(i, name, layer.get_submodule(name), stats[name], bar)
+            layer.set_submodule(name, module)
             records.append(record)
-        if tune:
+        if s.method == "armor" and s.tune_epochs > 0:
             with self._phase("tuning"):
-                result = block_tuning.tune_layer(layer, list(LINEARS), hidden, targets, kwargs, s.tune_epochs,
+                result = block_tuning.tune_layer(layer, list(LINEARS), hidden, dense_outputs, kwargs, s.tune_epochs,
                                                  s.tune_lr, s.tune_holdout)
             log.info("layer %d: held-out layer-output error %.4g -> %.4g (tuning, %d epochs kept)", i,
                      result["holdout_error_start"], result["holdout_error_final"], result["epochs_kept"])

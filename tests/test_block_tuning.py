@@ -27,12 +27,10 @@ def decoder(dense_model, tokenizer):
     with torch.no_grad():
         targets = [block_tuning._output(layer, h, kwargs) for h in inputs]
     for name in LINEARS:
-        parent, _, child = name.rpartition(".")
-        dense = layer.get_submodule(name)
-        w = dense.weight.detach()
+        w = layer.get_submodule(name).weight.detach()
         mask = sparsity.top2_mask(w.abs())  # magnitude pruning (kept entries may be 0 in this quantized model)
         eye_a, eye_b = blockdiag.identity_blocks(w.shape[0], 32), blockdiag.identity_blocks(w.shape[1], 32)
-        setattr(layer.get_submodule(parent), child, ArmorLinear.from_factors(eye_a, w * mask, mask, eye_b))
+        layer.set_submodule(name, ArmorLinear.from_factors(eye_a, w * mask, mask, eye_b))
     return layer, inputs, targets, kwargs
 
 
