@@ -284,7 +284,8 @@ class LayerwiseCompressor:
 
     @torch.no_grad()
     def _statistics(self, layer, hidden, kwargs) -> tuple[dict[str, dict[str, torch.Tensor]], list[torch.Tensor]]:
-        """The calibration statistics of the layer's linear inputs, and the (dense) layer's outputs."""
+        """The calibration statistics of the layer's linear inputs (keyed by LINEARS' input names), and the (dense)
+        layer's outputs."""
         need_full = self.settings.method == "sparsegpt" or self.settings.uses_hessian
         stats: dict[str, dict[str, torch.Tensor]] = {}
 
@@ -300,7 +301,11 @@ class LayerwiseCompressor:
                     s["H"] += (x.T @ x).double()
             return record
 
-        handles = [layer.get_submodule(name).register_forward_hook(hook(name)) for name in LINEARS]
+        # q/k/v (and gate/up) read one input: gather each input's statistics once, on its first reader
+        readers: dict[str, str] = {}
+        for name, source in LINEARS.items():
+            readers.setdefault(source, name)
+        handles = [layer.get_submodule(name).register_forward_hook(hook(source)) for source, name in readers.items()]
         try:
             with self._phase("gram"):
                 outputs = self._run(layer, hidden, kwargs)
@@ -359,7 +364,7 @@ class LayerwiseCompressor:
         stats, dense_outputs = self._statistics(layer, hidden, kwargs)
         records = []
         for name in LINEARS:
-            module, record = self._compress_matrix(i, name, layer.get_submodule(name), stats[name], bar)
+            module, record = self._compress_matrix(i, name, layer.get_submodule(name), stats[LINEARS[name]], bar)
             layer.set_submodule(name, module)
             records.append(record)
         if s.method == "armor" and s.tune_epochs > 0:
