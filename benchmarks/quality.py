@@ -2,6 +2,7 @@
 
     python -m benchmarks.quality            # writes benchmarks/results/quality.{json,md,png}
     python -m benchmarks.quality --model DIR --work .cache/quality-NAME --name quality-NAME   # another model
+    python -m benchmarks.quality --only dense,sparsegpt,armor-b32 --ppl-only   # compression time + wiki ppl only
 
 Each configuration is compressed with `armor compress` and evaluated with `armor eval` (both through the
 CLI, exactly as a user runs them); results are cached under .cache/quality so an interrupted run resumes.
@@ -34,9 +35,12 @@ def configs(blocks: list[int]) -> list[tuple[str, list[str]]]:
              ("armor-b32-i40-tuned", ["--method", "armor", "--block-size", "32", "--iters", "40", "--tune-epochs", "2"]),
              ("armor-b32-c128-tuned", ["--method", "armor", "--block-size", "32", "--calib-samples", "128",
                                        "--tune-epochs", "2"])]
+    # fewer full iterations, more sparse-core steps each: 18% less BCD, 2 points more perplexity (not the default;
+    # docs/algorithm.md, "Where compression time goes")
+    budget = [("armor-b32-i60-d2", ["--method", "armor", "--block-size", "32", "--iters", "60", "--discrete-steps", "2"])]
     return [("dense", []), ("sparsegpt", ["--method", "sparsegpt"]), *armor[1:2], ("nowag-p", ["--method", "nowag-p"]),
             paper_proxy, ("wanda", ["--method", "wanda"]), ("magnitude", ["--method", "magnitude"]), *armor[:1],
-            *armor[2:], *tuned]
+            *armor[2:], *tuned, *budget]
 
 
 def armor(*args: str) -> subprocess.CompletedProcess:
@@ -74,6 +78,7 @@ def main() -> None:
                    help="examples per zero-shot task and LAMBADA (500: the mean accuracy's standard error < 1 point)")
     p.add_argument("--work", default=str(ROOT / ".cache" / "quality"))
     p.add_argument("--only", help="comma-separated config names to run")
+    p.add_argument("--ppl-only", action="store_true", help="compress and wiki perplexity only (no zero-shot pass)")
     p.add_argument("--name", default="quality",
                    help="results file stem (a second model's table beside SmolLM2's: quality-qwen2.5-coder-1.5b)")
     args = p.parse_args()
@@ -103,7 +108,7 @@ def main() -> None:
         evaluate(row, work / f"{name}.ppl.json", ["--tasks", "wiki_ppl", "--limit", str(args.ppl_windows)])
         write(list(rows.values()), args)
     for row in rows.values():
-        if "checkpoint" in row and "error" not in row:
+        if "checkpoint" in row and "error" not in row and not args.ppl_only:
             evaluate(row, work / f"{row['config']}.tasks.json", ["--tasks", TASKS.split(",", 1)[1], "--limit", str(args.limit)])
             write(list(rows.values()), args)
 
@@ -124,14 +129,18 @@ def _done(path: Path) -> bool:
 def write(rows: list[dict], args) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     settings = {k: v for k, v in vars(args).items() if k != "work"}
+    from benchmarks.layers import device_name
+
     payload = {"command": "python -m benchmarks.quality " + " ".join(sys.argv[1:]), "settings": settings,
-               "date": time.strftime("%Y-%m-%d"), "rows": rows}
+               "date": time.strftime("%Y-%m-%d"), "machine": device_name("cpu"), "rows": rows}
     (RESULTS / f"{args.name}.json").write_text(json.dumps(payload, indent=2) + "\n")
     head = "| config | wiki ppl | lambada ppl | lambada acc | " + " | ".join(MC_TASKS) + " | mean acc ± SE | compress s | overhead % |"
+    tasks = ("no other tasks (--ppl-only)" if args.ppl_only else
+             f"other tasks: first {args.limit} examples (fewer where the set is smaller); zero-shot acc (acc_norm for "
+             f"hellaswag, arc, openbookqa, piqa as lm-eval reports both) with its standard error in points; the mean's "
+             f"SE is sqrt(sum SE_i^2) / 7")
     lines = [f"Command: `{payload['command']}` ({payload['date']}). wiki ppl: {args.ppl_windows} windows of 2048 "
-             f"test-split tokens; other tasks: first {args.limit} examples (fewer where the set is smaller); zero-shot "
-             f"acc (acc_norm for hellaswag, arc, openbookqa, piqa as lm-eval reports both) with its standard error "
-             f"in points; the mean's SE is sqrt(sum SE_i^2) / 7.", "", head, "|" + "---|" * (head.count("|") - 1)]
+             f"test-split tokens; {tasks}. Machine: {payload['machine']}.", "", head, "|" + "---|" * (head.count("|") - 1)]
     for row in rows:
         if "error" in row or "results" not in row:
             lines.append(f"| {row['config']} | {row.get('error', 'not run yet')} |")

@@ -4,11 +4,12 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 from safetensors import safe_open
 
 from conftest import ROOT, SMALL, run_cli
-from compress.pipeline import PHASES
+from compress.pipeline import LINEARS, PHASES, SUPPORTED_MODEL_TYPES
 from model_executors.sparsity import unpack
 
 
@@ -133,3 +134,24 @@ def test_bad_inputs_fail_before_heavy_work(dense_model, armor_ckpt, tmp_path):
         assert proc.returncode == 2, (text, proc.stderr[-2000:])
         assert text in proc.stderr and "Traceback" not in proc.stderr
     assert (junk_dir / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("model_type", SUPPORTED_MODEL_TYPES)
+def test_matrices_that_share_a_statistic_read_one_input(model_type):
+    # the Gram pass gathers each LINEARS input once, on its first reader (q/k/v, gate/up): that holds only while
+    # every supported architecture feeds those matrices the very same tensor
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model(model_type, hidden_size=64, intermediate_size=96, num_attention_heads=4,
+                                  num_key_value_heads=2, num_hidden_layers=1, vocab_size=64)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    seen: dict[str, list[torch.Tensor]] = {}
+    layer = model.model.layers[0]
+    for name, source in LINEARS.items():
+        record = lambda _mod, args, _out, s=source: seen.setdefault(s, []).append(args[0])  # noqa: E731
+        layer.get_submodule(name).register_forward_hook(record)
+    with torch.no_grad():
+        model(torch.arange(12)[None] % 64)
+    assert sorted(seen) == sorted(set(LINEARS.values()))
+    for source, inputs in seen.items():
+        assert all(x is inputs[0] or torch.equal(x, inputs[0]) for x in inputs), source
