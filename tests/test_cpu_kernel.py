@@ -1,8 +1,8 @@
 """The packed 2:4 CPU kernel (torch.ops.armor.linear) against the reference A.S.B product.
 
-Every instruction-set path this CPU can run (avx512_bf16, avx512, avx2, portable) and both the decode path
-(packed core read directly) and the prefill path (panel decompression + dense GEMM) are checked, whatever
-the token-count thresholds are.
+Every instruction-set path this CPU can run (avx512_bf16, avx512, avx2, portable) and each of its products (the
+decode path's expanding one and, on AVX2 / AVX-512, its tiled one, both reading the packed core directly; the
+prefill path's panel decompression + dense GEMM) are checked, whatever the token-count thresholds are.
 """
 import logging
 
@@ -52,14 +52,22 @@ def relerr(y, ref):
     return ((y.float() - ref).norm() / ref.norm()).item()
 
 
-@pytest.fixture(params=["decode", "prefill"])
+NEVER = 1 << 40
+
+
+@pytest.fixture(params=["decode", "tiled", "prefill"])
 def path(request):
-    """Force one path for every token count; restore the measured thresholds after."""
-    saved = {bf: cpu_kernel._C.prefill_min_tokens(bf) for bf in (False, True)}
+    """Force one path for every token count (decode: the expanding product; tiled: x in tiles of tokens, where
+    the path in use has it); restore the measured thresholds after."""
+    if request.param == "tiled" and not cpu_kernel._C.has_tiled():
+        pytest.skip(f"the {cpu_kernel.isa()} path has no tiled product")
+    saved = cpu_kernel._C.tiled_min_tokens(), {bf: cpu_kernel._C.prefill_min_tokens(bf) for bf in (False, True)}
+    cpu_kernel._C.set_tiled_min_tokens(1 if request.param == "tiled" else NEVER)
     for bf in (False, True):
-        cpu_kernel._C.set_prefill_min_tokens(bf, 1 << 40 if request.param == "decode" else 0)
+        cpu_kernel._C.set_prefill_min_tokens(bf, 0 if request.param == "prefill" else NEVER)
     yield request.param
-    for bf, n in saved.items():
+    cpu_kernel._C.set_tiled_min_tokens(saved[0])
+    for bf, n in saved[1].items():
         cpu_kernel._C.set_prefill_min_tokens(bf, n)
 
 
@@ -87,18 +95,21 @@ def test_kernel_matches_reference(isa, path, dtype, tokens, d_in):
         assert relerr(y, reference(x, values, codes, a, b, [96], with_bias)) < TOL[dtype]
 
 
-@pytest.mark.skipif("avx2" not in ISAS, reason="this CPU has no AVX2")
+@pytest.mark.parametrize("tiled_isa", [i for i in ("avx512", "avx2") if i in ISAS] or
+                         [pytest.param("avx2", marks=pytest.mark.skip(reason="this CPU has no AVX2"))])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_avx2_tiled_product(dtype):
-    """The AVX2 path's tiled product (x in tiles of 8 tokens, from 3 tokens): 8 / 16 / 32-token passes of 4 / 4 /
-    3 rows and a zero-padded last tile, A-blocks of 10 rows (whole row groups plus leftovers; with the values
-    interleaved 4 rows at a time, groups that cross A-blocks), inputs in several passes (8208 > 8 * 1024, the
-    kChunk of kernel_avx2.cpp)."""
-    cpu_kernel.use_isa("avx2")
+def test_tiled_product(tiled_isa, dtype):
+    """The tiled product (x in tiles of 8 (AVX2) or 16 (AVX-512) tokens), from 1 token: every pass width (AVX2
+    8 / 16 / 32 tokens of 4 / 4 / 3 rows, AVX-512 16 / 32 / 48 / 64 tokens of 4 rows), a zero-padded last tile,
+    A-blocks of 10 rows (whole row groups plus leftovers; AVX2's values interleaved 4 rows at a time: groups that
+    cross A-blocks), inputs in several passes (8208 > 8 * 1024, the kChunk of kernel_avx2.cpp; AVX-512 sweeps 128
+    at a time) and, on AVX-512, more tokens than one span of kernel_avx512.cpp's driver (128 at this width)."""
+    cpu_kernel.use_isa(tiled_isa)
+    cpu_kernel._C.set_tiled_min_tokens(1)
     try:
         values, codes, a, b = layer(40, 8208, 10, 8, dtype, seed=5)
         layout = kernel_layout(values, codes, a, b)
-        for tokens in (1, 2, 3, 5, 8, 13, 24, 40, 61):  # 1 and 2: the one-token and token-pair products
+        for tokens in (1, 2, 3, 5, 8, 13, 16, 24, 40, 61, 64, 100, 130):
             x = torch.randn(tokens, 8208).to(dtype)
             bias = torch.randn(40).to(dtype)
             y = cpu_kernel.linear(x, *layout, [40], bias)
@@ -166,12 +177,20 @@ def test_prefill_panels_and_wide_blocks(dtype):
     sizes, d_in = [624, 480], 8192
     values, codes, a, b = layer(sum(sizes), d_in, 48, 64, dtype, shards=2)
     esize = values.element_size()
-    assert cpu_kernel.scratch_bytes(624, d_in, 48, dtype) == 480 * d_in * esize < 624 * d_in * esize
-    assert cpu_kernel.scratch_bytes(576, 576, 32, dtype) == 576 * 576 * esize  # the whole matrix fits the budget
-    x = torch.randn(70, d_in).to(dtype)
-    bias = torch.randn(sum(sizes)).to(dtype)
-    y = cpu_kernel.linear(x, *kernel_layout(values, codes, a, b), sizes, bias)
-    assert relerr(y, reference(x, values, codes, a, b, sizes, bias)) < TOL[dtype]
+    bf16 = dtype == torch.bfloat16
+    saved = cpu_kernel._C.prefill_min_tokens(bf16)
+    # the panel is counted only where the path in use ever takes the prefill path (AVX-512 float32 does not)
+    assert (cpu_kernel.scratch_bytes(576, 576, 32, dtype) == 0) == (saved == 2 ** 63 - 1)
+    cpu_kernel._C.set_prefill_min_tokens(bf16, 0)
+    try:
+        assert cpu_kernel.scratch_bytes(624, d_in, 48, dtype) == 480 * d_in * esize < 624 * d_in * esize
+        assert cpu_kernel.scratch_bytes(576, 576, 32, dtype) == 576 * 576 * esize  # the whole matrix fits the budget
+        x = torch.randn(70, d_in).to(dtype)
+        bias = torch.randn(sum(sizes)).to(dtype)
+        y = cpu_kernel.linear(x, *kernel_layout(values, codes, a, b), sizes, bias)
+        assert relerr(y, reference(x, values, codes, a, b, sizes, bias)) < TOL[dtype]
+    finally:
+        cpu_kernel._C.set_prefill_min_tokens(bf16, saved)
 
 
 @pytest.mark.parametrize("tp", [2, 4])

@@ -6,7 +6,8 @@
 // Two paths, picked by token count:
 // * decode (T < prefill_min_tokens): B x, then per A-block of rows the sparse product from the packed
 //   core (accumulators in registers, the core read once) and A applied while those rows are in cache; where
-//   the ISA file has a tiled product (AVX2), x goes to it in tiles of 8 tokens from kTiledMinTokens on;
+//   the ISA file has a tiled product (AVX2, AVX-512), x goes to it in tiles of 8 / 16 tokens from
+//   tiled_min_tokens on: each kept weight times a vector of tokens, half a dense GEMM's FMAs;
 // * prefill (larger T, compute-bound): S is decompressed panel by panel into a small scratch buffer that
 //   feeds oneDNN's dense GEMM, then A.
 // The kernels come in AVX-512, AVX2 and portable builds (kernel_*.cpp), picked at run time by CPUID.
@@ -65,19 +66,33 @@ std::string best_isa() {
 
 // The kernels in use and the token counts from which the prefill path runs, per weight dtype {float32,
 // bfloat16}, measured per path (`python -m benchmarks.kernel_crossover`, benchmarks/results/kernel-crossover-cpu.md):
-// * AVX-512 (and portable): with oneDNN behind the panels the prefill path wins from about 64 tokens in float32,
-//   32-64 in bfloat16 (SmolLM2 shapes 3072x576, 576x1536);
+// * portable: with oneDNN behind the panels the prefill path wins from about 64 tokens in float32, 32-64 in
+//   bfloat16 (SmolLM2 shapes 3072x576, 576x1536, measured on AVX-512 before it had a tiled product);
+// * AVX-512: float32 never takes the prefill path (the tiled product beats it, kTiledMinTokensAvx512);
+//   bfloat16 from 48 tokens as above;
 // * AVX2 (AMD EPYC Zen 1, 4096x4096, 2026-12-01): the tiled product beats the prefill path at 64 and 128 tokens
 //   (39 vs 57 ms, 73 vs 94 ms) and ties it at 2048 (1216 vs 1220 ms) in float32; in bfloat16 the prefill path's
 //   GEMM, without AVX512-BF16, is ~5x slower than the tiled product at 64-128 tokens, so it never runs.
+// From this many tokens the decode path runs the tiled product (where the ISA file has one), the last tile
+// zero-padded: on Zen 1 (4x 4096x4096, one thread, float32) one padded 8-token tile took 39 ms where the
+// token-pair product took 29 ms for 2 tokens, 44 for 3 and 56 for 4.
+constexpr int64_t kTiledMinTokens = 3;
+// AVX-512 (AMD EPYC Zen 5, 2 threads, float32, 2026-12-02): the expanding product wins up to 16 tokens (4096x4096:
+// 2.9 vs 4.0 ms), the tiled one from 32 (1536x576: 0.27 vs 0.31 ms; 4096x4096: 4.7 vs 5.5 ms) and beats the
+// prefill path at every size measured from 64 to 2048 tokens but one (576x1536 at 1024: 5.4 vs 5.2 ms).
+constexpr int64_t kTiledMinTokensAvx512 = 32;
+
 struct Active {
   armor::Kernels k;
   int64_t prefill_min_tokens[2];
+  int64_t tiled_min_tokens;
 };
 
 Active make_active(const std::string& isa) {
   const bool avx2 = isa == "avx2";
-  return {kernels_for(isa), {avx2 ? 1024 : 64, avx2 ? INT64_MAX : 48}};
+  const bool avx512 = isa.rfind("avx512", 0) == 0;
+  return {kernels_for(isa), {avx2 ? 1024 : avx512 ? INT64_MAX : 64, avx2 ? INT64_MAX : 48},
+          avx512 ? kTiledMinTokensAvx512 : kTiledMinTokens};
 }
 
 Active& active() {
@@ -88,17 +103,17 @@ Active& active() {
 constexpr int64_t kMaxBlock = 128;  // largest A/B block (generic.h block_matvec's buffer)
 constexpr int64_t kPanelBytes = 4 << 20;  // the prefill path's scratch budget: one panel of S, dense
 
-// From this many tokens the decode path runs the tiled product (where the ISA file has one), the last tile
-// zero-padded: on Zen 1 (4x 4096x4096, one thread, float32) one padded 8-token tile took 39 ms where the
-// token-pair product took 29 ms for 2 tokens, 44 for 3 and 56 for 4.
-constexpr int64_t kTiledMinTokens = 3;
-
-// The decode path's product where the ISA file takes x in tiles of kTileTokens tokens (kernels.h): xb
-// zero-padded to whole tiles and laid out tile by tile; the padding's outputs are dropped.
+// The decode path's product where the ISA file has a tiled one: xb zero-padded to whole tiles and laid out
+// in token blocks, each input by input (kernels.h); the padding's outputs are dropped.
 at::Tensor decode_tiled(const armor::Layer& L, const armor::Kernels& k, const at::Tensor& xb) {
-  const int64_t T = xb.size(1), tile = armor::kTileTokens, Tp = (T + tile - 1) / tile * tile;
-  const at::Tensor xt = at::constant_pad_nd(xb, {0, 0, 0, Tp - T}).view({L.n_shards, Tp / tile, tile, L.d_in})
-                            .transpose(2, 3).contiguous();
+  const int64_t T = xb.size(1), tile = k.tile_tokens, Tp = (T + tile - 1) / tile * tile, d_in = L.d_in;
+  const int64_t bt = k.block_tokens, full = Tp / bt * bt, rest = Tp - full;
+  const at::Tensor xp = Tp == T ? xb : at::constant_pad_nd(xb, {0, 0, 0, Tp - T});
+  at::Tensor xt = at::empty({L.n_shards, Tp * d_in}, xb.options());
+  if (full)
+    xt.narrow(1, 0, full * d_in).view({L.n_shards, full / bt, d_in, bt})
+        .copy_(xp.narrow(1, 0, full).view({L.n_shards, full / bt, bt, d_in}).transpose(2, 3));
+  if (rest) xt.narrow(1, full * d_in, rest * d_in).view({L.n_shards, d_in, rest}).copy_(xp.narrow(1, full, rest).transpose(1, 2));
   at::Tensor y = at::empty({Tp, L.d_out}, xb.options());
   at::parallel_for(0, L.d_out / L.ba, 1, [&](int64_t j0, int64_t j1) {
     std::vector<float> scratch(Tp * L.ba);
@@ -119,7 +134,7 @@ at::Tensor decode(const armor::Layer& L, const armor::Kernels& k, const at::Tens
     }
   });
   const at::Tensor xb16 = L.bf16 && k.sparse_rows_bf16 ? xb.to(at::kBFloat16) : at::Tensor();
-  if (k.sparse_rows_tiled && !xb16.defined() && T >= kTiledMinTokens) return decode_tiled(L, k, xb);
+  if (k.sparse_rows_tiled && !xb16.defined() && T >= active().tiled_min_tokens) return decode_tiled(L, k, xb);
   at::Tensor y = at::empty({T, L.d_out}, x.options());
   at::parallel_for(0, L.d_out / L.ba, 1, [&](int64_t j0, int64_t j1) {
     std::vector<float> scratch(T * L.ba);
@@ -265,10 +280,16 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("use_isa", [](const std::string& isa) { active() = make_active(isa); },
         "pin a path, with its prefill thresholds (tests, benchmarks)");
   m.def("prefill_scratch_bytes", [](int64_t d_out, int64_t d_in, int64_t ba, int64_t esize) {
-          return panel_rows(d_out, d_in, ba, esize) * d_in * esize; },
-        "bytes of the prefill path's panel of dense S for one (shard of a) layer");
+          const bool never = active().prefill_min_tokens[esize == 2] == INT64_MAX;
+          return never ? 0 : panel_rows(d_out, d_in, ba, esize) * d_in * esize; },
+        "bytes of the prefill path's panel of dense S for one (shard of a) layer; 0 where that path never runs");
   m.def("max_block", [] { return kMaxBlock; });
   m.def("prefill_min_tokens", [](bool bf16) { return active().prefill_min_tokens[bf16]; });
+  m.def("has_tiled", [] { return active().k.sparse_rows_tiled != nullptr; },
+        "whether the path in use has a tiled product (x in tiles of tokens)");
+  m.def("tiled_min_tokens", [] { return active().tiled_min_tokens; });
+  m.def("set_tiled_min_tokens", [](int64_t n) { active().tiled_min_tokens = n; },
+        "token count from which the decode path runs the tiled product (benchmarks)");
   m.def("set_prefill_min_tokens", [](bool bf16, int64_t n) { active().prefill_min_tokens[bf16] = n; },
         "token count from which the decompress + dense GEMM path runs (benchmarks)");
 }

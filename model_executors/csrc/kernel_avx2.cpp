@@ -383,5 +383,7 @@ armor::Kernels armor::avx2_kernels() {
            : sparse_rows_driver<float>(L, j0, j1, xt, T, y, scratch, Avx2::tiled_rows<float>, kTiledStep);
   };
   k.interleaved_values = true;
+  k.tile_tokens = 8;
+  k.block_tokens = 8;
   return k;
 }

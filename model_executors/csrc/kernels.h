@@ -47,14 +47,17 @@ struct Kernels {
   void (*a_transform_w)(const Layer&, int64_t j0, int64_t j1, const void* z, int64_t ld_z, int64_t T, void* y);
   // rows [r0, r1) of S dense-with-zeros into out (row stride d_in), in the weight dtype.
   void (*decompress)(const Layer&, int64_t r0, int64_t r1, void* out);
-  // sparse_rows for xt in tiles of kTileTokens tokens, (n_shards, T / kTileTokens, d_in, kTileTokens) with T
-  // zero-padded to a multiple of kTileTokens, and y (T, d_out); nullptr where the ISA file has none.
+  // sparse_rows for x in the tiled layout: T zero-padded to a multiple of tile_tokens, each shard's tokens
+  // in blocks of block_tokens (the last block narrower, a multiple of tile_tokens), a block of w tokens
+  // stored input by input, [d_in][w], from offset t0 * d_in of its shard (t0: its first token); y (T, d_out).
+  // nullptr where the ISA file has none.
   void (*sparse_rows_tiled)(const Layer&, int64_t j0, int64_t j1, const float* xt, int64_t T, float* y, float* scratch);
   // whether these kernels also read values in the interleaved layout (cpu_kernel.to_kernel_layout makes it
   // for them wherever the shapes allow)
   bool interleaved_values;
+  int64_t tile_tokens;  // sparse_rows_tiled's granularity: one vector of float32 tokens
+  int64_t block_tokens;  // and its widest token block (a multiple of tile_tokens)
 };
-constexpr int64_t kTileTokens = 8;
 
 Kernels avx512_kernels();
 using Bf16Rows = void (*)(const Layer&, int64_t, int64_t, const uint16_t*, int64_t, float*, float*);
