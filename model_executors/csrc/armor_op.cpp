@@ -77,9 +77,10 @@ std::string best_isa() {
 // zero-padded: on Zen 1 (4x 4096x4096, one thread, float32) one padded 8-token tile took 39 ms where the
 // token-pair product took 29 ms for 2 tokens, 44 for 3 and 56 for 4.
 constexpr int64_t kTiledMinTokens = 3;
-// AVX-512 (AMD EPYC Zen 5, 2 threads, float32, 2026-12-02): the expanding product wins up to 16 tokens (4096x4096:
-// 2.9 vs 4.0 ms), the tiled one from 32 (1536x576: 0.27 vs 0.31 ms; 4096x4096: 4.7 vs 5.5 ms) and beats the
-// prefill path at every size measured from 64 to 2048 tokens but one (576x1536 at 1024: 5.4 vs 5.2 ms).
+// AVX-512 (AMD EPYC Zen 5, 2 threads, float32, 2026-12-02, benchmarks/results/kernel-crossover-cpu*.md): the
+// expanding product wins up to 24 tokens, the tiled one from 32 (4096x4096 and 3072x576 at 32 tokens: 1.00x /
+// 1.15x vLLM's oneDNN against 0.77x / 0.77x), and it beats the prefill path from 32 to 2048 tokens on both
+// but 4096x4096 at 2048 (0.78x against 0.82x).
 constexpr int64_t kTiledMinTokensAvx512 = 32;
 
 struct Active {
@@ -103,17 +104,30 @@ Active& active() {
 constexpr int64_t kMaxBlock = 128;  // largest A/B block (generic.h block_matvec's buffer)
 constexpr int64_t kPanelBytes = 4 << 20;  // the prefill path's scratch budget: one panel of S, dense
 
-// The decode path's product where the ISA file has a tiled one: xb zero-padded to whole tiles and laid out
-// in token blocks, each input by input (kernels.h); the padding's outputs are dropped.
+// The decode path's product where the ISA file has a tiled one: xb (n_shards, T, d_in) laid out in token blocks,
+// each input by input and zero-padded to whole tiles (kernels.h); the padding's outputs are dropped. The layout
+// is a blocked transposition here (16 inputs x one block of tokens at a time, in L1): torch's strided copy_
+// took ~17% of the op on Llama-3-8B's k_proj at 128 tokens.
 at::Tensor decode_tiled(const armor::Layer& L, const armor::Kernels& k, const at::Tensor& xb) {
   const int64_t T = xb.size(1), tile = k.tile_tokens, Tp = (T + tile - 1) / tile * tile, d_in = L.d_in;
-  const int64_t bt = k.block_tokens, full = Tp / bt * bt, rest = Tp - full;
-  const at::Tensor xp = Tp == T ? xb : at::constant_pad_nd(xb, {0, 0, 0, Tp - T});
+  const int64_t bt = k.block_tokens, blocks = (Tp + bt - 1) / bt;
   at::Tensor xt = at::empty({L.n_shards, Tp * d_in}, xb.options());
-  if (full)
-    xt.narrow(1, 0, full * d_in).view({L.n_shards, full / bt, d_in, bt})
-        .copy_(xp.narrow(1, 0, full).view({L.n_shards, full / bt, bt, d_in}).transpose(2, 3));
-  if (rest) xt.narrow(1, full * d_in, rest * d_in).view({L.n_shards, d_in, rest}).copy_(xp.narrow(1, full, rest).transpose(1, 2));
+  const float* x = xb.data_ptr<float>();
+  float* out = xt.data_ptr<float>();
+  at::parallel_for(0, L.n_shards * blocks, 1, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t s = i / blocks, t0 = i % blocks * bt, w = std::min(bt, Tp - t0), real = std::min(w, T - t0);
+      const float* src = x + (s * T + t0) * d_in;
+      float* dst = out + (s * Tp + t0) * d_in;
+      for (int64_t k0 = 0; k0 < d_in; k0 += 16) {
+        const int64_t kn = std::min<int64_t>(16, d_in - k0);
+        for (int64_t t = 0; t < real; ++t)
+          for (int64_t kk = 0; kk < kn; ++kk) dst[(k0 + kk) * w + t] = src[t * d_in + k0 + kk];
+        for (int64_t t = real; t < w; ++t)
+          for (int64_t kk = 0; kk < kn; ++kk) dst[(k0 + kk) * w + t] = 0.f;
+      }
+    }
+  });
   at::Tensor y = at::empty({Tp, L.d_out}, xb.options());
   at::parallel_for(0, L.d_out / L.ba, 1, [&](int64_t j0, int64_t j1) {
     std::vector<float> scratch(Tp * L.ba);
