@@ -41,6 +41,42 @@ inline const W* row_values(const armor::Layer& L, int64_t r) {
 inline int64_t chunk_stride(const armor::Layer& L) { return L.rows_interleaved ? 32 : 8; }
 inline int64_t unit_offset(int64_t c, int64_t cs) { return (c >> 1) * cs + (c & 1) * 4; }
 
+constexpr int64_t kMaxRows = 128;  // an A-block's rows (armor_op.cpp kMaxBlock)
+
+// The tiled products' pass (kernel_avx2.cpp, kernel_avx512.cpp): rows [r, r + n) on one block of Tile::kLanes *
+// NT tokens at xt, the inputs in chunks of `chunk` 8-input units. Every row sweeps a chunk before the next one,
+// so its x is read from cache by all n rows, R rows at a time through Tile::tile<W, R, NT> (one at a time for
+// the rows left over when R does not divide the A-block), the partial sums kept in acc_mem (row i, vector n,
+// token at (i * NT + n) * kLanes) between chunks; then the sums go to z[t * ld_z + row].
+template <class Tile, typename W, int R, int NT>
+inline void tiled_pass(const armor::Layer& L, int64_t r, int64_t n, int64_t chunk, const float* xt, float* z,
+                       int64_t ld_z) {
+  constexpr int lanes = Tile::kLanes;
+  const int64_t units = L.d_in / 8;
+  alignas(64) float acc_mem[kMaxRows * NT * lanes];
+  for (int64_t i = 0; i < n * NT * lanes; ++i) acc_mem[i] = 0.f;
+  for (int64_t c0 = 0; c0 < units; c0 += chunk) {
+    const int64_t c1 = c0 + chunk < units ? c0 + chunk : units;
+    for (int64_t i = 0; i < n;) {
+      const W* v[R];
+      const uint8_t* m[R];
+      for (int q = 0; q < R && i + q < n; ++q) {
+        v[q] = row_values<W>(L, r + i + q);
+        m[q] = L.mask + (r + i + q) * units;
+      }
+      if (n - i >= R) {
+        Tile::template tile<W, R, NT>(L, v, m, xt, c0, c1, acc_mem + i * NT * lanes);
+        i += R;
+      } else {
+        Tile::template tile<W, 1, NT>(L, v, m, xt, c0, c1, acc_mem + i * NT * lanes);
+        i += 1;
+      }
+    }
+  }
+  for (int64_t i = 0; i < n; ++i)
+    for (int t = 0; t < NT * lanes; ++t) z[t * ld_z + i] = acc_mem[i * NT * lanes + t];
+}
+
 // the two kept positions (0..3, lo < hi) of group g of a row's bitmask
 inline void kept_positions(const uint8_t* m, int64_t g, int& lo, int& hi) {
   const unsigned bits = (m[g >> 1] >> ((g & 1) * 4)) & 0xFu;

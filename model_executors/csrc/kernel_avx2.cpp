@@ -211,7 +211,6 @@ constexpr OffsetLut make_offset_lut() {
   return l;
 }
 constexpr OffsetLut kOffsetLut = make_offset_lut();
-constexpr int64_t kMaxRows = 128;  // an A-block's rows (armor_op.cpp kMaxBlock)
 
 inline __m256 broadcast(const float* v) { return _mm256_broadcast_ss(v); }
 inline __m256 broadcast(const uint16_t* v) { return _mm256_set1_ps(bf16_to_f32(*v)); }
@@ -255,34 +254,15 @@ inline void tiled_tile(const W* const* v, const uint8_t* const* m, int64_t cs, c
 // took 75 ms, 256 63 ms, 1024 60 ms, whole rows 59-61 ms.
 constexpr int64_t kChunk = 1024;
 
-// rows [r, r + n) for NT tiles: every row sweeps one chunk of inputs before the next chunk, so the chunk's x
-// is read from cache by all n rows; then the sums go to z[t * ld_z + row].
-template <typename W, int R, int NT>
-inline void tiled_pass(const armor::Layer& L, int64_t r, int64_t n, const float* xt, float* z, int64_t ld_z) {
-  const int64_t d_in = L.d_in, cs = chunk_stride(L);
-  float acc_mem[kMaxRows * NT * 8] = {};
-  constexpr int64_t chunk = kChunk / NT;
-  for (int64_t c0 = 0; c0 < d_in / 8; c0 += chunk) {
-    const int64_t c1 = c0 + chunk < d_in / 8 ? c0 + chunk : d_in / 8;
-    for (int64_t i = 0; i < n;) {
-      const W* v[R];
-      const uint8_t* m[R];
-      for (int q = 0; q < R && i + q < n; ++q) {
-        v[q] = row_values<W>(L, r + i + q);
-        m[q] = L.mask + (r + i + q) * (d_in / 8);
-      }
-      if (n - i >= R) {
-        tiled_tile<W, R, NT>(v, m, cs, xt, d_in, c0, c1, acc_mem + i * NT * 8);
-        i += R;
-      } else {  // rows left over when R does not divide the A-block
-        tiled_tile<W, 1, NT>(v, m, cs, xt, d_in, c0, c1, acc_mem + i * NT * 8);
-        i += 1;
-      }
-    }
+// generic.h tiled_pass's tile: 8-token vectors, each row's values at chunk_stride (interleaved or not)
+struct Tiles {
+  static constexpr int kLanes = 8;
+  template <typename W, int R, int NT>
+  static void tile(const armor::Layer& L, const W* const* v, const uint8_t* const* m, const float* xt, int64_t c0,
+                   int64_t c1, float* acc_mem) {
+    tiled_tile<W, R, NT>(v, m, chunk_stride(L), xt, L.d_in, c0, c1, acc_mem);
   }
-  for (int64_t i = 0; i < n; ++i)
-    for (int t = 0; t < NT * 8; ++t) z[t * ld_z + i] = acc_mem[i * NT * 8 + t];
-}
+};
 
 // TQ tokens x 8 * NV outputs of one block per pass, accumulators in registers: per input k, NV column loads
 // shared by TQ broadcast FMAs (a GEMM micro-kernel). The generic loops keep their accumulators on the stack
@@ -365,9 +345,9 @@ struct Avx2 {
   template <typename W>
   static void tiled_rows(const armor::Layer& L, int64_t r0, int64_t n, const float* xt, int64_t T, float* z, int64_t ld_z) {
     int64_t t = 0;  // T is a multiple of 8: tile t / 8 starts at xt + t * d_in
-    for (; t + 32 <= T; t += 32) tiled_pass<W, 3, 4>(L, r0, n, xt + t * L.d_in, z + t * ld_z, ld_z);
-    for (; t + 16 <= T; t += 16) tiled_pass<W, 4, 2>(L, r0, n, xt + t * L.d_in, z + t * ld_z, ld_z);
-    if (t < T) tiled_pass<W, 4, 1>(L, r0, n, xt + t * L.d_in, z + t * ld_z, ld_z);
+    for (; t + 32 <= T; t += 32) tiled_pass<Tiles, W, 3, 4>(L, r0, n, kChunk / 4, xt + t * L.d_in, z + t * ld_z, ld_z);
+    for (; t + 16 <= T; t += 16) tiled_pass<Tiles, W, 4, 2>(L, r0, n, kChunk / 2, xt + t * L.d_in, z + t * ld_z, ld_z);
+    if (t < T) tiled_pass<Tiles, W, 4, 1>(L, r0, n, kChunk, xt + t * L.d_in, z + t * ld_z, ld_z);
   }
 };
 }  // namespace

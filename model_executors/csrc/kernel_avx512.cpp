@@ -177,7 +177,6 @@ constexpr TileLut<NT> make_tile_lut() {
 }
 template <int NT>
 constexpr TileLut<NT> kTileLut = make_tile_lut<NT>();
-constexpr int64_t kMaxRows = 128;  // an A-block's rows (armor_op.cpp kMaxBlock)
 
 inline __m512 broadcast(const float* v) { return _mm512_set1_ps(*v); }
 inline __m512 broadcast(const uint16_t* v) { return _mm512_set1_ps(bf16_to_f32(*v)); }
@@ -216,34 +215,15 @@ inline void tiled_tile(const W* const* v, const uint8_t* const* m, const float* 
 // row of the A-block reads them.
 constexpr int64_t kChunkUnits = 16;
 
-// rows [r, r + n) on one token block of 16 NT tokens: every row sweeps one chunk of inputs before the next
-// chunk; then the sums go to z[t * ld_z + row].
-template <typename W, int R, int NT>
-inline void tiled_pass(const armor::Layer& L, int64_t r, int64_t n, const float* xt, float* z, int64_t ld_z) {
-  const int64_t d_in = L.d_in;
-  alignas(64) float acc_mem[kMaxRows * NT * 16];
-  for (int64_t i = 0; i < n * NT * 16; ++i) acc_mem[i] = 0.f;
-  for (int64_t c0 = 0; c0 < d_in / 8; c0 += kChunkUnits) {
-    const int64_t c1 = c0 + kChunkUnits < d_in / 8 ? c0 + kChunkUnits : d_in / 8;
-    for (int64_t i = 0; i < n;) {
-      const W* v[R];
-      const uint8_t* m[R];
-      for (int q = 0; q < R && i + q < n; ++q) {
-        v[q] = static_cast<const W*>(L.values) + (r + i + q) * (d_in / 2);
-        m[q] = L.mask + (r + i + q) * (d_in / 8);
-      }
-      if (n - i >= R) {
-        tiled_tile<W, R, NT>(v, m, xt, c0, c1, acc_mem + i * NT * 16);
-        i += R;
-      } else {  // rows left over when R does not divide the A-block
-        tiled_tile<W, 1, NT>(v, m, xt, c0, c1, acc_mem + i * NT * 16);
-        i += 1;
-      }
-    }
+// generic.h tiled_pass's tile: 16-token vectors, values row by row
+struct Tiles {
+  static constexpr int kLanes = 16;
+  template <typename W, int R, int NT>
+  static void tile(const armor::Layer&, const W* const* v, const uint8_t* const* m, const float* xt, int64_t c0,
+                   int64_t c1, float* acc_mem) {
+    tiled_tile<W, R, NT>(v, m, xt, c0, c1, acc_mem);
   }
-  for (int64_t i = 0; i < n; ++i)
-    for (int t = 0; t < NT * 16; ++t) z[t * ld_z + i] = acc_mem[i * NT * 16 + t];
-}
+};
 
 // 16 dense weights from 8 packed ones: float32 lanes, or bf16 bits (widened, expanded, narrowed: exact)
 inline void store_dense(float* o, const float* v, __mmask16 k) { _mm512_storeu_ps(o, expand8(v, k)); }
@@ -275,10 +255,10 @@ struct Avx512 {
     for (int64_t t = 0; t < T; t += 64) {  // token blocks of 64 (the last one 16, 32 or 48), at xt + t * d_in
       const float* xb = xt + t * L.d_in;
       switch (T - t < 64 ? (T - t) / 16 : 4) {
-        case 4: tiled_pass<W, 4, 4>(L, r0, n, xb, z + t * ld_z, ld_z); break;
-        case 3: tiled_pass<W, 4, 3>(L, r0, n, xb, z + t * ld_z, ld_z); break;
-        case 2: tiled_pass<W, 4, 2>(L, r0, n, xb, z + t * ld_z, ld_z); break;
-        default: tiled_pass<W, 4, 1>(L, r0, n, xb, z + t * ld_z, ld_z); break;
+        case 4: tiled_pass<Tiles, W, 4, 4>(L, r0, n, kChunkUnits, xb, z + t * ld_z, ld_z); break;
+        case 3: tiled_pass<Tiles, W, 4, 3>(L, r0, n, kChunkUnits, xb, z + t * ld_z, ld_z); break;
+        case 2: tiled_pass<Tiles, W, 4, 2>(L, r0, n, kChunkUnits, xb, z + t * ld_z, ld_z); break;
+        default: tiled_pass<Tiles, W, 4, 1>(L, r0, n, kChunkUnits, xb, z + t * ld_z, ld_z); break;
       }
     }
   }
