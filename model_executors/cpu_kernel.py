@@ -3,11 +3,12 @@
     values = to_kernel_layout(values, meta, a_blocks, b_blocks)   # once, at load time, in place
     y = cpu_kernel.linear(x, values, meta, a_blocks, b_blocks, shard_sizes, bias)
 computes y = A [S_s (B_s x)]_s + bias straight from the packed core, for float32 and bfloat16 weights, any
-token count. The kernel layout holds the same bytes as the checkpoint: the kept values (on the AVX2 path
-the rows of each group of 4 interleaved 8 values at a time, so a 4-row group streams from DRAM as one
-sequence: SmolLM2's one-thread decode step at 1 token 1.29-1.38x -> 1.43-1.48x oneDNN's dense on Zen 1),
-a bitmask of their positions instead of the position codes (a SIMD kernel loads it straight into a lane
-mask), and the A/B blocks transposed (each input then scales a contiguous column: no horizontal sums). Fused layers (qkv,
+token count. The kernel layout holds the same bytes as the checkpoint: the kept values (the rows of each group
+of 4 interleaved G values at a time where the path reads them so -- 8 on AVX2, 16 for float32 on AVX-512 -- so
+a 4-row group streams from DRAM as one sequence: SmolLM2's one-thread decode step at 1 token 1.29-1.38x ->
+1.43-1.48x oneDNN's dense on Zen 1), their positions as a bitmask (a SIMD kernel loads it straight into a lane
+mask) or, for float32 on AVX-512, as the checkpoint's own position codes (the kernel turns a row's 32 codes into
+the lane indices that permute x onto its 16 kept values), and the A/B blocks transposed (each input then scales a contiguous column: no horizontal sums). Fused layers (qkv,
 gate_up) pass one B per shard (b_blocks of shape (shards, n, b, b)) and the shards' row counts. The op has a fake (meta) implementation,
 so torch.compile and vLLM's CPU engine trace it as one node. docs/executors.md describes the kernels.
 """
@@ -64,35 +65,49 @@ def unusable_reason(dtype: torch.dtype, block: int) -> str:
     return ""
 
 
-def interleaves(values: torch.Tensor) -> bool:
-    """Whether the path in use takes these (d_out, d_in/2) values in the interleaved layout."""
-    return _C.interleaves_values() and values.shape[0] % 4 == 0 and values.shape[1] % 8 == 0
+def kernel_layout(values: torch.Tensor) -> tuple[int, bool]:
+    """(G, codes) of the kernel layout the path in use reads for these (d_out, d_in/2) values: rows of each
+    group of 4 interleaved G values at a time (0: rows one by one; G where the path interleaves and the shape
+    allows), and whether the metadata stays position codes (else a bitmask)."""
+    group, codes = _C.kernel_layout(values.dtype == torch.bfloat16)
+    if values.shape[0] % 4 or values.shape[1] % max(group, 1):
+        group = 0
+    return group, codes
 
 
 def to_kernel_layout(values: torch.Tensor, meta: torch.Tensor, a_blocks: torch.Tensor,
                      b_blocks: torch.Tensor) -> torch.Tensor:
-    """Checkpoint layout -> kernel layout of the path in use, in place (same bytes): codes -> bitmask, blocks
-    transposed, values interleaved 4 rows x 8 where that path reads them so. Returns the values as the op takes
-    them: `values` itself, or a (d_out/4, d_in/16, 32) view of its storage when interleaved. Make it after
-    `use_isa`: the op refuses interleaved values on a path that reads rows one by one."""
-    meta.copy_(sparsity.codes_to_bitmask(meta))
+    """Checkpoint layout -> kernel layout of the path in use, in place (same bytes): blocks transposed; codes ->
+    bitmask, or (float32 on AVX-512) codes kept; values interleaved 4 rows x G where that path reads them so
+    (codes then interleaved with them, 4 bytes = 16 values at a time). Returns the values as the op takes them:
+    `values` itself, or a (d_out/4, d_in/(2G), 4G) view of its storage when interleaved. Make it after
+    `use_isa`: the op refuses values interleaved otherwise than the path in use reads them."""
+    group, codes = kernel_layout(values)
+    if not codes:
+        meta.copy_(sparsity.codes_to_bitmask(meta))
     for blocks in (a_blocks, b_blocks):
         blocks.copy_(blocks.transpose(-1, -2).contiguous())
-    if not interleaves(values):
+    if not group:
         return values
     d_out, half = values.shape
-    values.copy_(values.view(d_out // 4, 4, half // 8, 8).transpose(1, 2).reshape(d_out, half))
-    return values.view(d_out // 4, half // 8, 32)
+    values.copy_(values.view(d_out // 4, 4, half // group, group).transpose(1, 2).reshape(d_out, half))
+    if codes:
+        meta.copy_(meta.view(d_out // 4, 4, half // 16, 4).transpose(1, 2).reshape(d_out, half // 4))
+    return values.view(d_out // 4, half // group, 4 * group)
 
 
 def checkpoint_layout(values: torch.Tensor, mask: torch.Tensor, a_blocks_t: torch.Tensor, b_blocks_t: torch.Tensor):
     """Kernel layout -> (values, meta codes, a_blocks, b_blocks) in the checkpoint layout; the values are
     `values` itself where they were not interleaved, the others new tensors."""
+    _, codes = _C.kernel_layout(values.dtype == torch.bfloat16)
     if values.dim() == 3:
-        groups, chunks, _ = values.shape
-        values = values.view(groups, chunks, 4, 8).transpose(1, 2).reshape(4 * groups, 8 * chunks)
-    return (values, sparsity.bitmask_to_codes(mask), a_blocks_t.transpose(-1, -2).contiguous(),
-            b_blocks_t.transpose(-1, -2).contiguous())
+        groups, chunks, width = values.shape
+        group = width // 4
+        values = values.view(groups, chunks, 4, group).transpose(1, 2).reshape(4 * groups, group * chunks)
+        if codes:
+            mask = mask.view(groups, chunks * group // 16, 4, 4).transpose(1, 2).reshape(mask.shape)
+    meta = mask.clone() if codes else sparsity.bitmask_to_codes(mask)
+    return (values, meta, a_blocks_t.transpose(-1, -2).contiguous(), b_blocks_t.transpose(-1, -2).contiguous())
 
 
 def scratch_bytes(d_out: int, d_in: int, block: int, dtype: torch.dtype) -> int:

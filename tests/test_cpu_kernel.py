@@ -80,12 +80,13 @@ def isa(request):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("tokens", [1, 3, 16, 257, 2048])
-@pytest.mark.parametrize("d_in", [200, 208])
+@pytest.mark.parametrize("d_in", [200, 208, 224])
 def test_kernel_matches_reference(isa, path, dtype, tokens, d_in):
     if isa == "portable" and tokens == 2048:
         pytest.skip("scalar path: 2048 tokens is covered by the SIMD paths, 257 covers its tiling")
     # d_in = 200: 8 inputs past a multiple of 16 and of 32 (the SIMD tails); 208 = 13 x 16: the AVX2 path's
-    # interleaved values (which need a multiple of 16); A and B blocks of different sizes
+    # interleaved values (which need a multiple of 16); 224 = 7 x 32: AVX-512's float32 interleaved values and
+    # codes (a multiple of 32); A and B blocks of different sizes
     values, codes, a, b = layer(96, d_in, 16, 8, dtype, seed=tokens)
     x = torch.randn(tokens, d_in).to(dtype)
     bias = torch.randn(96).to(dtype)
@@ -120,6 +121,18 @@ def test_tiled_product(tiled_isa, dtype):
 
 # 24 = 16 + 8 and 40 = 2 x 16 + 8 outputs: the AVX2 block transforms' tails (the generic loops on AVX-512);
 # 48 = 32 + 16: the AVX-512 ones' tail
+def test_row_groups_across_a_blocks(isa, path):
+    """A-blocks of 10 rows over values interleaved 4 rows at a time (AVX2; AVX-512 float32, d_in a multiple of
+    32): row groups split between A-blocks, whole groups and leftover rows, for every path and a few token counts."""
+    for dtype in (torch.float32, torch.bfloat16):
+        values, codes, a, b = layer(40, 224, 10, 8, dtype, seed=7)
+        layout = kernel_layout(values, codes, a, b)
+        for tokens in (1, 3, 16, 40):
+            x = torch.randn(tokens, 224).to(dtype)
+            y = cpu_kernel.linear(x, *layout, [40], None)
+            assert relerr(y, reference(x, values, codes, a, b, [40], None)) < TOL[dtype], (dtype, tokens)
+
+
 @pytest.mark.parametrize("block", [24, 40, 48])
 def test_block_transforms_every_token_remainder(isa, path, block):
     """A and B blocks for 1-13 tokens: every remainder of the AVX2 transforms' 6-token passes and the AVX-512
@@ -229,10 +242,11 @@ def test_bad_shapes_are_refused_with_a_message():
         cpu_kernel.linear(torch.randn(2, 128), values, mask, a, b, [48], None)
     with pytest.raises(RuntimeError, match="weights must be float32 or bfloat16"):
         cpu_kernel.linear(torch.randn(2, 128), values.half(), mask, a.half(), b.half(), [64], None)
-    if values.dim() == 3:  # interleaved (AVX2) values on a path that reads rows one by one
+    if values.dim() == 3:  # interleaved (AVX2, AVX-512 float32) values on a path that reads rows one by one
         cpu_kernel.use_isa("portable")
         try:
-            with pytest.raises(RuntimeError, match="interleaved kernel layout, which the portable path does not read"):
+            with pytest.raises(RuntimeError, match=f"interleaved {values.shape[2] // 4} at a time, which the portable "
+                                                   "path does not read"):
                 cpu_kernel.linear(torch.randn(2, 128), values, mask, a, b, [64], None)
         finally:
             cpu_kernel.use_isa(ISAS[0])

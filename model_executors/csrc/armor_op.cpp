@@ -77,11 +77,12 @@ std::string best_isa() {
 // zero-padded: on Zen 1 (4x 4096x4096, one thread, float32) one padded 8-token tile took 39 ms where the
 // token-pair product took 29 ms for 2 tokens, 44 for 3 and 56 for 4.
 constexpr int64_t kTiledMinTokens = 3;
-// AVX-512 (AMD EPYC Zen 5, 2 threads, float32, 2026-12-02, benchmarks/results/kernel-crossover-cpu*.md): the
-// expanding product wins up to 24 tokens, the tiled one from 32 (4096x4096 and 3072x576 at 32 tokens: 1.00x /
-// 1.15x vLLM's oneDNN against 0.77x / 0.77x), and it beats the prefill path from 32 to 2048 tokens on both
-// but 4096x4096 at 2048 (0.78x against 0.82x).
-constexpr int64_t kTiledMinTokensAvx512 = 32;
+// AVX-512 (AMD EPYC Zen 5, float32, 2026-12-02): with the expanding product the tiled one won from 32 tokens
+// (2 threads, benchmarks/results/kernel-crossover-cpu*.md); the permuting product (codes, values interleaved 16
+// at a time) moved that up: all 30 layers of SmolLM2 on one thread (vLLM's CPU engine here), against oneDNN,
+// permuting / tiled 0.74-0.76x / 0.58-0.59x at 32 tokens, 0.78 / 0.72 at 48, 0.70-0.73 / 0.67 at 64, 0.79 / 0.78
+// at 128, 0.78 / 0.79 at 256 (ad hoc script, two alternated runs).
+constexpr int64_t kTiledMinTokensAvx512 = 128;
 
 struct Active {
   armor::Kernels k;
@@ -221,19 +222,20 @@ at::Tensor prefill(const armor::Layer& L, const armor::Kernels& k, const at::Ten
 at::Tensor armor_linear(const at::Tensor& x, const at::Tensor& values, const at::Tensor& mask,
                         const at::Tensor& a_blocks, const at::Tensor& b_blocks, at::IntArrayRef shard_sizes,
                         const std::optional<at::Tensor>& bias) {
-  // values: (d_out, d_in/2), or (d_out/4, d_in/16, 32) in the interleaved layout (kernels.h)
-  const bool interleaved = values.dim() == 3;
-  TORCH_CHECK((values.dim() == 2 || (interleaved && values.size(2) == 32)) && mask.dim() == 2 &&
+  // values: (d_out, d_in/2), or (d_out/4, d_in/(2G), 4G) interleaved G at a time (kernels.h)
+  const int64_t interleave = values.dim() == 3 ? values.size(2) / 4 : 0;
+  TORCH_CHECK((values.dim() == 2 || (values.dim() == 3 && values.size(2) % 4 == 0)) && mask.dim() == 2 &&
                   mask.scalar_type() == at::kByte,
-              "armor::linear: values must be 2-D (or 3-D (n, m, 32), interleaved) and mask 2-D uint8");
+              "armor::linear: values must be 2-D (or 3-D (n, m, 4G), interleaved) and mask 2-D uint8");
   const armor::Kernels& k = active().k;
-  TORCH_CHECK(!interleaved || k.interleaved_values, "armor::linear: values are in the interleaved kernel layout, ",
-              "which the ", k.name, " path does not read; make the kernel layout (cpu_kernel.to_kernel_layout) ",
-              "after choosing the path");
   const auto wtype = values.scalar_type();
   TORCH_CHECK(wtype == at::kFloat || wtype == at::kBFloat16, "armor::linear: weights must be float32 or bfloat16, got ",
               wtype, "; load the model with dtype float32 or bfloat16");
-  const int64_t d_out = values.size(0) * (interleaved ? 4 : 1), d_in = values.size(1) * (interleaved ? 16 : 2);
+  const bool bf16 = wtype == at::kBFloat16;
+  TORCH_CHECK(!interleave || interleave == k.interleave[bf16], "armor::linear: values are interleaved ", interleave,
+              " at a time, which the ", k.name, " path does not read; make the kernel layout ",
+              "(cpu_kernel.to_kernel_layout) after choosing the path");
+  const int64_t d_out = values.size(0) * (interleave ? 4 : 1), d_in = values.size(1) * (interleave ? 2 * interleave : 2);
   TORCH_CHECK(d_in % 8 == 0 && mask.size(0) == d_out && mask.size(1) == d_in / 8,
               "armor::linear: mask shape ", mask.sizes(), " does not match values ", values.sizes());
   TORCH_CHECK(x.size(-1) == d_in, "armor::linear: input has ", x.size(-1), " features, the layer expects ", d_in);
@@ -263,8 +265,8 @@ at::Tensor armor_linear(const at::Tensor& x, const at::Tensor& values, const at:
   const at::Tensor x2 = x.dim() == 2 ? x : x.reshape({-1, d_in});
   const int64_t T = x2.size(0);
   const armor::Layer L{d_in, d_out, ba, bsz, n_shards, shard_rows.data(), vals.data_ptr(), msk.data_ptr<uint8_t>(),
-                       a.data_ptr(), b.data_ptr(), wtype == at::kBFloat16,
-                       bias32.defined() ? bias32.data_ptr<float>() : nullptr, interleaved};
+                       a.data_ptr(), b.data_ptr(), bf16, bias32.defined() ? bias32.data_ptr<float>() : nullptr,
+                       interleave, k.codes[bf16]};
   auto out_shape = x.sizes().vec();
   out_shape.back() = d_out;
   if (T == 0) return at::empty(out_shape, x.options());
@@ -288,8 +290,9 @@ TORCH_LIBRARY_IMPL(armor, CPU, m) { m.impl("linear", &armor_linear); }
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "ARMOR CPU kernels (registers torch.ops.armor.linear)";
   m.def("isa", [] { return std::string(active().k.name); }, "the instruction-set path in use");
-  m.def("interleaves_values", [] { return active().k.interleaved_values; },
-        "whether the path in use reads values in the interleaved layout (kernels.h)");
+  m.def("kernel_layout", [](bool bf16) { return std::make_pair(active().k.interleave[bf16], active().k.codes[bf16]); },
+        "the kernel layout the path in use reads for float32 / bfloat16 weights (kernels.h): values interleaved G "
+        "at a time where the shape allows (0: never), and whether the mask holds position codes");
   m.def("cpu_has", &cpu_has, "whether this CPU can run the named path (avx512, avx2, portable)");
   m.def("use_isa", [](const std::string& isa) { active() = make_active(isa); },
         "pin a path, with its prefill thresholds (tests, benchmarks)");

@@ -30,16 +30,27 @@ inline float from_f32<float>(float v) { return v; }
 template <>
 inline uint16_t from_f32<uint16_t>(float v) { return f32_to_bf16(v); }
 
-// Row r's first kept value, and the distance between its 8-value chunks (16 inputs): rows one after the
-// other, or 4 rows' chunks in turn (Layer.rows_interleaved). unit_offset: where the 4 values of the row's
-// 8-input unit c (its mask byte c) start, from the row's first value.
+// Row r's first kept value, and the distance between its 8-value chunks (16 inputs) where the interleave is 0 or
+// 8: rows one after the other, or 4 rows' chunks in turn (Layer.interleave). unit_offset: where the 4 values of
+// the row's 8-input unit c (its mask byte c) start, from the row's first value (chunk stride cs; or, for any
+// interleave, from the layer).
 template <typename W>
 inline const W* row_values(const armor::Layer& L, int64_t r) {
   const W* v = static_cast<const W*>(L.values);
-  return L.rows_interleaved ? v + (r >> 2) * 2 * L.d_in + (r & 3) * 8 : v + r * (L.d_in / 2);
+  return L.interleave ? v + (r >> 2) * 2 * L.d_in + (r & 3) * L.interleave : v + r * (L.d_in / 2);
 }
-inline int64_t chunk_stride(const armor::Layer& L) { return L.rows_interleaved ? 32 : 8; }
+inline int64_t chunk_stride(const armor::Layer& L) { return L.interleave ? 4 * L.interleave : 8; }
 inline int64_t unit_offset(int64_t c, int64_t cs) { return (c >> 1) * cs + (c & 1) * 4; }
+inline int64_t unit_offset(const armor::Layer& L, int64_t c) {
+  if (L.interleave != 16) return unit_offset(c, chunk_stride(L));
+  return (c >> 2) * 64 + (c & 3) * 4;
+}
+// Row r's first mask byte, and where its byte for unit c lies from there (codes interleaved with interleave 16:
+// 4 bytes per row in turn)
+inline const uint8_t* row_meta(const armor::Layer& L, int64_t r) {
+  return L.interleave == 16 ? L.mask + (r >> 2) * (L.d_in / 2) + (r & 3) * 4 : L.mask + r * (L.d_in / 8);
+}
+inline int64_t meta_unit(const armor::Layer& L, int64_t c) { return L.interleave == 16 ? (c >> 2) * 16 + (c & 3) : c; }
 
 constexpr int64_t kMaxRows = 128;  // an A-block's rows (armor_op.cpp kMaxBlock)
 
@@ -62,7 +73,7 @@ inline void tiled_pass(const armor::Layer& L, int64_t r, int64_t n, int64_t chun
       const uint8_t* m[R];
       for (int q = 0; q < R && i + q < n; ++q) {
         v[q] = row_values<W>(L, r + i + q);
-        m[q] = L.mask + (r + i + q) * units;
+        m[q] = row_meta(L, r + i + q);
       }
       if (n - i >= R) {
         Tile::template tile<W, R, NT>(L, v, m, xt, c0, c1, acc_mem + i * NT * lanes);
@@ -77,11 +88,16 @@ inline void tiled_pass(const armor::Layer& L, int64_t r, int64_t n, int64_t chun
     for (int t = 0; t < NT * lanes; ++t) z[t * ld_z + i] = acc_mem[i * NT * lanes + t];
 }
 
-// the two kept positions (0..3, lo < hi) of group g of a row's bitmask
-inline void kept_positions(const uint8_t* m, int64_t g, int& lo, int& hi) {
-  const unsigned bits = (m[g >> 1] >> ((g & 1) * 4)) & 0xFu;
-  lo = __builtin_ctz(bits);
-  hi = __builtin_ctz(bits & (bits - 1));
+// the two kept positions (0..3, lo < hi) of group g from its unit's mask byte b (a bitmask or two codes)
+inline void kept_positions(unsigned b, bool codes, int64_t g, int& lo, int& hi) {
+  const unsigned nib = (b >> ((g & 1) * 4)) & 0xFu;
+  if (codes) {
+    lo = nib & 3u;
+    hi = nib >> 2;
+    return;
+  }
+  lo = __builtin_ctz(nib);
+  hi = __builtin_ctz(nib & (nib - 1));
 }
 
 // out[t, 0:n] = M in[t, 0:n] (+ bias) for one n x n block M stored transposed (blkT[k*n + i] = M[i][k], the
@@ -180,16 +196,16 @@ void a_transform_w(const armor::Layer& L, int64_t j0, int64_t j1, const void* z,
 template <typename W>
 void decompress_impl(const armor::Layer& L, int64_t r0, int64_t r1, void* out_) {
   W* out = static_cast<W*>(out_);
-  const int64_t d_in = L.d_in, cs = chunk_stride(L);
+  const int64_t d_in = L.d_in;
   for (int64_t r = r0; r < r1; ++r) {
     const W* v = row_values<W>(L, r);
-    const uint8_t* m = L.mask + r * (d_in / 8);
+    const uint8_t* m = row_meta(L, r);
     W* o = out + (r - r0) * d_in;
     for (int64_t i = 0; i < d_in; ++i) o[i] = W(0);
     for (int64_t g = 0; g < d_in / 4; ++g) {
       int lo, hi;
-      kept_positions(m, g, lo, hi);
-      const W* vg = v + unit_offset(g >> 1, cs) + 2 * (g & 1);
+      kept_positions(m[meta_unit(L, g >> 1)], L.codes, g, lo, hi);
+      const W* vg = v + unit_offset(L, g >> 1) + 2 * (g & 1);
       o[4 * g + lo] = vg[0];
       o[4 * g + hi] = vg[1];
     }

@@ -362,7 +362,7 @@ armor::Kernels armor::avx2_kernels() {
     L.bf16 ? sparse_rows_driver<uint16_t>(L, j0, j1, xt, T, y, scratch, Avx2::tiled_rows<uint16_t>, kTiledStep)
            : sparse_rows_driver<float>(L, j0, j1, xt, T, y, scratch, Avx2::tiled_rows<float>, kTiledStep);
   };
-  k.interleaved_values = true;
+  k.interleave[0] = k.interleave[1] = 8;
   k.tile_tokens = 8;
   k.block_tokens = 8;
   return k;

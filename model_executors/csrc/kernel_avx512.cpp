@@ -1,5 +1,7 @@
-// AVX-512 path (F + BW + VL): per 16 inputs, 8 kept values are expanded into their lanes by the 16-bit
-// mask of kept positions (vexpandps), then one FMA per token: the packed core is read once, never unpacked.
+// AVX-512 path (F + BW + VL). float32: per 32 inputs, x is permuted onto a row's 16 kept values (vpermt2ps,
+// the lane indices from the row's 2-bit position codes) and multiplied by one FMA per token; bfloat16: per 16
+// inputs, 8 kept values are expanded into their lanes by the 16-bit mask of kept positions (vexpandps). Either
+// way the packed core is read once, never unpacked.
 #include "kernels.h"
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")
 #include <immintrin.h>
@@ -74,17 +76,12 @@ inline bool fast_block_matvec(const float* blkT, int64_t n, const float* in, int
   return true;
 }
 
-inline __m512 expand8(const float* v, __mmask16 k) {
-  return _mm512_maskz_expand_ps(k, _mm512_castps256_ps512(_mm256_loadu_ps(v)));
-}
+// bfloat16 weights: 8 kept values widened to float32 lanes and expanded into their lanes by the bitmask
 inline __m512 expand8(const uint16_t* v, __mmask16 k) {
   __m256i w = _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(v))), 16);
   return _mm512_maskz_expand_ps(k, _mm512_castps256_ps512(_mm256_castsi256_ps(w)));
 }
 // the last 8 inputs of a row whose length is 8 mod 16: 4 kept values, never read past the row
-inline __m512 expand4(const float* v, __mmask16 k) {
-  return _mm512_maskz_expand_ps(k, _mm512_castps256_ps512(_mm256_maskz_loadu_ps(0x0F, v)));
-}
 inline __m512 expand4(const uint16_t* v, __mmask16 k) {
   __m256i w = _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_maskz_loadu_epi16(0x0F, v)), 16);
   return _mm512_maskz_expand_ps(k, _mm512_castps256_ps512(_mm256_castsi256_ps(w)));
@@ -96,7 +93,7 @@ inline __mmask16 mask16(const uint8_t* m) {  // one kmovw from memory (no trip t
 
 constexpr int kPrefetch = 16384;  // bytes ahead in a row's values: must cover the next row group's start for long rows (down_proj, 3 KB a row: 8 KB 0.9-1.0x, 16 KB 1.3-1.4x oneDNN at 1 token, 1 thread); 32 KB no better
 
-// R rows x TT tokens of z, accumulators in registers.
+// bfloat16: R rows x TT tokens of z, accumulators in registers.
 template <typename W, int R, int TT>
 inline void tile(const W* const* v, const uint8_t* const* m, const float* x, int64_t d_in, float* z, int64_t ld_z) {
   __m512 acc[R][TT];
@@ -137,6 +134,91 @@ inline void tile(const W* const* v, const uint8_t* const* m, const float* x, int
     for (int t = 0; t < TT; ++t) z[t * ld_z + r] = _mm512_reduce_add_ps(acc[r][t]);
 }
 
+// float32, the codes layout (kernels.h): R rows x TT tokens of z. Per 32 inputs a row's code word (2 bits per
+// kept value: value j sits at input 4 (j / 2) + code_j) becomes 16 lane indices by a shift and a ternary logic
+// op, and x's 32 inputs (two vectors) are permuted onto the 16 kept values. Against expanding the values by a
+// bitmask (vexpandps, 16 inputs at a time) on Zen 5, one thread, one token: 2.9 against 12 us for 256x576 in L2,
+// 32-40 against 19-26 GB/s from DRAM on SmolLM2's and Llama's shapes (ad hoc benchmark, 2026-12-02); the values
+// interleaved 4 rows x 16 (one stream) with a prefetch per row and 32 inputs, 2 KB ahead, measured best there.
+constexpr int kPrefetchCodes = 2048;
+
+// Inputs [32 c, 32 c + n) of R rows x TT tokens (n = 32 but in a row's last, partial chunk: 8, 16 or 24).
+template <bool IL, bool kPartial, int R, int TT>
+inline void codes_chunk(const float* const* v, const uint8_t* const* m, const float* x, int64_t d_in, int64_t c,
+                        int64_t n, __m512 (&acc)[R][TT]) {
+  constexpr int64_t vs = IL ? 64 : 16, ms = IL ? 16 : 4;  // a row's values and code bytes per 32 inputs
+  const __m512i shifts = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i base = _mm512_setr_epi32(0, 0, 4, 4, 8, 8, 12, 12, 16, 16, 20, 20, 24, 24, 28, 28);
+  const __m512i three = _mm512_set1_epi32(3);
+  const __mmask16 kx0 = kPartial && n < 16 ? (1u << n) - 1 : 0xFFFF;
+  const __mmask16 kx1 = kPartial ? (n > 16 ? (1u << (n - 16)) - 1 : 0) : 0xFFFF, kv = kPartial ? (1u << (n / 2)) - 1 : 0xFFFF;
+  __m512 x0[TT], x1[TT];
+#pragma GCC unroll 16
+  for (int t = 0; t < TT; ++t) {
+    x0[t] = _mm512_maskz_loadu_ps(kx0, x + t * d_in + 32 * c);
+    x1[t] = _mm512_maskz_loadu_ps(kx1, x + t * d_in + 32 * c + 16);
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r) {
+    uint32_t word = 0;
+    if (kPartial) {
+      for (int64_t b = 0; b < n / 8; ++b) word |= uint32_t(m[r][ms * c + b]) << 8 * b;
+    } else {
+      _mm_prefetch(reinterpret_cast<const char*>(v[r] + vs * c) + kPrefetchCodes, _MM_HINT_T0);
+      if ((c & 3) == 0) _mm_prefetch(reinterpret_cast<const char*>(m[r] + ms * c) + kPrefetchCodes / 16, _MM_HINT_T0);
+      __builtin_memcpy(&word, m[r] + ms * c, 4);
+    }
+    const __m512i idx = _mm512_ternarylogic_epi32(_mm512_srlv_epi32(_mm512_set1_epi32(word), shifts), three, base,
+                                                  0xEA);  // (a & b) | c
+    const __m512 w = _mm512_maskz_loadu_ps(kv, v[r] + vs * c);
+#pragma GCC unroll 16
+    for (int t = 0; t < TT; ++t) acc[r][t] = _mm512_fmadd_ps(w, _mm512_permutex2var_ps(x0[t], idx, x1[t]), acc[r][t]);
+  }
+}
+
+template <bool IL, int R, int TT>
+inline void tile_codes(const float* const* v, const uint8_t* const* m, const float* x, int64_t d_in, float* z,
+                       int64_t ld_z) {
+  __m512 acc[R][TT];
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
+    for (int t = 0; t < TT; ++t) acc[r][t] = _mm512_setzero_ps();
+  const int64_t full = d_in / 32;
+  for (int64_t c = 0; c < full; ++c) codes_chunk<IL, false, R, TT>(v, m, x, d_in, c, 32, acc);
+  if (d_in % 32) codes_chunk<IL, true, R, TT>(v, m, x, d_in, full, d_in % 32, acc);  // rows one by one only
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
+    for (int t = 0; t < TT; ++t) z[t * ld_z + r] = _mm512_reduce_add_ps(acc[r][t]);
+}
+
+template <bool IL, int R>
+inline void row_group_codes(const armor::Layer& L, int64_t r, const float* xs, int64_t T, float* z, int64_t ld_z) {
+  const float* v[R];
+  const uint8_t* m[R];
+  for (int i = 0; i < R; ++i) {
+    v[i] = row_values<float>(L, r + i);
+    m[i] = row_meta(L, r + i);
+  }
+  const int64_t d_in = L.d_in;
+  int64_t t = 0;
+  for (; t + 4 <= T; t += 4) tile_codes<IL, R, 4>(v, m, xs + t * d_in, d_in, z + t * ld_z, ld_z);
+  switch (T - t) {
+    case 3: tile_codes<IL, R, 3>(v, m, xs + t * d_in, d_in, z + t * ld_z, ld_z); break;
+    case 2: tile_codes<IL, R, 2>(v, m, xs + t * d_in, d_in, z + t * ld_z, ld_z); break;
+    case 1: tile_codes<IL, R, 1>(v, m, xs + t * d_in, d_in, z + t * ld_z, ld_z); break;
+    default: break;
+  }
+}
+
+template <bool IL>
+void rows_codes(const armor::Layer& L, int64_t r0, int64_t n, const float* xs, int64_t T, float* z, int64_t ld_z) {
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) row_group_codes<IL, 4>(L, r0 + i, xs, T, z + i, ld_z);
+  for (; i < n; ++i) row_group_codes<IL, 1>(L, r0 + i, xs, T, z + i, ld_z);
+}
+
 template <typename W, int R>
 inline void row_group(const armor::Layer& L, int64_t r, const float* xs, int64_t T, float* z, int64_t ld_z) {
   const int64_t d_in = L.d_in;
@@ -168,24 +250,32 @@ struct TileLut {
   uint64_t off[256];
 };
 template <int NT>
-constexpr TileLut<NT> make_tile_lut() {
+constexpr TileLut<NT> make_tile_lut(bool codes) {
   TileLut<NT> l{};
-  for (int m = 0; m < 256; ++m)
+  for (int m = 0; m < 256; ++m) {
+    // the byte's kept inputs: a bitmask's set bits, or two groups' codes (i0 | i1 << 2 per nibble)
+    const int pos[4] = {m & 3, m >> 2 & 3, 4 + (m >> 4 & 3), 4 + (m >> 6)};
     for (int j = 0, k = 0; j < 8 && k < 4; ++j)
-      if (m >> j & 1) l.off[m] |= uint64_t(64 * NT * j) << 16 * k++;
+      if (codes ? pos[k] == j : m >> j & 1) l.off[m] |= uint64_t(64 * NT * j) << 16 * k++;
+  }
   return l;
 }
 template <int NT>
-constexpr TileLut<NT> kTileLut = make_tile_lut<NT>();
+constexpr TileLut<NT> kTileLut = make_tile_lut<NT>(false);
+template <int NT>
+constexpr TileLut<NT> kTileLutCodes = make_tile_lut<NT>(true);
 
 inline __m512 broadcast(const float* v) { return _mm512_set1_ps(*v); }
 inline __m512 broadcast(const uint16_t* v) { return _mm512_set1_ps(bf16_to_f32(*v)); }
 
 // R rows x 16 NT tokens over the inputs [8 c0, 8 c1); xt: the token block ([d_in][16 NT]); partial sums live
 // in acc_mem (row r, vector n, token i at (r * NT + n) * 16 + i) between calls.
-template <typename W, int R, int NT>
+// kCodes: the float32 layout (codes, values interleaved 16 at a time where IL), else bfloat16's (bitmask, rows
+// one by one): offsets known at compile time.
+template <typename W, int R, int NT, bool kCodes, bool IL>
 inline void tiled_tile(const W* const* v, const uint8_t* const* m, const float* xt, int64_t c0, int64_t c1,
                        float* acc_mem) {
+  const TileLut<NT>& lut = kCodes ? kTileLutCodes<NT> : kTileLut<NT>;
   __m512 acc[R][NT];
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r)
@@ -193,12 +283,13 @@ inline void tiled_tile(const W* const* v, const uint8_t* const* m, const float* 
     for (int n = 0; n < NT; ++n) acc[r][n] = _mm512_loadu_ps(acc_mem + (r * NT + n) * 16);
   for (int64_t c = c0; c < c1; ++c) {
     const char* xc = reinterpret_cast<const char*>(xt + c * 8 * 16 * NT);  // inputs 8c..8c+7
+    const int64_t vo = IL ? (c >> 2) * 64 + (c & 3) * 4 : 4 * c, mo = IL ? (c >> 2) * 16 + (c & 3) : c;
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
-      const uint64_t off = kTileLut<NT>.off[m[r][c]];
+      const uint64_t off = lut.off[m[r][mo]];
 #pragma GCC unroll 4
       for (int k = 0; k < 4; ++k) {
-        const __m512 w = broadcast(v[r] + 4 * c + k);
+        const __m512 w = broadcast(v[r] + vo + k);
         const float* xk = reinterpret_cast<const float*>(xc + (off >> 16 * k & 0xFFFF));
 #pragma GCC unroll 16
         for (int n = 0; n < NT; ++n) acc[r][n] = _mm512_fmadd_ps(w, _mm512_loadu_ps(xk + 16 * n), acc[r][n]);
@@ -215,18 +306,19 @@ inline void tiled_tile(const W* const* v, const uint8_t* const* m, const float* 
 // row of the A-block reads them.
 constexpr int64_t kChunkUnits = 16;
 
-// generic.h tiled_pass's tile: 16-token vectors, values row by row
+// generic.h tiled_pass's tile: 16-token vectors, any kernel layout
 struct Tiles {
   static constexpr int kLanes = 16;
   template <typename W, int R, int NT>
-  static void tile(const armor::Layer&, const W* const* v, const uint8_t* const* m, const float* xt, int64_t c0,
+  static void tile(const armor::Layer& L, const W* const* v, const uint8_t* const* m, const float* xt, int64_t c0,
                    int64_t c1, float* acc_mem) {
-    tiled_tile<W, R, NT>(v, m, xt, c0, c1, acc_mem);
+    constexpr bool f32 = sizeof(W) == 4;
+    L.interleave ? tiled_tile<W, R, NT, f32, f32>(v, m, xt, c0, c1, acc_mem)
+                 : tiled_tile<W, R, NT, f32, false>(v, m, xt, c0, c1, acc_mem);
   }
 };
 
-// 16 dense weights from 8 packed ones: float32 lanes, or bf16 bits (widened, expanded, narrowed: exact)
-inline void store_dense(float* o, const float* v, __mmask16 k) { _mm512_storeu_ps(o, expand8(v, k)); }
+// 16 dense bf16 weights from 8 packed ones (widened, expanded, narrowed: exact)
 inline void store_dense(uint16_t* o, const uint16_t* v, __mmask16 k) {
   const __m512i w = _mm512_cvtepu16_epi32(_mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(v))));
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(o), _mm512_cvtepi32_epi16(_mm512_maskz_expand_epi32(k, w)));
@@ -236,19 +328,26 @@ struct Avx512 {
   template <typename W>
   static void decompress(const armor::Layer& L, int64_t r0, int64_t r1, void* out) {
     const int64_t d_in = L.d_in;
-    if (d_in % 16) return decompress_impl<W>(L, r0, r1, out);
-    for (int64_t r = r0; r < r1; ++r) {
-      const W* v = static_cast<const W*>(L.values) + r * (d_in / 2);
-      const uint8_t* m = L.mask + r * (d_in / 8);
-      W* o = static_cast<W*>(out) + (r - r0) * d_in;
-      for (int64_t c = 0; c < d_in / 16; ++c) store_dense(o + 16 * c, v + 8 * c, mask16(m + 2 * c));
+    // float32 (codes) never takes the prefill path on AVX-512 but in tests
+    if (sizeof(W) == 4 || d_in % 16) return decompress_impl<W>(L, r0, r1, out);
+    if constexpr (sizeof(W) == 2) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const W* v = static_cast<const W*>(L.values) + r * (d_in / 2);
+        const uint8_t* m = L.mask + r * (d_in / 8);
+        W* o = static_cast<W*>(out) + (r - r0) * d_in;
+        for (int64_t c = 0; c < d_in / 16; ++c) store_dense(o + 16 * c, v + 8 * c, mask16(m + 2 * c));
+      }
     }
   }
   template <typename W>
   static void rows(const armor::Layer& L, int64_t r0, int64_t n, const float* xs, int64_t T, float* z, int64_t ld_z) {
-    int64_t i = 0;
-    for (; i + 4 <= n; i += 4) row_group<W, 4>(L, r0 + i, xs, T, z + i, ld_z);
-    for (; i < n; ++i) row_group<W, 1>(L, r0 + i, xs, T, z + i, ld_z);
+    if constexpr (sizeof(W) == 4) {
+      L.interleave ? rows_codes<true>(L, r0, n, xs, T, z, ld_z) : rows_codes<false>(L, r0, n, xs, T, z, ld_z);
+    } else {
+      int64_t i = 0;
+      for (; i + 4 <= n; i += 4) row_group<W, 4>(L, r0 + i, xs, T, z + i, ld_z);
+      for (; i < n; ++i) row_group<W, 1>(L, r0 + i, xs, T, z + i, ld_z);
+    }
   }
   template <typename W>
   static void tiled_rows(const armor::Layer& L, int64_t r0, int64_t n, const float* xt, int64_t T, float* z, int64_t ld_z) {
@@ -295,5 +394,7 @@ armor::Kernels armor::avx512_kernels() {
   };
   k.tile_tokens = 16;
   k.block_tokens = 64;
+  k.interleave[0] = 16;  // float32: values 4 rows x 16, codes (tile_codes); bfloat16: rows one by one, bitmask
+  k.codes[0] = true;
   return k;
 }

@@ -9,11 +9,15 @@ namespace armor {
 
 // One (possibly fused) ARMOR layer, y = A [S_s (B_s x)]_s + bias, on T tokens.
 //   values  (d_out, d_in/2)  kept weights of the 2:4 core, float32 or bfloat16 (raw uint16); row by row, or
-//                            (rows_interleaved, the AVX2 layout made at load time: same bytes) the rows of each
-//                            group of 4 interleaved 8 values (16 inputs) at a time, so that the 4 rows a
-//                            kernel reads together come from one sequential stream (generic.h row_values)
-//   mask    (d_out, d_in/8)  uint8 bitmask of the kept inputs: bit j of byte k <=> input 8k + j is kept (made
-//                            once at load time from the checkpoint's 4-bit position codes: same size)
+//                            (interleave = G, made at load time: same bytes) the rows of each group of 4
+//                            interleaved G values (2G inputs) at a time, so that the 4 rows a kernel reads
+//                            together come from one sequential stream (generic.h row_values): G = 8 on AVX2,
+//                            16 for float32 on AVX-512
+//   mask    (d_out, d_in/8)  uint8, one byte per 8 inputs: a bitmask of the kept inputs (bit j of byte k <=>
+//                            input 8k + j is kept; made once at load time from the checkpoint's codes: same
+//                            size), or (codes: float32 on AVX-512) the checkpoint's own 4-bit position codes
+//                            (sparsity.py), interleaved like the values when interleave = 16: each 4-row group's
+//                            4 bytes (32 inputs) per row in turn (generic.h row_meta)
 //   a       (d_out/ba, ba, ba), b (n_shards, d_in/bb, bb, bb): the block-diagonal factors' blocks, weight
 //           dtype, each stored transposed (a[j][k][i] = A_j[i][k]; made once at load time: same bytes)
 //   shard_rows: n_shards + 1 offsets into d_out (each a multiple of ba); shard s reads B_s x
@@ -26,7 +30,8 @@ struct Layer {
   const void* b;
   bool bf16;  // weights (values, a, b) are bfloat16; float32 otherwise
   const float* bias;  // float32 (d_out) or nullptr
-  bool rows_interleaved;  // values in the interleaved layout (d_out % 4 == 0, d_in % 16 == 0)
+  int64_t interleave;  // 0, 8 or 16: values (and codes) in the interleaved layout (d_out % 4 == 0, d_in % 2G == 0)
+  bool codes;  // mask holds position codes, not a bitmask
 };
 
 struct Kernels {
@@ -52,9 +57,11 @@ struct Kernels {
   // stored input by input, [d_in][w], from offset t0 * d_in of its shard (t0: its first token); y (T, d_out).
   // nullptr where the ISA file has none.
   void (*sparse_rows_tiled)(const Layer&, int64_t j0, int64_t j1, const float* xt, int64_t T, float* y, float* scratch);
-  // whether these kernels also read values in the interleaved layout (cpu_kernel.to_kernel_layout makes it
-  // for them wherever the shapes allow)
-  bool interleaved_values;
+  // the kernel layout these kernels read, per weight dtype {float32, bfloat16}: values interleaved this many at
+  // a time where the shape allows (0: never), and whether the mask holds codes (cpu_kernel.to_kernel_layout
+  // makes it)
+  int64_t interleave[2];
+  bool codes[2];
   int64_t tile_tokens;  // sparse_rows_tiled's granularity: one vector of float32 tokens
   int64_t block_tokens;  // and its widest token block (a multiple of tile_tokens)
 };
