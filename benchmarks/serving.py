@@ -73,6 +73,9 @@ def main() -> None:
     p.add_argument("--port", type=int, default=8790)
     p.add_argument("--work", default=str(ROOT / ".cache" / "serving"))
     p.add_argument("--out", default="serving", help="file stem under benchmarks/results/")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="dense then ARMOR this many times in turn (this VM's speed drifts by 10-20%% over minutes: "
+                        "each round's ratio compares runs minutes apart)")
     args = p.parse_args()
 
     if not (Path(args.armor) / "config.json").exists():
@@ -83,7 +86,8 @@ def main() -> None:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     rows = []
-    for name, model in (("dense", dense), ("armor", args.armor)):
+    runs = [(rnd, m) for rnd in range(1, args.rounds + 1) for m in (("dense", dense), ("armor", args.armor))]
+    for rnd, (name, model) in runs:
         server = start_server(model, args.engine, args.port, work / f"{name}-server.log")
         try:
             metrics = httpx.get(f"http://127.0.0.1:{args.port}/metrics").text
@@ -102,7 +106,7 @@ def main() -> None:
             server.wait(timeout=120)
         points = json.loads((work / f"{name}-sweep.json").read_text())["points"] if "," in args.concurrency else \
             [{k: v for k, v in json.loads((work / f"{name}.json").read_text()).items() if k in ("config", "summary")}]
-        rows += [{"model": name, "checkpoint": model, **memory, "max_concurrency": pt["config"]["max_concurrency"],
+        rows += [{"model": name, "round": rnd, "checkpoint": model, **memory, "max_concurrency": pt["config"]["max_concurrency"],
                   **{k: pt["summary"][k] for k in ("completed", "failed", "output_throughput", "total_token_throughput",
                                                    "request_throughput", "peak_concurrency")},
                   "ttft_p50_ms": pt["summary"]["ttft_ms"]["median"], "ttft_p99_ms": pt["summary"]["ttft_ms"]["p99"],
@@ -111,14 +115,20 @@ def main() -> None:
     write(rows, args)
 
 
+def label(r: dict, rounds: int) -> str:
+    return r["model"] if rounds == 1 else f"{r['model']} r{r['round']}"
+
+
 def ratio_lines(rows: list[dict]) -> list[str]:
-    """ARMOR / dense at each concurrency, both measured in this run."""
-    dense = {r["max_concurrency"]: r for r in rows if r["model"] == "dense"}
-    out = ["", "ARMOR / dense, same run:", "", "| max conc. | output tok/s | TPOT p50 | weights resident | "
-           "server+engine RSS |", "|---" * 5 + "|"]
-    for r in (r for r in rows if r["model"] == "armor" and r["max_concurrency"] in dense):
-        d = dense[r["max_concurrency"]]
-        out.append(f"| {r['max_concurrency']} | {r['output_throughput'] / d['output_throughput']:.2f} | "
+    """ARMOR / dense at each concurrency (and round), both measured in this run."""
+    dense = {(r.get("round", 1), r["max_concurrency"]): r for r in rows if r["model"] == "dense"}
+    out = ["", "ARMOR / dense, same run:", "", "| round | max conc. | output tok/s | TPOT p50 | weights resident | "
+           "server+engine RSS |", "|---" * 6 + "|"]
+    for r in rows:
+        d = dense.get((r.get("round", 1), r["max_concurrency"]))
+        if r["model"] != "armor" or d is None:
+            continue
+        out.append(f"| {r.get('round', 1)} | {r['max_concurrency']} | {r['output_throughput'] / d['output_throughput']:.2f} | "
                    f"{r['tpot_p50_ms'] / d['tpot_p50_ms']:.2f} | "
                    f"{r['weights_resident_bytes'] / d['weights_resident_bytes']:.3f} | "
                    f"{r.get('tree_rss_end_bytes', float('nan')) / d.get('tree_rss_end_bytes', float('nan')):.3f} |")
@@ -144,7 +154,7 @@ def write(rows: list[dict], args) -> None:
              "TPOT p99 ms | weights resident MiB | dense-equivalent MiB | API RSS MiB | server+engine RSS MiB |",
              "|---" * 13 + "|"]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['max_concurrency']} | {r['output_throughput']:.1f} | "
+        lines.append(f"| {label(r, args.rounds)} | {r['max_concurrency']} | {r['output_throughput']:.1f} | "
                      f"{r['total_token_throughput']:.1f} | {r['request_throughput']:.2f} | {r['ttft_p50_ms']:.0f} | "
                      f"{r['ttft_p99_ms']:.0f} | {r['tpot_p50_ms']:.1f} | {r['tpot_p99_ms']:.1f} | "
                      f"{mib(r['weights_resident_bytes'])} | {mib(r['weights_dense_equivalent_bytes'])} | "
@@ -158,8 +168,8 @@ def write(rows: list[dict], args) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for model in dict.fromkeys(r["model"] for r in rows):
-        mine = [r for r in rows if r["model"] == model]
+    for model in dict.fromkeys(label(r, args.rounds) for r in rows):
+        mine = [r for r in rows if label(r, args.rounds) == model]
         conc = [r["max_concurrency"] for r in mine]
         axes[0].plot(conc, [r["output_throughput"] for r in mine], marker="o", label=model)
         axes[1].plot(conc, [r["ttft_p50_ms"] for r in mine], marker="o", label=f"{model} p50")
