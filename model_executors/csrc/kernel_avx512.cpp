@@ -193,51 +193,54 @@ inline void tile_codes(const float* const* v, const uint8_t* const* m, const flo
     for (int t = 0; t < TT; ++t) z[t * ld_z + r] = _mm512_reduce_add_ps(acc[r][t]);
 }
 
-template <bool IL, int R>
-inline void row_group_codes(const armor::Layer& L, int64_t r, const float* xs, int64_t T, float* z, int64_t ld_z) {
-  const float* v[R];
-  const uint8_t* m[R];
-  for (int i = 0; i < R; ++i) {
-    v[i] = row_values<float>(L, r + i);
-    m[i] = row_meta(L, r + i);
+// The tiles above as policies for row_group: bfloat16's expanding tile (4 rows x 6 tokens where T allows) and
+// float32's permuting one (values interleaved where IL).
+struct Expanding {
+  using W = uint16_t;
+  static constexpr int kWide = 6;
+  template <int R, int TT>
+  static void tile(const W* const* v, const uint8_t* const* m, const float* x, int64_t d_in, float* z, int64_t ld_z) {
+    ::tile<W, R, TT>(v, m, x, d_in, z, ld_z);
   }
-  const int64_t d_in = L.d_in;
-  int64_t t = 0;
-  for (; t + 4 <= T; t += 4) tile_codes<IL, R, 4>(v, m, xs + t * d_in, d_in, z + t * ld_z, ld_z);
-  switch (T - t) {
-    case 3: tile_codes<IL, R, 3>(v, m, xs + t * d_in, d_in, z + t * ld_z, ld_z); break;
-    case 2: tile_codes<IL, R, 2>(v, m, xs + t * d_in, d_in, z + t * ld_z, ld_z); break;
-    case 1: tile_codes<IL, R, 1>(v, m, xs + t * d_in, d_in, z + t * ld_z, ld_z); break;
-    default: break;
-  }
-}
-
+};
 template <bool IL>
-void rows_codes(const armor::Layer& L, int64_t r0, int64_t n, const float* xs, int64_t T, float* z, int64_t ld_z) {
-  int64_t i = 0;
-  for (; i + 4 <= n; i += 4) row_group_codes<IL, 4>(L, r0 + i, xs, T, z + i, ld_z);
-  for (; i < n; ++i) row_group_codes<IL, 1>(L, r0 + i, xs, T, z + i, ld_z);
-}
+struct Permuting {
+  using W = float;
+  static constexpr int kWide = 4;
+  template <int R, int TT>
+  static void tile(const W* const* v, const uint8_t* const* m, const float* x, int64_t d_in, float* z, int64_t ld_z) {
+    tile_codes<IL, R, TT>(v, m, x, d_in, z, ld_z);
+  }
+};
 
-template <typename W, int R>
+// R rows from r, all T tokens: K::kWide tokens at a time (4 rows only), then 4, then the rest.
+template <class K, int R>
 inline void row_group(const armor::Layer& L, int64_t r, const float* xs, int64_t T, float* z, int64_t ld_z) {
+  using W = typename K::W;
   const int64_t d_in = L.d_in;
   const W* v[R];
   const uint8_t* m[R];
   for (int i = 0; i < R; ++i) {
-    v[i] = static_cast<const W*>(L.values) + (r + i) * (d_in / 2);
-    m[i] = L.mask + (r + i) * (d_in / 8);
+    v[i] = row_values<W>(L, r + i);
+    m[i] = row_meta(L, r + i);
   }
   int64_t t = 0;
-  if (R == 4 && T >= 6)
-    for (; t + 6 <= T; t += 6) tile<W, R, 6>(v, m, xs + t * d_in, d_in, z + t * ld_z, ld_z);
-  for (; t + 4 <= T; t += 4) tile<W, R, 4>(v, m, xs + t * d_in, d_in, z + t * ld_z, ld_z);
+  if constexpr (R == 4 && K::kWide > 4)
+    for (; t + K::kWide <= T; t += K::kWide) K::template tile<R, K::kWide>(v, m, xs + t * d_in, d_in, z + t * ld_z, ld_z);
+  for (; t + 4 <= T; t += 4) K::template tile<R, 4>(v, m, xs + t * d_in, d_in, z + t * ld_z, ld_z);
   switch (T - t) {
-    case 3: tile<W, R, 3>(v, m, xs + t * d_in, d_in, z + t * ld_z, ld_z); break;
-    case 2: tile<W, R, 2>(v, m, xs + t * d_in, d_in, z + t * ld_z, ld_z); break;
-    case 1: tile<W, R, 1>(v, m, xs + t * d_in, d_in, z + t * ld_z, ld_z); break;
+    case 3: K::template tile<R, 3>(v, m, xs + t * d_in, d_in, z + t * ld_z, ld_z); break;
+    case 2: K::template tile<R, 2>(v, m, xs + t * d_in, d_in, z + t * ld_z, ld_z); break;
+    case 1: K::template tile<R, 1>(v, m, xs + t * d_in, d_in, z + t * ld_z, ld_z); break;
     default: break;
   }
+}
+
+template <class K>
+void rows_of(const armor::Layer& L, int64_t r0, int64_t n, const float* xs, int64_t T, float* z, int64_t ld_z) {
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) row_group<K, 4>(L, r0 + i, xs, T, z + i, ld_z);
+  for (; i < n; ++i) row_group<K, 1>(L, r0 + i, xs, T, z + i, ld_z);
 }
 
 // Tiled product (armor_op.cpp sends it what the expanding kernels above would run as a dense-FLOP GEMM): x
@@ -341,13 +344,10 @@ struct Avx512 {
   }
   template <typename W>
   static void rows(const armor::Layer& L, int64_t r0, int64_t n, const float* xs, int64_t T, float* z, int64_t ld_z) {
-    if constexpr (sizeof(W) == 4) {
-      L.interleave ? rows_codes<true>(L, r0, n, xs, T, z, ld_z) : rows_codes<false>(L, r0, n, xs, T, z, ld_z);
-    } else {
-      int64_t i = 0;
-      for (; i + 4 <= n; i += 4) row_group<W, 4>(L, r0 + i, xs, T, z + i, ld_z);
-      for (; i < n; ++i) row_group<W, 1>(L, r0 + i, xs, T, z + i, ld_z);
-    }
+    if constexpr (sizeof(W) == 4)
+      L.interleave ? rows_of<Permuting<true>>(L, r0, n, xs, T, z, ld_z) : rows_of<Permuting<false>>(L, r0, n, xs, T, z, ld_z);
+    else
+      rows_of<Expanding>(L, r0, n, xs, T, z, ld_z);
   }
   template <typename W>
   static void tiled_rows(const armor::Layer& L, int64_t r0, int64_t n, const float* xt, int64_t T, float* z, int64_t ld_z) {
