@@ -91,7 +91,7 @@ inline __mmask16 mask16(const uint8_t* m) {  // one kmovw from memory (no trip t
   return _load_mask16(reinterpret_cast<__mmask16*>(const_cast<uint8_t*>(m)));
 }
 
-constexpr int kPrefetch = 16384;  // bytes ahead in a row's values: must cover the next row group's start for long rows (down_proj, 3 KB a row: 8 KB 0.9-1.0x, 16 KB 1.3-1.4x oneDNN at 1 token, 1 thread); 32 KB no better
+constexpr int kPrefetch = 16384;  // bytes ahead in a row's values (measured with the float32 expanding product, which bfloat16's still is): must cover the next row group's start for long rows (down_proj, 3 KB a row: 8 KB 0.9-1.0x, 16 KB 1.3-1.4x oneDNN at 1 token, 1 thread); 32 KB no better
 
 // bfloat16: R rows x TT tokens of z, accumulators in registers.
 template <typename W, int R, int TT>
@@ -286,7 +286,7 @@ inline void tiled_tile(const W* const* v, const uint8_t* const* m, const float* 
     for (int n = 0; n < NT; ++n) acc[r][n] = _mm512_loadu_ps(acc_mem + (r * NT + n) * 16);
   for (int64_t c = c0; c < c1; ++c) {
     const char* xc = reinterpret_cast<const char*>(xt + c * 8 * 16 * NT);  // inputs 8c..8c+7
-    const int64_t vo = IL ? (c >> 2) * 64 + (c & 3) * 4 : 4 * c, mo = IL ? (c >> 2) * 16 + (c & 3) : c;
+    const int64_t vo = unit_values<IL ? 16 : 0>(c), mo = unit_meta<IL ? 16 : 0>(c);
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
       const uint64_t off = lut.off[m[r][mo]];
