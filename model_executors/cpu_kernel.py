@@ -92,7 +92,7 @@ def to_kernel_layout(values: torch.Tensor, meta: torch.Tensor, a_blocks: torch.T
     d_out, half = values.shape
     values.copy_(values.view(d_out // 4, 4, half // group, group).transpose(1, 2).reshape(d_out, half))
     if codes:
-        meta.copy_(meta.view(d_out // 4, 4, half // 16, 4).transpose(1, 2).reshape(d_out, half // 4))
+        meta.copy_(meta.view(d_out // 4, 4, half // group, group // 4).transpose(1, 2).reshape(d_out, half // 4))
     return values.view(d_out // 4, half // group, 4 * group)
 
 
@@ -105,7 +105,7 @@ def checkpoint_layout(values: torch.Tensor, mask: torch.Tensor, a_blocks_t: torc
         group = width // 4
         values = values.view(groups, chunks, 4, group).transpose(1, 2).reshape(4 * groups, group * chunks)
         if codes:
-            mask = mask.view(groups, chunks * group // 16, 4, 4).transpose(1, 2).reshape(mask.shape)
+            mask = mask.view(groups, chunks, 4, group // 4).transpose(1, 2).reshape(mask.shape)
     meta = mask.clone() if codes else sparsity.bitmask_to_codes(mask)
     return (values, meta, a_blocks_t.transpose(-1, -2).contiguous(), b_blocks_t.transpose(-1, -2).contiguous())
 

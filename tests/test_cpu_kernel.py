@@ -80,13 +80,14 @@ def isa(request):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("tokens", [1, 3, 16, 257, 2048])
-@pytest.mark.parametrize("d_in", [200, 208, 224])
+@pytest.mark.parametrize("d_in", [200, 208, 224, 320])
 def test_kernel_matches_reference(isa, path, dtype, tokens, d_in):
     if isa == "portable" and tokens == 2048:
         pytest.skip("scalar path: 2048 tokens is covered by the SIMD paths, 257 covers its tiling")
     # d_in = 200: 8 inputs past a multiple of 16 and of 32 (the SIMD tails); 208 = 13 x 16: the AVX2 path's
     # interleaved values (which need a multiple of 16); 224 = 7 x 32: AVX-512's float32 interleaved values and
-    # codes (a multiple of 32); A and B blocks of different sizes
+    # codes (a multiple of 32), and 32 inputs past a multiple of 64 (the bfloat16 codes product's tail); 320 = 5 x 64:
+    # AVX512-BF16's bfloat16 interleaved values and codes; A and B blocks of different sizes
     values, codes, a, b = layer(96, d_in, 16, 8, dtype, seed=tokens)
     x = torch.randn(tokens, d_in).to(dtype)
     bias = torch.randn(96).to(dtype)
@@ -123,12 +124,13 @@ def test_tiled_product(tiled_isa, dtype):
 # 48 = 32 + 16: the AVX-512 ones' tail
 def test_row_groups_across_a_blocks(isa, path):
     """A-blocks of 10 rows over values interleaved 4 rows at a time (AVX2; AVX-512 float32, d_in a multiple of
-    32): row groups split between A-blocks, whole groups and leftover rows, for every path and a few token counts."""
+    32; AVX512-BF16 bfloat16, a multiple of 64): row groups split between A-blocks, whole groups and leftover rows,
+    for every path and a few token counts."""
     for dtype in (torch.float32, torch.bfloat16):
-        values, codes, a, b = layer(40, 224, 10, 8, dtype, seed=7)
+        values, codes, a, b = layer(40, 256, 10, 8, dtype, seed=7)
         layout = kernel_layout(values, codes, a, b)
         for tokens in (1, 3, 16, 40):
-            x = torch.randn(tokens, 224).to(dtype)
+            x = torch.randn(tokens, 256).to(dtype)
             y = cpu_kernel.linear(x, *layout, [40], None)
             assert relerr(y, reference(x, values, codes, a, b, [40], None)) < TOL[dtype], (dtype, tokens)
 

@@ -31,7 +31,8 @@ bool cpu_has(const std::string& isa) {
 #if defined(__x86_64__)
   __builtin_cpu_init();
   if (isa == "avx512_bf16")
-    return cpu_has("avx512") && __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512vbmi2");
+    return cpu_has("avx512") && __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512vbmi") &&
+           __builtin_cpu_supports("avx512vbmi2");
   if (isa == "avx512")
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
   if (isa == "avx2") return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
@@ -48,6 +49,8 @@ armor::Kernels kernels_for(const std::string& isa) {
     k.name = "avx512_bf16";
     k.sparse_rows_bf16 = armor::avx512_bf16_rows();
     k.decompress = armor::avx512_bf16_decompress;
+    k.interleave[1] = 32;  // bfloat16: values 4 rows x 32 and codes (kernel_avx512_bf16.cpp)
+    k.codes[1] = true;
     return k;
   }
   if (isa == "avx512") return armor::avx512_kernels();
@@ -69,7 +72,9 @@ std::string best_isa() {
 // * portable: with oneDNN behind the panels the prefill path wins from about 64 tokens in float32, 32-64 in
 //   bfloat16 (SmolLM2 shapes 3072x576, 576x1536, measured on AVX-512 before it had a tiled product);
 // * AVX-512: float32 never takes the prefill path (the tiled product beats it, kTiledMinTokensAvx512);
-//   bfloat16 from 48 tokens as above;
+//   bfloat16 from 48 tokens as above, or with AVX512-BF16 from 128: its permuting product (codes) ties the prefill
+//   path there (3072x576, 0.65-0.66x oneDNN on one thread and two) and beats it below (0.70-0.75 against
+//   0.57-0.67x at 48-64 tokens); at 192-256 tokens the prefill path wins (0.65-0.72 against 0.58-0.63x);
 // * AVX2 (AMD EPYC Zen 1, 4096x4096, 2026-12-01): the tiled product beats the prefill path at 64 and 128 tokens
 //   (39 vs 57 ms, 73 vs 94 ms) and ties it at 2048 (1216 vs 1220 ms) in float32; in bfloat16 the prefill path's
 //   GEMM, without AVX512-BF16, is ~5x slower than the tiled product at 64-128 tokens, so it never runs.
@@ -93,7 +98,7 @@ struct Active {
 Active make_active(const std::string& isa) {
   const bool avx2 = isa == "avx2";
   const bool avx512 = isa.rfind("avx512", 0) == 0;
-  return {kernels_for(isa), {avx2 ? 1024 : avx512 ? INT64_MAX : 64, avx2 ? INT64_MAX : 48},
+  return {kernels_for(isa), {avx2 ? 1024 : avx512 ? INT64_MAX : 64, avx2 ? INT64_MAX : isa == "avx512_bf16" ? 128 : 48},
           avx512 ? kTiledMinTokensAvx512 : kTiledMinTokens};
 }
 

@@ -7,74 +7,8 @@
 #include <immintrin.h>
 
 namespace {
-// float32 block transforms (B and A, every token count): declared before generic.h so that its block_matvec
-// takes this overload for float weights and activations (defined below).
-inline bool fast_block_matvec(const float* blkT, int64_t n, const float* in, int64_t ld_in, float* out,
-                              int64_t ld_out, int64_t T, const float* bias);
+#include "block_avx512.h"  // before generic.h: its block_matvec takes these overloads
 #include "generic.h"
-
-// TQ tokens x 32 (or 16) outputs of one block per pass, accumulators in registers: per input k, one or two
-// column loads shared by TQ broadcast FMAs (a GEMM micro-kernel; the generic loops re-read each token's
-// inputs per 16 outputs and run at a fraction of this).
-template <int TQ>
-inline void block_tile_f32(const float* blkT, int64_t n, const float* in, int64_t ld_in, float* out, int64_t ld_out,
-                           const float* bias) {
-  int64_t i0 = 0;
-  for (; i0 + 32 <= n; i0 += 32) {
-    __m512 acc[TQ][2];
-    const __m512 b0 = bias ? _mm512_loadu_ps(bias + i0) : _mm512_setzero_ps();
-    const __m512 b1 = bias ? _mm512_loadu_ps(bias + i0 + 16) : _mm512_setzero_ps();
-#pragma GCC unroll 16
-    for (int q = 0; q < TQ; ++q) acc[q][0] = b0, acc[q][1] = b1;
-    for (int64_t k = 0; k < n; ++k) {
-      const __m512 c0 = _mm512_loadu_ps(blkT + k * n + i0), c1 = _mm512_loadu_ps(blkT + k * n + i0 + 16);
-#pragma GCC unroll 16
-      for (int q = 0; q < TQ; ++q) {
-        const __m512 xk = _mm512_set1_ps(in[q * ld_in + k]);
-        acc[q][0] = _mm512_fmadd_ps(xk, c0, acc[q][0]);
-        acc[q][1] = _mm512_fmadd_ps(xk, c1, acc[q][1]);
-      }
-    }
-#pragma GCC unroll 16
-    for (int q = 0; q < TQ; ++q) {
-      _mm512_storeu_ps(out + q * ld_out + i0, acc[q][0]);
-      _mm512_storeu_ps(out + q * ld_out + i0 + 16, acc[q][1]);
-    }
-  }
-  if (i0 < n) {  // n = 16 mod 32
-    __m512 acc[TQ];
-    const __m512 b0 = bias ? _mm512_loadu_ps(bias + i0) : _mm512_setzero_ps();
-#pragma GCC unroll 16
-    for (int q = 0; q < TQ; ++q) acc[q] = b0;
-    for (int64_t k = 0; k < n; ++k) {
-      const __m512 c0 = _mm512_loadu_ps(blkT + k * n + i0);
-#pragma GCC unroll 16
-      for (int q = 0; q < TQ; ++q) acc[q] = _mm512_fmadd_ps(_mm512_set1_ps(in[q * ld_in + k]), c0, acc[q]);
-    }
-#pragma GCC unroll 16
-    for (int q = 0; q < TQ; ++q) _mm512_storeu_ps(out + q * ld_out + i0, acc[q]);
-  }
-}
-
-inline bool fast_block_matvec(const float* blkT, int64_t n, const float* in, int64_t ld_in, float* out,
-                              int64_t ld_out, int64_t T, const float* bias) {
-  if (n % 16) return false;
-  int64_t t = 0;
-  for (; t + 8 <= T; t += 8) block_tile_f32<8>(blkT, n, in + t * ld_in, ld_in, out + t * ld_out, ld_out, bias);
-  const float* i = in + t * ld_in;
-  float* o = out + t * ld_out;
-  switch (T - t) {
-    case 7: block_tile_f32<7>(blkT, n, i, ld_in, o, ld_out, bias); break;
-    case 6: block_tile_f32<6>(blkT, n, i, ld_in, o, ld_out, bias); break;
-    case 5: block_tile_f32<5>(blkT, n, i, ld_in, o, ld_out, bias); break;
-    case 4: block_tile_f32<4>(blkT, n, i, ld_in, o, ld_out, bias); break;
-    case 3: block_tile_f32<3>(blkT, n, i, ld_in, o, ld_out, bias); break;
-    case 2: block_tile_f32<2>(blkT, n, i, ld_in, o, ld_out, bias); break;
-    case 1: block_tile_f32<1>(blkT, n, i, ld_in, o, ld_out, bias); break;
-    default: break;
-  }
-  return true;
-}
 
 // bfloat16 weights: 8 kept values widened to float32 lanes and expanded into their lanes by the bitmask
 inline __m512 expand8(const uint16_t* v, __mmask16 k) {

@@ -1,27 +1,63 @@
-// AVX-512 BF16 path for bfloat16 weights (needs AVX512-BF16 and VBMI2: Zen 4+, Sapphire Rapids+): per 32
-// inputs, 16 kept bf16 values are expanded into their 16-bit lanes (vpexpandw) and multiplied with 32 bf16
-// inputs by one pairwise dot product per token (vdpbf16ps), half the instructions of the float32 path.
+// AVX-512 BF16 path for bfloat16 weights (needs AVX512-BF16, VBMI and VBMI2: Zen 4+, Sapphire Rapids+). The
+// metadata stays the checkpoint's 2-bit position codes, and the values are interleaved 4 rows x 32 where the shape
+// allows (kernels.h). Per 64 inputs a row's 32 kept bf16 values are one vector; its 64-bit code word becomes 32
+// word indices (vpmultishiftqb + one ternary-logic op), x's 64 bf16 inputs (two vectors) are permuted onto the
+// kept values (vpermt2w), and one pairwise dot product per token (vdpbf16ps) does 32 multiplies.
 #include "kernels.h"
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512bf16,avx512vbmi2,avx2,fma")
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512bf16,avx512vbmi,avx512vbmi2,avx2,fma")
 #include <immintrin.h>
 
 namespace {
+#include "block_avx512.h"  // before generic.h: its block_matvec takes these overloads
 #include "generic.h"
 
-inline __mmask32 mask_bits(const uint8_t* m, int64_t bytes) {
-  uint32_t k = 0;
-  if (bytes == 4) {
-    __builtin_memcpy(&k, m, 4);
-  } else {
-    for (int64_t i = 0; i < bytes; ++i) k |= static_cast<uint32_t>(m[i]) << (8 * i);
+// Against expanding the values by a bitmask (vpexpandw, 32 inputs at a time, rows one by one) on Zen 5, one
+// thread, one token (ad hoc benchmark, 2026-12-03): 1.6-2.1 against 4.2 us for 256x576 in L2; from DRAM 4096x4096
+// 720-780 against 1110 us, 576x1536 30-34 against 40 us, 3072x576 77 against 73 us. A prefetch per row and 64
+// inputs 4 KB ahead measured best there.
+constexpr int kPrefetch = 4096;
+
+// Inputs [64 c, 64 c + n) of R rows x TT tokens (n = 64 but in a row's last, partial chunk: 8..56, rows one by
+// one); IL: the interleaved layout (a row's 32 values 128 apart, its 8 code bytes 32 apart).
+template <bool IL, bool kPartial, int R, int TT>
+inline void codes_chunk(const uint16_t* const* v, const uint8_t* const* m, const uint16_t* x, int64_t d_in, int64_t c,
+                        int64_t n, __m512 (&acc)[R][TT]) {
+  constexpr int64_t vs = IL ? 128 : 32, ms = IL ? 32 : 8;  // a row's values and code bytes per 64 inputs
+  // word k of the index takes its code from bit 2k of the code word: vpmultishiftqb's control byte 2k (its
+  // qword's bit offset, every qword holding the whole word); then (& 3) | 4 (k / 2)
+  const __m512i ctrl = _mm512_set_epi64(0x003E003C003A0038, 0x0036003400320030, 0x002E002C002A0028, 0x0026002400220020,
+                                        0x001E001C001A0018, 0x0016001400120010, 0x000E000C000A0008, 0x0006000400020000);
+  const __m512i base = _mm512_set_epi64(0x003C003C00380038, 0x0034003400300030, 0x002C002C00280028, 0x0024002400200020,
+                                        0x001C001C00180018, 0x0014001400100010, 0x000C000C00080008, 0x0004000400000000);
+  const __m512i three = _mm512_set1_epi16(3);
+  const __mmask32 kx0 = kPartial && n < 32 ? (1u << n) - 1 : ~0u;
+  const __mmask32 kx1 = kPartial ? (n > 32 ? (1u << (n - 32)) - 1 : 0u) : ~0u, kv = kPartial ? (1u << (n / 2)) - 1 : ~0u;
+  __m512i x0[TT], x1[TT];
+#pragma GCC unroll 16
+  for (int t = 0; t < TT; ++t) {
+    x0[t] = _mm512_maskz_loadu_epi16(kx0, x + t * d_in + 64 * c);
+    x1[t] = _mm512_maskz_loadu_epi16(kx1, x + t * d_in + 64 * c + 32);
   }
-  return k;
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r) {
+    uint64_t word = 0;
+    if (kPartial) {
+      for (int64_t b = 0; b < n / 8; ++b) word |= uint64_t(m[r][ms * c + b]) << 8 * b;
+    } else {
+      _mm_prefetch(reinterpret_cast<const char*>(v[r] + vs * c) + kPrefetch, _MM_HINT_T0);
+      if ((c & 7) == 0) _mm_prefetch(reinterpret_cast<const char*>(m[r] + ms * c) + kPrefetch / 8, _MM_HINT_T0);
+      __builtin_memcpy(&word, m[r] + ms * c, 8);
+    }
+    const __m512i idx = _mm512_ternarylogic_epi32(_mm512_multishift_epi64_epi8(ctrl, _mm512_set1_epi64(word)), three,
+                                                  base, 0xEA);  // (a & b) | c
+    const __m512i w = _mm512_maskz_loadu_epi16(kv, v[r] + vs * c);
+#pragma GCC unroll 16
+    for (int t = 0; t < TT; ++t)
+      acc[r][t] = _mm512_dpbf16_ps(acc[r][t], (__m512bh)w, (__m512bh)_mm512_permutex2var_epi16(x0[t], idx, x1[t]));
+  }
 }
 
-constexpr int kPrefetch = 8192;  // bytes ahead in a row's values
-
-// R rows x TT tokens; `rest` inputs (a multiple of 8, < 32) after the full chunks of 32
-template <int R, int TT>
+template <bool IL, int R, int TT>
 inline void tile(const uint16_t* const* v, const uint8_t* const* m, const uint16_t* x, int64_t d_in, float* z,
                  int64_t ld_z) {
   __m512 acc[R][TT];
@@ -29,76 +65,92 @@ inline void tile(const uint16_t* const* v, const uint8_t* const* m, const uint16
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 16
     for (int t = 0; t < TT; ++t) acc[r][t] = _mm512_setzero_ps();
-  const int64_t full = d_in / 32, rest = d_in % 32;
-  for (int64_t c = 0; c <= full; ++c) {
-    if (c == full && rest == 0) break;
-    const bool tail = c == full;
-    const __mmask32 xin = tail ? static_cast<__mmask32>((1ull << rest) - 1) : ~__mmask32(0);
-    __m512i xv[TT];
-#pragma GCC unroll 16
-    for (int t = 0; t < TT; ++t) xv[t] = _mm512_maskz_loadu_epi16(xin, x + t * d_in + 32 * c);
-#pragma GCC unroll 16
-    for (int r = 0; r < R; ++r) {
-      _mm_prefetch(reinterpret_cast<const char*>(v[r] + 16 * c) + kPrefetch, _MM_HINT_T0);  // as kernel_avx512.cpp
-      if ((c & 7) == 0) _mm_prefetch(reinterpret_cast<const char*>(m[r] + 4 * c) + kPrefetch / 8, _MM_HINT_T0);
-      const __mmask32 k = mask_bits(m[r] + 4 * c, tail ? rest / 8 : 4);
-      const __m256i packed = _mm256_maskz_loadu_epi16(static_cast<__mmask16>(tail ? (1u << (rest / 2)) - 1 : 0xFFFF),
-                                                      v[r] + 16 * c);
-      const __m512i w = _mm512_maskz_expand_epi16(k, _mm512_castsi256_si512(packed));
-#pragma GCC unroll 16
-      for (int t = 0; t < TT; ++t) acc[r][t] = _mm512_dpbf16_ps(acc[r][t], (__m512bh)w, (__m512bh)xv[t]);
-    }
-  }
+  const int64_t full = d_in / 64;
+  for (int64_t c = 0; c < full; ++c) codes_chunk<IL, false, R, TT>(v, m, x, d_in, c, 64, acc);
+  if (d_in % 64) codes_chunk<IL, true, R, TT>(v, m, x, d_in, full, d_in % 64, acc);  // rows one by one only
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 16
     for (int t = 0; t < TT; ++t) z[t * ld_z + r] = _mm512_reduce_add_ps(acc[r][t]);
 }
 
-template <int R>
+// R rows from r, all T tokens: 4 at a time, then the rest
+template <bool IL, int R>
 inline void row_group(const armor::Layer& L, int64_t r, const uint16_t* xs, int64_t T, float* z, int64_t ld_z) {
   const int64_t d_in = L.d_in;
   const uint16_t* v[R];
   const uint8_t* m[R];
   for (int i = 0; i < R; ++i) {
-    v[i] = static_cast<const uint16_t*>(L.values) + (r + i) * (d_in / 2);
-    m[i] = L.mask + (r + i) * (d_in / 8);
+    v[i] = row_values<uint16_t>(L, r + i);
+    m[i] = row_meta(L, r + i);
   }
   int64_t t = 0;
-  for (; t + 8 <= T; t += 8) tile<R, 8>(v, m, xs + t * d_in, d_in, z + t * ld_z, ld_z);
-  for (; t + 4 <= T; t += 4) tile<R, 4>(v, m, xs + t * d_in, d_in, z + t * ld_z, ld_z);
+  for (; t + 4 <= T; t += 4) tile<IL, R, 4>(v, m, xs + t * d_in, d_in, z + t * ld_z, ld_z);
   switch (T - t) {
-    case 3: tile<R, 3>(v, m, xs + t * d_in, d_in, z + t * ld_z, ld_z); break;
-    case 2: tile<R, 2>(v, m, xs + t * d_in, d_in, z + t * ld_z, ld_z); break;
-    case 1: tile<R, 1>(v, m, xs + t * d_in, d_in, z + t * ld_z, ld_z); break;
+    case 3: tile<IL, R, 3>(v, m, xs + t * d_in, d_in, z + t * ld_z, ld_z); break;
+    case 2: tile<IL, R, 2>(v, m, xs + t * d_in, d_in, z + t * ld_z, ld_z); break;
+    case 1: tile<IL, R, 1>(v, m, xs + t * d_in, d_in, z + t * ld_z, ld_z); break;
     default: break;
   }
 }
 
-void rows(const armor::Layer& L, int64_t r0, int64_t n, const uint16_t* xs, int64_t T, float* z, int64_t ld_z) {
+template <bool IL>
+void rows_of(const armor::Layer& L, int64_t r0, int64_t n, const uint16_t* xs, int64_t T, float* z, int64_t ld_z) {
   int64_t i = 0;
-  if (T >= 8)
-    for (; i + 2 <= n; i += 2) row_group<2>(L, r0 + i, xs, T, z + i, ld_z);
-  for (; i + 4 <= n; i += 4) row_group<4>(L, r0 + i, xs, T, z + i, ld_z);
-  for (; i < n; ++i) row_group<1>(L, r0 + i, xs, T, z + i, ld_z);
+  for (; i + 4 <= n; i += 4) row_group<IL, 4>(L, r0 + i, xs, T, z + i, ld_z);
+  for (; i < n; ++i) row_group<IL, 1>(L, r0 + i, xs, T, z + i, ld_z);
 }
 
-// bf16 rows [r0, r1) of S dense: 32 outputs per vpexpandw (the prefill path's panels)
-void decompress_bf16(const armor::Layer& L, int64_t r0, int64_t r1, void* out) {
-  const int64_t d_in = L.d_in, full = d_in / 32, rest = d_in % 32;
+void rows(const armor::Layer& L, int64_t r0, int64_t n, const uint16_t* xs, int64_t T, float* z, int64_t ld_z) {
+  L.interleave ? rows_of<true>(L, r0, n, xs, T, z, ld_z) : rows_of<false>(L, r0, n, xs, T, z, ld_z);
+}
+
+// a code byte (two groups of 4 inputs, 2 bits per kept input) -> the bitmask byte of its kept inputs
+struct CodeMasks {
+  uint8_t bits[256];
+};
+constexpr CodeMasks make_code_masks() {
+  CodeMasks t{};
+  for (int b = 0; b < 256; ++b)
+    t.bits[b] = static_cast<uint8_t>(1 << (b & 3) | 1 << (b >> 2 & 3) | 16 << (b >> 4 & 3) | 16 << (b >> 6));
+  return t;
+}
+constexpr CodeMasks kCodeMasks = make_code_masks();
+
+// 8 code bytes (64 inputs) -> the bitmask of their kept inputs
+inline uint64_t kept_bits(const uint8_t* m, int64_t bytes) {
+  uint64_t k = 0;
+  for (int64_t i = 0; i < bytes; ++i) k |= uint64_t(kCodeMasks.bits[m[i]]) << 8 * i;
+  return k;
+}
+
+// bf16 rows [r0, r1) of S dense (the prefill path's panels): per 64 inputs, the code word's bitmask expands the
+// row's 32 kept values into their lanes, 16 at a time (vpexpandw); IL as codes_chunk
+template <bool IL>
+void decompress_rows(const armor::Layer& L, int64_t r0, int64_t r1, uint16_t* out) {
+  constexpr int64_t vs = IL ? 128 : 32, ms = IL ? 32 : 8;
+  const int64_t d_in = L.d_in, full = d_in / 64, rest = d_in % 64;
   for (int64_t r = r0; r < r1; ++r) {
-    const uint16_t* v = static_cast<const uint16_t*>(L.values) + r * (d_in / 2);
-    const uint8_t* m = L.mask + r * (d_in / 8);
-    uint16_t* o = static_cast<uint16_t*>(out) + (r - r0) * d_in;
+    const uint16_t* v = row_values<uint16_t>(L, r);
+    const uint8_t* m = row_meta(L, r);
+    uint16_t* o = out + (r - r0) * d_in;
     for (int64_t c = 0; c <= full; ++c) {
       if (c == full && rest == 0) break;
-      const bool tail = c == full;
-      const __m256i packed = _mm256_maskz_loadu_epi16(static_cast<__mmask16>(tail ? (1u << (rest / 2)) - 1 : 0xFFFF),
-                                                      v + 16 * c);
-      const __m512i w = _mm512_maskz_expand_epi16(mask_bits(m + 4 * c, tail ? rest / 8 : 4), _mm512_castsi256_si512(packed));
-      _mm512_mask_storeu_epi16(o + 32 * c, tail ? static_cast<__mmask32>((1u << rest) - 1) : ~__mmask32(0), w);
+      const int64_t n = c == full ? rest : 64;  // inputs in this chunk (the last one of a row one by one: 8..56)
+      const uint64_t k = kept_bits(m + ms * c, n / 8);
+      const __mmask32 v0 = n >= 32 ? 0xFFFF : (1u << (n / 2)) - 1, v1 = n >= 32 ? (1u << (n / 2 - 16)) - 1 : 0;
+      const __mmask32 o0 = n >= 32 ? ~0u : (1u << n) - 1, o1 = n == 64 ? ~0u : n > 32 ? (1u << (n - 32)) - 1 : 0;
+      const __m512i w0 = _mm512_maskz_expand_epi16(uint32_t(k), _mm512_maskz_loadu_epi16(v0, v + vs * c));
+      const __m512i w1 = _mm512_maskz_expand_epi16(uint32_t(k >> 32), _mm512_maskz_loadu_epi16(v1, v + vs * c + 16));
+      _mm512_mask_storeu_epi16(o + 64 * c, o0, w0);
+      _mm512_mask_storeu_epi16(o + 64 * c + 32, o1, w1);
     }
   }
+}
+
+void decompress_bf16(const armor::Layer& L, int64_t r0, int64_t r1, void* out) {
+  L.interleave ? decompress_rows<true>(L, r0, r1, static_cast<uint16_t*>(out))
+               : decompress_rows<false>(L, r0, r1, static_cast<uint16_t*>(out));
 }
 }  // namespace
 
