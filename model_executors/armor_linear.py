@@ -3,7 +3,8 @@
 Kernels, picked by device (`kernel="auto"`) or by name:
 * packed (CPU): `torch.ops.armor.linear` (model_executors/cpu_kernel.py) reads S straight from its packed
   form; the buffers are turned into the kernel layout in place once, at load time (position codes ->
-  bitmask, A/B blocks transposed, values interleaved 4 rows at a time on AVX2: the same bytes); no dense
+  bitmask or kept as codes, A/B blocks transposed, values interleaved 4 rows at a time where the path reads
+  them so: the same bytes); no dense
   copy of S is ever held;
 * sparse (CUDA, sm80+, float16/bfloat16): 2:4 sparse tensor cores (model_executors/cuda_kernel.py): the
   metadata permuted in place once, at load time, into CUTLASS's order (the same bytes); a Triton kernel

@@ -4,11 +4,12 @@
     y = cpu_kernel.linear(x, values, meta, a_blocks, b_blocks, shard_sizes, bias)
 computes y = A [S_s (B_s x)]_s + bias straight from the packed core, for float32 and bfloat16 weights, any
 token count. The kernel layout holds the same bytes as the checkpoint: the kept values (the rows of each group
-of 4 interleaved G values at a time where the path reads them so -- 8 on AVX2, 16 for float32 on AVX-512 -- so
+of 4 interleaved G values at a time where the path reads them so -- 8 on AVX2, 16 for float32 on AVX-512, 32 for
+bfloat16 on AVX512-BF16 -- so
 a 4-row group streams from DRAM as one sequence: SmolLM2's one-thread decode step at 1 token 1.29-1.38x ->
 1.43-1.48x oneDNN's dense on Zen 1), their positions as a bitmask (a SIMD kernel loads it straight into a lane
-mask) or, for float32 on AVX-512, as the checkpoint's own position codes (the kernel turns a row's 32 codes into
-the lane indices that permute x onto its 16 kept values), and the A/B blocks transposed (each input then scales a contiguous column: no horizontal sums). Fused layers (qkv,
+mask) or, for float32 on AVX-512 and bfloat16 on AVX512-BF16, as the checkpoint's own position codes (the kernel
+turns a row's codes into the lane indices that permute x onto its kept values), and the A/B blocks transposed (each input then scales a contiguous column: no horizontal sums). Fused layers (qkv,
 gate_up) pass one B per shard (b_blocks of shape (shards, n, b, b)) and the shards' row counts. The op has a fake (meta) implementation,
 so torch.compile and vLLM's CPU engine trace it as one node. docs/executors.md describes the kernels.
 """
@@ -78,8 +79,8 @@ def kernel_layout(values: torch.Tensor) -> tuple[int, bool]:
 def to_kernel_layout(values: torch.Tensor, meta: torch.Tensor, a_blocks: torch.Tensor,
                      b_blocks: torch.Tensor) -> torch.Tensor:
     """Checkpoint layout -> kernel layout of the path in use, in place (same bytes): blocks transposed; codes ->
-    bitmask, or (float32 on AVX-512) codes kept; values interleaved 4 rows x G where that path reads them so
-    (codes then interleaved with them, 4 bytes = 16 values at a time). Returns the values as the op takes them:
+    bitmask, or (float32 on AVX-512, bfloat16 on AVX512-BF16) codes kept; values interleaved 4 rows x G where
+    that path reads them so (codes then interleaved with them, G / 4 bytes = G values at a time). Returns the values as the op takes them:
     `values` itself, or a (d_out/4, d_in/(2G), 4G) view of its storage when interleaved. Make it after
     `use_isa`: the op refuses values interleaved otherwise than the path in use reads them."""
     group, codes = kernel_layout(values)

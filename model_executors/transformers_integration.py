@@ -63,7 +63,7 @@ class ArmorHfQuantizer(HfQuantizer):
         validate_loaded(model)
         for mod in model.modules():
             if isinstance(mod, ArmorLinear):
-                mod.prepare()  # the executable form, once, at load time (packed kernel: bitmask in place)
+                mod.prepare()  # the executable form, once, at load time (packed kernel: kernel layout in place)
         return model
 
     def is_serializable(self, safe_serialization=None):

@@ -8,7 +8,7 @@ own B). Tensor parallelism follows model_executors.sharding.
 
 Kernels, chosen once at load time (`process_weights_after_loading`) and logged once per process:
 * CPU: the packed 2:4 kernel (`torch.ops.armor.linear`, one call per fused layer: each shard's rows read that
-  shard's B x); its tensors turned into the kernel layout in place (position bitmask, transposed A/B blocks);
+  shard's B x); its tensors turned into the kernel layout in place (position bitmask or codes, interleaved values, transposed A/B blocks);
 * CUDA sm80+, float16/bfloat16: 2:4 sparse tensor cores (model_executors/cuda_kernel.py): the metadata
   permuted in place into CUTLASS's order; one Triton launch per fused layer up to the token count where it
   was measured to beat CUTLASS (timed once per shape at load), CUTLASS's 2:4 GEMM per shard beyond;

@@ -1,5 +1,5 @@
 // torch custom op armor::linear(x, values, mask, a_blocks_t, b_blocks_t, shard_sizes, bias) on CPU:
-// y = A [S_s (B_s x)]_s + bias straight from the packed 2:4 core (kept values + a bitmask of their positions)
+// y = A [S_s (B_s x)]_s + bias straight from the packed 2:4 core (kept values + their positions, as a bitmask or the checkpoint's codes)
 // and the A/B blocks stored transposed: the kernel layout model_executors/cpu_kernel.py makes once at load
 // time. Never a dense S.
 //
@@ -72,9 +72,13 @@ std::string best_isa() {
 // * portable: with oneDNN behind the panels the prefill path wins from about 64 tokens in float32, 32-64 in
 //   bfloat16 (SmolLM2 shapes 3072x576, 576x1536, measured on AVX-512 before it had a tiled product);
 // * AVX-512: float32 never takes the prefill path (the tiled product beats it, kTiledMinTokensAvx512);
-//   bfloat16 from 48 tokens as above, or with AVX512-BF16 from 128: its permuting product (codes) ties the prefill
-//   path there (3072x576, 0.65-0.66x oneDNN on one thread and two) and beats it below (0.70-0.75 against
-//   0.57-0.67x at 48-64 tokens); at 192-256 tokens the prefill path wins (0.65-0.72 against 0.58-0.63x);
+//   bfloat16 from 48 tokens as above, or with AVX512-BF16 from 128: its permuting product (codes) beats the
+//   prefill path up to 64 tokens (one thread, ARMOR / oneDNN: 3072x576 0.61-0.75 against 0.52-0.53x at 32-64,
+//   576x1536 0.60-0.77 against 0.52-0.79x) and ties it at 96 (0.54-0.66 against 0.54-0.66x on the three shapes);
+//   from 128 the prefill path leads (3072x576 0.61 against 0.56x, 576x1536 0.66 / 0.61x, 4096x4096 0.70 / 0.71x at
+//   128; 0.59-0.78 against 0.56-0.71x at 192, 0.60-0.77 against 0.51-0.69x at 256; kernel_crossover, 2026-12-02).
+//   All 30 layers of SmolLM2, one thread (ad hoc, alternated): permuting / prefill 0.66 / 0.56x at 48-64 tokens,
+//   0.63 / 0.61 at 96, 0.64-0.65 / 0.62-0.65 at 128, 0.62 / 0.67 at 160, 0.58-0.61 / 0.66-0.68 at 192-256;
 // * AVX2 (AMD EPYC Zen 1, 4096x4096, 2026-12-01): the tiled product beats the prefill path at 64 and 128 tokens
 //   (39 vs 57 ms, 73 vs 94 ms) and ties it at 2048 (1216 vs 1220 ms) in float32; in bfloat16 the prefill path's
 //   GEMM, without AVX512-BF16, is ~5x slower than the tiled product at 64-128 tokens, so it never runs.

@@ -105,46 +105,50 @@ void rows(const armor::Layer& L, int64_t r0, int64_t n, const uint16_t* xs, int6
   L.interleave ? rows_of<true>(L, r0, n, xs, T, z, ld_z) : rows_of<false>(L, r0, n, xs, T, z, ld_z);
 }
 
-// a code byte (two groups of 4 inputs, 2 bits per kept input) -> the bitmask byte of its kept inputs
-struct CodeMasks {
-  uint8_t bits[256];
-};
-constexpr CodeMasks make_code_masks() {
-  CodeMasks t{};
-  for (int b = 0; b < 256; ++b)
-    t.bits[b] = static_cast<uint8_t>(1 << (b & 3) | 1 << (b >> 2 & 3) | 16 << (b >> 4 & 3) | 16 << (b >> 6));
-  return t;
-}
-constexpr CodeMasks kCodeMasks = make_code_masks();
-
-// 8 code bytes (64 inputs) -> the bitmask of their kept inputs
-inline uint64_t kept_bits(const uint8_t* m, int64_t bytes) {
-  uint64_t k = 0;
-  for (int64_t i = 0; i < bytes; ++i) k |= uint64_t(kCodeMasks.bits[m[i]]) << 8 * i;
-  return k;
+// A code word (64 inputs, 16 groups of 4, two 2-bit codes each) -> the 64-bit mask of its kept inputs: byte
+// lane i takes its group's code nibble (vpmultishiftqb, control 4 (i / 4)) and is kept where either code
+// equals i % 4. The prefill path's decompression on 4096x4096 at 128 tokens, in perf samples against its GEMM's:
+// 0.57x with a table per code byte, 0.46x with this, 0.28x reading 4 rows chunk by chunk (decompress_rows).
+inline __mmask64 kept_bits(uint64_t word) {
+  const __m512i ctrl = _mm512_set_epi64(0x3C3C3C3C38383838, 0x3434343430303030, 0x2C2C2C2C28282828, 0x2424242420202020,
+                                        0x1C1C1C1C18181818, 0x1414141410101010, 0x0C0C0C0C08080808, 0x0404040400000000);
+  const __m512i pos = _mm512_set1_epi32(0x03020100), three = _mm512_set1_epi8(3);
+  const __m512i nib = _mm512_multishift_epi64_epi8(ctrl, _mm512_set1_epi64(word));
+  const __m512i lo = _mm512_and_si512(nib, three), hi = _mm512_and_si512(_mm512_srli_epi16(nib, 2), three);
+  return _mm512_cmpeq_epi8_mask(lo, pos) | _mm512_cmpeq_epi8_mask(hi, pos);
 }
 
-// bf16 rows [r0, r1) of S dense (the prefill path's panels): per 64 inputs, the code word's bitmask expands the
-// row's 32 kept values into their lanes, 16 at a time (vpexpandw); IL as codes_chunk
+// Inputs [64 c, 64 c + n) of one bf16 row dense: the code word's kept bits expand the row's 32 kept values into
+// their lanes, 16 at a time (vpexpandw); IL as codes_chunk
+template <bool IL>
+inline void decompress_chunk(const uint16_t* v, const uint8_t* m, int64_t c, int64_t n, uint16_t* o) {
+  constexpr int64_t vs = IL ? 128 : 32, ms = IL ? 32 : 8;
+  uint64_t word = 0;
+  __builtin_memcpy(&word, m + ms * c, n / 8);  // a partial chunk's missing codes: group 0, inputs masked below
+  const uint64_t k = kept_bits(word) & (n == 64 ? ~0ull : (1ull << n) - 1);
+  const __mmask32 v0 = n >= 32 ? 0xFFFF : (1u << (n / 2)) - 1, v1 = n >= 32 ? (1u << (n / 2 - 16)) - 1 : 0;
+  const __mmask32 o0 = n >= 32 ? ~0u : (1u << n) - 1, o1 = n == 64 ? ~0u : n > 32 ? (1u << (n - 32)) - 1 : 0;
+  const __m512i w0 = _mm512_maskz_expand_epi16(uint32_t(k), _mm512_maskz_loadu_epi16(v0, v + vs * c));
+  const __m512i w1 = _mm512_maskz_expand_epi16(uint32_t(k >> 32), _mm512_maskz_loadu_epi16(v1, v + vs * c + 16));
+  _mm512_mask_storeu_epi16(o + 64 * c, o0, w0);
+  _mm512_mask_storeu_epi16(o + 64 * c + 32, o1, w1);
+}
+
+// bf16 rows [r0, r1) of S dense (the prefill path's panels), 4 rows at a time chunk by chunk: interleaved values
+// and codes are then read front to back (row by row, the packed core, from DRAM, ran at a fraction of that)
 template <bool IL>
 void decompress_rows(const armor::Layer& L, int64_t r0, int64_t r1, uint16_t* out) {
-  constexpr int64_t vs = IL ? 128 : 32, ms = IL ? 32 : 8;
   const int64_t d_in = L.d_in, full = d_in / 64, rest = d_in % 64;
-  for (int64_t r = r0; r < r1; ++r) {
-    const uint16_t* v = row_values<uint16_t>(L, r);
-    const uint8_t* m = row_meta(L, r);
-    uint16_t* o = out + (r - r0) * d_in;
-    for (int64_t c = 0; c <= full; ++c) {
-      if (c == full && rest == 0) break;
-      const int64_t n = c == full ? rest : 64;  // inputs in this chunk (the last one of a row one by one: 8..56)
-      const uint64_t k = kept_bits(m + ms * c, n / 8);
-      const __mmask32 v0 = n >= 32 ? 0xFFFF : (1u << (n / 2)) - 1, v1 = n >= 32 ? (1u << (n / 2 - 16)) - 1 : 0;
-      const __mmask32 o0 = n >= 32 ? ~0u : (1u << n) - 1, o1 = n == 64 ? ~0u : n > 32 ? (1u << (n - 32)) - 1 : 0;
-      const __m512i w0 = _mm512_maskz_expand_epi16(uint32_t(k), _mm512_maskz_loadu_epi16(v0, v + vs * c));
-      const __m512i w1 = _mm512_maskz_expand_epi16(uint32_t(k >> 32), _mm512_maskz_loadu_epi16(v1, v + vs * c + 16));
-      _mm512_mask_storeu_epi16(o + 64 * c, o0, w0);
-      _mm512_mask_storeu_epi16(o + 64 * c + 32, o1, w1);
-    }
+  for (int64_t rb = r0; rb < r1; rb += 4) {
+    const int64_t nr = r1 - rb < 4 ? r1 - rb : 4;
+    const uint16_t* v[4];
+    const uint8_t* m[4];
+    for (int64_t i = 0; i < nr; ++i) v[i] = row_values<uint16_t>(L, rb + i), m[i] = row_meta(L, rb + i);
+    uint16_t* o = out + (rb - r0) * d_in;
+    for (int64_t c = 0; c < full; ++c)
+      for (int64_t i = 0; i < nr; ++i) decompress_chunk<IL>(v[i], m[i], c, 64, o + i * d_in);
+    if (rest)
+      for (int64_t i = 0; i < nr; ++i) decompress_chunk<IL>(v[i], m[i], full, rest, o + i * d_in);
   }
 }
 

@@ -12,12 +12,12 @@ namespace armor {
 //                            (interleave = G, made at load time: same bytes) the rows of each group of 4
 //                            interleaved G values (2G inputs) at a time, so that the 4 rows a kernel reads
 //                            together come from one sequential stream (generic.h row_values): G = 8 on AVX2,
-//                            16 for float32 on AVX-512
+//                            16 for float32 on AVX-512, 32 for bfloat16 on AVX512-BF16
 //   mask    (d_out, d_in/8)  uint8, one byte per 8 inputs: a bitmask of the kept inputs (bit j of byte k <=>
 //                            input 8k + j is kept; made once at load time from the checkpoint's codes: same
-//                            size), or (codes: float32 on AVX-512) the checkpoint's own 4-bit position codes
-//                            (sparsity.py), interleaved like the values when interleave = 16: each 4-row group's
-//                            4 bytes (32 inputs) per row in turn (generic.h row_meta)
+//                            size), or (codes: float32 on AVX-512, bfloat16 on AVX512-BF16) the checkpoint's own
+//                            4-bit position codes (sparsity.py), interleaved like the values when interleave is
+//                            16 or 32: each 4-row group's G / 4 bytes (2G inputs) per row in turn (generic.h row_meta)
 //   a       (d_out/ba, ba, ba), b (n_shards, d_in/bb, bb, bb): the block-diagonal factors' blocks, weight
 //           dtype, each stored transposed (a[j][k][i] = A_j[i][k]; made once at load time: same bytes)
 //   shard_rows: n_shards + 1 offsets into d_out (each a multiple of ba); shard s reads B_s x
@@ -30,7 +30,7 @@ struct Layer {
   const void* b;
   bool bf16;  // weights (values, a, b) are bfloat16; float32 otherwise
   const float* bias;  // float32 (d_out) or nullptr
-  int64_t interleave;  // 0, 8 or 16: values (and codes) in the interleaved layout (d_out % 4 == 0, d_in % 2G == 0)
+  int64_t interleave;  // 0, 8, 16 or 32: values (and codes) in the interleaved layout (d_out % 4 == 0, d_in % 2G == 0)
   bool codes;  // mask holds position codes, not a bitmask
 };
 
