@@ -71,7 +71,11 @@ std::string best_isa() {
 // bfloat16}, measured per path (`python -m benchmarks.kernel_crossover`, benchmarks/results/kernel-crossover-cpu.md):
 // * portable: with oneDNN behind the panels the prefill path wins from about 64 tokens in float32, 32-64 in
 //   bfloat16 (SmolLM2 shapes 3072x576, 576x1536, measured on AVX-512 before it had a tiled product);
-// * AVX-512: float32 never takes the prefill path (the tiled product beats it, kTiledMinTokensAvx512);
+// * AVX-512: float32 from 1024 tokens, below that the tiled product (kTiledMinTokensAvx512) leads or ties. Panels
+//   decompressed from the codes (Avx512::decompress), one thread, ARMOR / oneDNN, tiled against prefill: 3072x576
+//   0.98 / 0.69 at 128 tokens, 0.77 / 0.66-0.74 at 256-512, 0.71 / 0.70 at 2048; 576x1536 0.84 / 0.85 at 256,
+//   0.79 / 0.83 at 512, 0.59 / 0.64 at 2048; 4096x4096 0.89-0.90 / 0.81-0.89 at 128-512, 0.78 / 0.88 at 2048
+//   (kernel_crossover, 2026-12-02); SmolLM2's 30 layers 0.82 / 0.78 at 256, 0.75 / 0.75 at 512, 0.76 / 0.79 at 2048;
 //   bfloat16 from 48 tokens as above, or with AVX512-BF16 from 128: its permuting product (codes) beats the
 //   prefill path up to 64 tokens (one thread, ARMOR / oneDNN: 3072x576 0.61-0.75 against 0.52-0.53x at 32-64,
 //   576x1536 0.60-0.77 against 0.52-0.79x) and ties it at 96 (0.54-0.66 against 0.54-0.66x on the three shapes);
@@ -102,7 +106,7 @@ struct Active {
 Active make_active(const std::string& isa) {
   const bool avx2 = isa == "avx2";
   const bool avx512 = isa.rfind("avx512", 0) == 0;
-  return {kernels_for(isa), {avx2 ? 1024 : avx512 ? INT64_MAX : 64, avx2 ? INT64_MAX : isa == "avx512_bf16" ? 128 : 48},
+  return {kernels_for(isa), {avx2 || avx512 ? 1024 : 64, avx2 ? INT64_MAX : isa == "avx512_bf16" ? 128 : 48},
           avx512 ? kTiledMinTokensAvx512 : kTiledMinTokens};
 }
 

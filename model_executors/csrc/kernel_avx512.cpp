@@ -261,12 +261,55 @@ inline void store_dense(uint16_t* o, const uint16_t* v, __mmask16 k) {
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(o), _mm512_cvtepi32_epi16(_mm512_maskz_expand_epi32(k, w)));
 }
 
+// a code byte (two groups of 4 inputs, 2 bits per kept input) -> the bitmask byte of its kept inputs
+struct CodeMasks {
+  uint8_t bits[256];
+};
+constexpr CodeMasks make_code_masks() {
+  CodeMasks t{};
+  for (int b = 0; b < 256; ++b)
+    t.bits[b] = static_cast<uint8_t>(1 << (b & 3) | 1 << (b >> 2 & 3) | 16 << (b >> 4 & 3) | 16 << (b >> 6));
+  return t;
+}
+constexpr CodeMasks kCodeMasks = make_code_masks();
+
+// float32 rows [r0, r1) of S dense from the codes layout (values interleaved G = 16 at a time, or rows one by one:
+// G = 0): per 16 inputs, two code bytes' kept bits expand 8 values into their lanes (vexpandps), 4 rows chunk by
+// chunk so interleaved values stream front to back (as kernel_avx512_bf16.cpp's decompress_rows).
+template <int G>
+void decompress_codes(const armor::Layer& L, int64_t r0, int64_t r1, float* out) {
+  const int64_t d_in = L.d_in, units = d_in / 8;
+  for (int64_t rb = r0; rb < r1; rb += 4) {
+    const int64_t nr = r1 - rb < 4 ? r1 - rb : 4;
+    const float* v[4];
+    const uint8_t* m[4];
+    for (int64_t i = 0; i < nr; ++i) v[i] = row_values<float>(L, rb + i), m[i] = row_meta(L, rb + i);
+    float* o = out + (rb - r0) * d_in;
+    int64_t c = 0;
+    for (; c + 2 <= units; c += 2)
+      for (int64_t i = 0; i < nr; ++i) {
+        const __mmask16 k = kCodeMasks.bits[m[i][unit_meta<G>(c)]] | kCodeMasks.bits[m[i][unit_meta<G>(c + 1)]] << 8;
+        const __m256 packed = _mm256_loadu_ps(v[i] + unit_values<G>(c));  // units c, c + 1: 8 values in a row
+        _mm512_storeu_ps(o + i * d_in + 8 * c, _mm512_maskz_expand_ps(k, _mm512_castps256_ps512(packed)));
+      }
+    if (c < units)  // d_in = 8 mod 16 (rows one by one): the last unit's 4 values
+      for (int64_t i = 0; i < nr; ++i) {
+        const __m256 packed = _mm256_maskz_loadu_ps(0x0F, v[i] + unit_values<G>(c));
+        const __m512 w = _mm512_maskz_expand_ps(kCodeMasks.bits[m[i][unit_meta<G>(c)]], _mm512_castps256_ps512(packed));
+        _mm512_mask_storeu_ps(o + i * d_in + 8 * c, 0x00FF, w);
+      }
+  }
+}
+
 struct Avx512 {
   template <typename W>
   static void decompress(const armor::Layer& L, int64_t r0, int64_t r1, void* out) {
     const int64_t d_in = L.d_in;
-    // float32 (codes) never takes the prefill path on AVX-512 but in tests
-    if (sizeof(W) == 4 || d_in % 16) return decompress_impl<W>(L, r0, r1, out);
+    if constexpr (sizeof(W) == 4) {  // float32: the codes layout
+      float* o = static_cast<float*>(out);
+      return L.interleave ? decompress_codes<16>(L, r0, r1, o) : decompress_codes<0>(L, r0, r1, o);
+    }
+    if (d_in % 16) return decompress_impl<W>(L, r0, r1, out);
     if constexpr (sizeof(W) == 2) {
       for (int64_t r = r0; r < r1; ++r) {
         const W* v = static_cast<const W*>(L.values) + r * (d_in / 2);
