@@ -225,6 +225,24 @@ void decompress_impl(const armor::Layer& L, int64_t r0, int64_t r1, void* out_) 
   }
 }
 
+// Rows [r0, r1) of S dense into out (row stride d_in), 4 rows at a time chunk by chunk, so values interleaved 4
+// rows at a time stream front to back (row by row, decompressing the packed core from DRAM ran at a fraction of
+// that): chunk_fn(v, m, c, n, o) writes inputs [w c, w c + n) of the row with values v and mask m into its output
+// row o (n = w but in a row's last chunk).
+template <typename W, class ChunkFn>
+void decompress_rows(const armor::Layer& L, int64_t r0, int64_t r1, W* out, int64_t w, ChunkFn chunk_fn) {
+  const int64_t d_in = L.d_in;
+  for (int64_t rb = r0; rb < r1; rb += 4) {
+    const int64_t nr = r1 - rb < 4 ? r1 - rb : 4;
+    const W* v[4];
+    const uint8_t* m[4];
+    for (int64_t i = 0; i < nr; ++i) v[i] = row_values<W>(L, rb + i), m[i] = row_meta(L, rb + i);
+    for (int64_t c = 0; c * w < d_in; ++c)
+      for (int64_t i = 0; i < nr; ++i)
+        chunk_fn(v[i], m[i], c, d_in - c * w < w ? d_in - c * w : w, out + (rb - r0 + i) * d_in);
+  }
+}
+
 // The sparse product and A for A-blocks [j0, j1): z[t, 0:ba] = S[j-block rows] xb_s[t] by `rows_fn`,
 // then y = A_j z + bias while those rows are in cache. X: the element type of xb (float, or bf16 bits).
 // `step`: the token blocks' granularity (for the tiled layout a multiple of its tile: a block never splits one).

@@ -273,32 +273,15 @@ constexpr CodeMasks make_code_masks() {
 }
 constexpr CodeMasks kCodeMasks = make_code_masks();
 
-// float32 rows [r0, r1) of S dense from the codes layout (values interleaved G = 16 at a time, or rows one by one:
-// G = 0): per 16 inputs, two code bytes' kept bits expand 8 values into their lanes (vexpandps), 4 rows chunk by
-// chunk so interleaved values stream front to back (as kernel_avx512_bf16.cpp's decompress_rows).
+// Inputs [16 c, 16 c + n) of one float32 row dense from the codes layout (values interleaved G = 16 at a time, or
+// rows one by one: G = 0; the prefill path's panels, generic.h decompress_rows): the two code bytes' kept bits
+// expand 8 values into their lanes (vexpandps); n = 8 in a row one by one whose length is 8 mod 16.
 template <int G>
-void decompress_codes(const armor::Layer& L, int64_t r0, int64_t r1, float* out) {
-  const int64_t d_in = L.d_in, units = d_in / 8;
-  for (int64_t rb = r0; rb < r1; rb += 4) {
-    const int64_t nr = r1 - rb < 4 ? r1 - rb : 4;
-    const float* v[4];
-    const uint8_t* m[4];
-    for (int64_t i = 0; i < nr; ++i) v[i] = row_values<float>(L, rb + i), m[i] = row_meta(L, rb + i);
-    float* o = out + (rb - r0) * d_in;
-    int64_t c = 0;
-    for (; c + 2 <= units; c += 2)
-      for (int64_t i = 0; i < nr; ++i) {
-        const __mmask16 k = kCodeMasks.bits[m[i][unit_meta<G>(c)]] | kCodeMasks.bits[m[i][unit_meta<G>(c + 1)]] << 8;
-        const __m256 packed = _mm256_loadu_ps(v[i] + unit_values<G>(c));  // units c, c + 1: 8 values in a row
-        _mm512_storeu_ps(o + i * d_in + 8 * c, _mm512_maskz_expand_ps(k, _mm512_castps256_ps512(packed)));
-      }
-    if (c < units)  // d_in = 8 mod 16 (rows one by one): the last unit's 4 values
-      for (int64_t i = 0; i < nr; ++i) {
-        const __m256 packed = _mm256_maskz_loadu_ps(0x0F, v[i] + unit_values<G>(c));
-        const __m512 w = _mm512_maskz_expand_ps(kCodeMasks.bits[m[i][unit_meta<G>(c)]], _mm512_castps256_ps512(packed));
-        _mm512_mask_storeu_ps(o + i * d_in + 8 * c, 0x00FF, w);
-      }
-  }
+inline void decompress_codes(const float* v, const uint8_t* m, int64_t c, int64_t n, float* o) {
+  const int64_t u = 2 * c;  // its first 8-input unit; units 2c and 2c + 1 have 8 values in a row
+  const __mmask16 k = kCodeMasks.bits[m[unit_meta<G>(u)]] | (n == 16 ? kCodeMasks.bits[m[unit_meta<G>(u + 1)]] << 8 : 0);
+  const __m256 packed = _mm256_maskz_loadu_ps(n == 16 ? 0xFF : 0x0F, v + unit_values<G>(u));
+  _mm512_mask_storeu_ps(o + 16 * c, n == 16 ? 0xFFFF : 0x00FF, _mm512_maskz_expand_ps(k, _mm512_castps256_ps512(packed)));
 }
 
 struct Avx512 {
@@ -307,7 +290,8 @@ struct Avx512 {
     const int64_t d_in = L.d_in;
     if constexpr (sizeof(W) == 4) {  // float32: the codes layout
       float* o = static_cast<float*>(out);
-      return L.interleave ? decompress_codes<16>(L, r0, r1, o) : decompress_codes<0>(L, r0, r1, o);
+      return L.interleave ? decompress_rows(L, r0, r1, o, 16, [](auto... a) { decompress_codes<16>(a...); })
+                          : decompress_rows(L, r0, r1, o, 16, [](auto... a) { decompress_codes<0>(a...); });
     }
     if (d_in % 16) return decompress_impl<W>(L, r0, r1, out);
     if constexpr (sizeof(W) == 2) {

@@ -118,8 +118,8 @@ inline __mmask64 kept_bits(uint64_t word) {
   return _mm512_cmpeq_epi8_mask(lo, pos) | _mm512_cmpeq_epi8_mask(hi, pos);
 }
 
-// Inputs [64 c, 64 c + n) of one bf16 row dense: the code word's kept bits expand the row's 32 kept values into
-// their lanes, 16 at a time (vpexpandw); IL as codes_chunk
+// Inputs [64 c, 64 c + n) of one bf16 row dense (the prefill path's panels, generic.h decompress_rows): the code
+// word's kept bits expand the row's 32 kept values into their lanes, 16 at a time (vpexpandw); IL as codes_chunk
 template <bool IL>
 inline void decompress_chunk(const uint16_t* v, const uint8_t* m, int64_t c, int64_t n, uint16_t* o) {
   constexpr int64_t vs = IL ? 128 : 32, ms = IL ? 32 : 8;
@@ -134,27 +134,11 @@ inline void decompress_chunk(const uint16_t* v, const uint8_t* m, int64_t c, int
   _mm512_mask_storeu_epi16(o + 64 * c + 32, o1, w1);
 }
 
-// bf16 rows [r0, r1) of S dense (the prefill path's panels), 4 rows at a time chunk by chunk: interleaved values
-// and codes are then read front to back (row by row, the packed core, from DRAM, ran at a fraction of that)
-template <bool IL>
-void decompress_rows(const armor::Layer& L, int64_t r0, int64_t r1, uint16_t* out) {
-  const int64_t d_in = L.d_in, full = d_in / 64, rest = d_in % 64;
-  for (int64_t rb = r0; rb < r1; rb += 4) {
-    const int64_t nr = r1 - rb < 4 ? r1 - rb : 4;
-    const uint16_t* v[4];
-    const uint8_t* m[4];
-    for (int64_t i = 0; i < nr; ++i) v[i] = row_values<uint16_t>(L, rb + i), m[i] = row_meta(L, rb + i);
-    uint16_t* o = out + (rb - r0) * d_in;
-    for (int64_t c = 0; c < full; ++c)
-      for (int64_t i = 0; i < nr; ++i) decompress_chunk<IL>(v[i], m[i], c, 64, o + i * d_in);
-    if (rest)
-      for (int64_t i = 0; i < nr; ++i) decompress_chunk<IL>(v[i], m[i], full, rest, o + i * d_in);
-  }
-}
-
 void decompress_bf16(const armor::Layer& L, int64_t r0, int64_t r1, void* out) {
-  L.interleave ? decompress_rows<true>(L, r0, r1, static_cast<uint16_t*>(out))
-               : decompress_rows<false>(L, r0, r1, static_cast<uint16_t*>(out));
+  uint16_t* o = static_cast<uint16_t*>(out);
+  // lambdas, not function pointers, so the chunk inlines into the row walk
+  L.interleave ? decompress_rows(L, r0, r1, o, 64, [](auto... a) { decompress_chunk<true>(a...); })
+               : decompress_rows(L, r0, r1, o, 64, [](auto... a) { decompress_chunk<false>(a...); });
 }
 }  // namespace
 
