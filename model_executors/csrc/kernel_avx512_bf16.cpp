@@ -12,7 +12,7 @@ namespace {
 #include "generic.h"
 
 // Against expanding the values by a bitmask (vpexpandw, 32 inputs at a time, rows one by one) on Zen 5, one
-// thread, one token (ad hoc benchmark, 2026-12-03): 1.6-2.1 against 4.2 us for 256x576 in L2; from DRAM 4096x4096
+// thread, one token (ad hoc benchmark, 2026-12-02): 1.6-2.1 against 4.2 us for 256x576 in L2; from DRAM 4096x4096
 // 720-780 against 1110 us, 576x1536 30-34 against 40 us, 3072x576 77 against 73 us. A prefetch per row and 64
 // inputs 4 KB ahead measured best there.
 constexpr int kPrefetch = 4096;
