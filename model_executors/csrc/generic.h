@@ -44,26 +44,18 @@ inline int64_t unit_offset(int64_t c, int64_t cs) { return (c >> 1) * cs + (c & 
 // The same for values interleaved G at a time (0: rows one by one) known at compile time, and where unit c's
 // mask byte lies from the row's first: codes are interleaved with the values where G >= 16 (float32 on AVX-512:
 // 16, bfloat16 on AVX512-BF16: 32), G / 4 bytes (2G inputs) per row in turn; AVX2's bitmask (G = 8) never is.
+constexpr int64_t values_of_unit(int64_t G, int64_t c) { return G ? c / (G / 4) * 4 * G + c % (G / 4) * 4 : 4 * c; }
+constexpr int64_t meta_of_unit(int64_t G, int64_t c) { return G >= 16 ? c / (G / 4) * G + c % (G / 4) : c; }
 template <int G>
-constexpr int64_t unit_values(int64_t c) {
-  if constexpr (G == 0) return 4 * c;
-  else return c / (G / 4) * 4 * G + c % (G / 4) * 4;
-}
+constexpr int64_t unit_values(int64_t c) { return values_of_unit(G, c); }
 template <int G>
-constexpr int64_t unit_meta(int64_t c) {
-  if constexpr (G < 16) return c;
-  else return c / (G / 4) * G + c % (G / 4);
-}
-inline int64_t unit_offset(const armor::Layer& L, int64_t c) {
-  return L.interleave ? c / (L.interleave / 4) * 4 * L.interleave + c % (L.interleave / 4) * 4 : 4 * c;
-}
+constexpr int64_t unit_meta(int64_t c) { return meta_of_unit(G, c); }
+inline int64_t unit_offset(const armor::Layer& L, int64_t c) { return values_of_unit(L.interleave, c); }
 // Row r's first mask byte, and where its byte for unit c lies from there
 inline const uint8_t* row_meta(const armor::Layer& L, int64_t r) {
   return L.interleave >= 16 ? L.mask + (r >> 2) * (L.d_in / 2) + (r & 3) * (L.interleave / 4) : L.mask + r * (L.d_in / 8);
 }
-inline int64_t meta_unit(const armor::Layer& L, int64_t c) {
-  return L.interleave >= 16 ? c / (L.interleave / 4) * L.interleave + c % (L.interleave / 4) : c;
-}
+inline int64_t meta_unit(const armor::Layer& L, int64_t c) { return meta_of_unit(L.interleave, c); }
 
 constexpr int64_t kMaxRows = 128;  // an A-block's rows (armor_op.cpp kMaxBlock)
 
