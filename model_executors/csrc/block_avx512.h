@@ -96,3 +96,40 @@ inline bool fast_block_matvec(const uint16_t* blkT, int64_t n, const uint16_t* i
                               int64_t ld_out, int64_t T, const float* bias) {
   return block_tiles(blkT, n, in, ld_in, out, ld_out, T, bias);
 }
+
+// The prefill path's fold (generic.h fold_a): out = A_j S_j, 4 rows x 64 columns of accumulators, per k one strip
+// of S_j's row k (4 loads) shared by 4 broadcast rows of A_j.
+template <typename W>
+inline bool fold_tiles(const W* aT, int64_t ba, const W* s, int64_t d_in, W* out) {
+  if (d_in % 64 || ba % 4) return false;
+  for (int64_t i0 = 0; i0 < d_in; i0 += 64)
+    for (int64_t r = 0; r < ba; r += 4) {
+      __m512 acc[4][4];
+#pragma GCC unroll 4
+      for (int q = 0; q < 4; ++q)
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; ++c) acc[q][c] = _mm512_setzero_ps();
+      for (int64_t k = 0; k < ba; ++k) {
+        __m512 sk[4];
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; ++c) sk[c] = load16(s + k * d_in + i0 + 16 * c);
+#pragma GCC unroll 4
+        for (int q = 0; q < 4; ++q) {
+          const __m512 a = broadcast1(aT + k * ba + r + q);
+#pragma GCC unroll 4
+          for (int c = 0; c < 4; ++c) acc[q][c] = _mm512_fmadd_ps(a, sk[c], acc[q][c]);
+        }
+      }
+#pragma GCC unroll 4
+      for (int q = 0; q < 4; ++q)
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; ++c) store16(out + (r + q) * d_in + i0 + 16 * c, acc[q][c]);
+    }
+  return true;
+}
+inline bool fast_fold(const float* aT, int64_t ba, const float* s, int64_t d_in, float* out) {
+  return fold_tiles(aT, ba, s, d_in, out);
+}
+inline bool fast_fold(const uint16_t* aT, int64_t ba, const uint16_t* s, int64_t d_in, uint16_t* out) {
+  return fold_tiles(aT, ba, s, d_in, out);
+}

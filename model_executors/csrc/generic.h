@@ -147,6 +147,12 @@ inline bool fast_block_matvec(const W*, int64_t, const In*, int64_t, Out*, int64
   return false;
 }
 
+// The same for the prefill path's fold (fold_a)
+template <typename W>
+inline bool fast_fold(const W*, int64_t, const W*, int64_t, W*) {
+  return false;
+}
+
 // block_matvec_tq over T tokens; out must not alias in (the fast kernels write a token's first outputs
 // before reading its last inputs).
 template <typename W, typename In = float, typename Out = float>
@@ -255,6 +261,36 @@ void sparse_rows_driver(const armor::Layer& L, int64_t j0, int64_t j1, const X* 
   }
 }
 
+// The prefill path's A folded into the weights, for token counts above d_in (A on the activations costs
+// T * d_out * ba multiply-adds, folding it d_in * d_out * ba): out = A_j S_j, S_j being A-block j's ba rows of S
+// dense (row stride d_in) and out ba rows of the weight dtype, accumulated in float32. Columns in strips of
+// kFoldStrip, held in registers across A_j's column; the strip of S_j (ba x 64 values) stays in L1 across rows.
+constexpr int64_t kFoldStrip = 64;
+template <typename W>
+void fold_a(const armor::Layer& L, int64_t j, const void* s_, void* out_) {
+  const int64_t ba = L.ba, d_in = L.d_in;
+  const W* aT = static_cast<const W*>(L.a) + j * ba * ba;  // aT[k * ba + r] = A_j[r][k]
+  const W* s = static_cast<const W*>(s_);
+  W* out = static_cast<W*>(out_);
+  if (fast_fold(aT, ba, s, d_in, out)) return;
+  for (int64_t i0 = 0; i0 < d_in; i0 += kFoldStrip) {
+    const int64_t n = d_in - i0 < kFoldStrip ? d_in - i0 : kFoldStrip;
+    for (int64_t r = 0; r < ba; ++r) {
+      float acc[kFoldStrip] = {};
+      for (int64_t k = 0; k < ba; ++k) {
+        const float a = to_f32<W>(aT[k * ba + r]);
+        const W* sk = s + k * d_in + i0;
+        if (n == kFoldStrip) {
+          for (int64_t i = 0; i < kFoldStrip; ++i) acc[i] += a * to_f32<W>(sk[i]);  // vectorized
+        } else {
+          for (int64_t i = 0; i < n; ++i) acc[i] += a * to_f32<W>(sk[i]);
+        }
+      }
+      for (int64_t i = 0; i < n; ++i) out[r * d_in + i0 + i] = from_f32<W>(acc[i]);
+    }
+  }
+}
+
 // The kernel table of one ISA file: Impl::rows<W>(L, r0, n, xs, T, z, ld_z) is its sparse product,
 // Impl::decompress<W>(L, r0, r1, out) its unpacking of rows.
 template <class Impl>
@@ -281,5 +317,13 @@ armor::Kernels make_kernels(const char* name) {
           },
           [](const Layer& L, int64_t r0, int64_t r1, void* out) {
             L.bf16 ? Impl::template decompress<uint16_t>(L, r0, r1, out) : Impl::template decompress<float>(L, r0, r1, out);
+          },
+          nullptr,
+          {},
+          {},
+          0,
+          0,
+          [](const Layer& L, int64_t j, const void* s, void* out) {
+            L.bf16 ? fold_a<uint16_t>(L, j, s, out) : fold_a<float>(L, j, s, out);
           }};
 }

@@ -64,6 +64,9 @@ struct Kernels {
   bool codes[2];
   int64_t tile_tokens;  // sparse_rows_tiled's granularity: one vector of float32 tokens
   int64_t block_tokens;  // and its widest token block (a multiple of tile_tokens)
+  // the prefill path's A folded into the weights (above d_in tokens): out = A_j S_j, s holding A-block j's rows
+  // of S dense (decompress), out ba rows (row stride d_in), both in the weight dtype
+  void (*fold_a)(const Layer&, int64_t j, const void* s, void* out);
 };
 
 Kernels avx512_kernels();
