@@ -112,8 +112,9 @@ def checkpoint_layout(values: torch.Tensor, mask: torch.Tensor, a_blocks_t: torc
 
 
 def scratch_bytes(d_out: int, d_in: int, block: int, dtype: torch.dtype) -> int:
-    """The buffer one call on a (shard of a) d_out x d_in layer allocates besides activations: the prefill
-    path's panel of dense S (a 4 MB budget, but at least 512 rows); 0 where the path in use never takes the
+    """The buffer a call on a (shard of a) d_out x d_in layer needs besides activations: the prefill path's
+    panel of dense S (a 4 MB budget, but at least 512 rows), which the calling thread keeps from call to call,
+    grown to the widest seen (so a model holds its largest layer's); 0 where the path in use never takes the
     prefill path for this dtype (bfloat16 on AVX2, whose tiled product replaces it)."""
     esize = torch.empty(0, dtype=dtype).element_size()
     return _C.prefill_scratch_bytes(d_out, d_in, block, esize) if _C else 0

@@ -9,7 +9,7 @@
 //   the ISA file has a tiled product (AVX2, AVX-512), x goes to it in tiles of 8 / 16 tokens from
 //   tiled_min_tokens on: each kept weight times a vector of tokens, half a dense GEMM's FMAs;
 // * prefill (larger T, compute-bound): S is decompressed panel by panel into a small scratch buffer that
-//   feeds oneDNN's dense GEMM, then A.
+//   feeds oneDNN's dense GEMM, then A (or, above d_in tokens, A and B folded into the panel first).
 // The kernels come in AVX-512, AVX2 and portable builds (kernel_*.cpp), picked at run time by CPUID.
 #include <torch/extension.h>
 #include <ATen/Context.h>
@@ -214,11 +214,11 @@ at::Tensor panel_buffer(int64_t rows, int64_t d_in, at::ScalarType dtype) {
 
 // Many tokens (compute-bound): S decompressed panel by panel into a scratch buffer that feeds a dense GEMM
 // (oneDNN). Above d_in tokens A is folded into the panel first (A_j S_j per A-block: d_in * d_out * ba
-// multiply-adds, against T * d_out * ba for A on the activations, whose pass over the GEMM's output cost SmolLM2's
-// 960x576 at 2048 tokens ~30% of the GEMM's time) and the GEMM writes y's columns; below, A turns the GEMM's output
-// into y's columns. B and A in the weight dtype end to end, as the reference computes.
+// multiply-adds, against T * d_out * ba for A on the activations) and the GEMM writes y's columns; above a shard's
+// rows too, B as well (A_j S_j B_s: the GEMM reads x itself). Otherwise B and A run on the activations. B and A
+// in the weight dtype end to end, as the reference computes.
 at::Tensor prefill(const armor::Layer& L, const armor::Kernels& k, const at::Tensor& x, const at::Tensor& values,
-                   const std::vector<int64_t>& shard_rows, const at::Tensor& bias) {
+                   const at::Tensor& b_blocks, const std::vector<int64_t>& shard_rows, const at::Tensor& bias) {
   const int64_t T = x.size(0), d_in = L.d_in, esize = values.element_size(), nb = d_in / L.bb;
   int64_t widest = 0;  // a panel never spans two shards
   for (int64_t s = 0; s < L.n_shards; ++s) widest = std::max(widest, shard_rows[s + 1] - shard_rows[s]);
@@ -227,20 +227,27 @@ at::Tensor prefill(const armor::Layer& L, const armor::Kernels& k, const at::Ten
   at::Tensor scratch = panel_buffer(panel, d_in, values.scalar_type());
   at::Tensor xs = at::empty({T, d_in}, x.options()), y = at::empty({T, L.d_out}, x.options());
   for (int64_t s = 0; s < L.n_shards; ++s) {
-    at::parallel_for(0, nb, 1, [&](int64_t b0, int64_t b1) { k.b_transform_w(L, s, b0, b1, x.data_ptr(), T, xs.data_ptr()); });
+    const bool fold_b = fold && T > shard_rows[s + 1] - shard_rows[s];
+    // B_s's blocks untransposed: the B transform with them as its (transposed) blocks right-multiplies by B_s
+    const at::Tensor b_rows = fold_b ? (b_blocks.dim() == 3 ? b_blocks : b_blocks[s]).transpose(-1, -2).contiguous() : at::Tensor();
+    armor::Layer Lb = L;
+    if (fold_b) Lb.b = b_rows.data_ptr();
+    else at::parallel_for(0, nb, 1, [&](int64_t b0, int64_t b1) { k.b_transform_w(L, s, b0, b1, x.data_ptr(), T, xs.data_ptr()); });
     for (int64_t p0 = shard_rows[s]; p0 < shard_rows[s + 1]; p0 += panel) {  // never across a shard boundary
       const int64_t rows = std::min(panel, shard_rows[s + 1] - p0), jp = p0 / L.ba;
       at::Tensor dense = scratch.narrow(0, 0, rows);
       char* out = static_cast<char*>(dense.data_ptr());
       if (fold) {
         at::parallel_for(jp, jp + rows / L.ba, 1, [&](int64_t j0, int64_t j1) {
-          std::vector<char> s_j(L.ba * d_in * esize);  // A-block j's rows of S, dense
+          std::vector<char> s_j(L.ba * d_in * esize), as_j(fold_b ? L.ba * d_in * esize : 0);  // S_j, A_j S_j dense
           for (int64_t j = j0; j < j1; ++j) {
+            char* w = out + (j - jp) * L.ba * d_in * esize;
             k.decompress(L, j * L.ba, (j + 1) * L.ba, s_j.data());
-            k.fold_a(L, j, s_j.data(), out + (j - jp) * L.ba * d_in * esize);
+            k.fold_a(L, j, s_j.data(), fold_b ? as_j.data() : w);
+            if (fold_b) k.b_transform_w(Lb, 0, 0, nb, as_j.data(), L.ba, w);
           }
         });
-        const at::Tensor z = gemm(xs, dense);  // (T, rows): y's columns
+        const at::Tensor z = gemm(fold_b ? x : xs, dense);  // (T, rows): y's columns
         if (rows == L.d_out) y = z;
         else y.narrow(1, p0, rows).copy_(z);
         continue;
@@ -311,7 +318,7 @@ at::Tensor armor_linear(const at::Tensor& x, const at::Tensor& values, const at:
 
   const at::Tensor y = T < active().prefill_min_tokens[L.bf16]
                            ? decode(L, k, x2.to(at::kFloat).contiguous(), shard_rows)
-                           : prefill(L, k, x2.to(wtype).contiguous(), vals, shard_rows, bias32);
+                           : prefill(L, k, x2.to(wtype).contiguous(), vals, b, shard_rows, bias32);
   const at::Tensor out = y.to(x.scalar_type());
   return x.dim() == 2 ? out : out.reshape(out_shape);
 }
