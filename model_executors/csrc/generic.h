@@ -263,8 +263,9 @@ void sparse_rows_driver(const armor::Layer& L, int64_t j0, int64_t j1, const X* 
 
 // The prefill path's A folded into the weights, for token counts above d_in (A on the activations costs
 // T * d_out * ba multiply-adds, folding it d_in * d_out * ba): out = A_j S_j, S_j being A-block j's ba rows of S
-// dense (row stride d_in) and out ba rows of the weight dtype, accumulated in float32. Columns in strips of
-// kFoldStrip, held in registers across A_j's column; the strip of S_j (ba x 64 values) stays in L1 across rows.
+// dense (row stride d_in) and out ba rows of the weight dtype, accumulated in float32, kFoldStrip columns at a
+// time so the strip of S_j (ba x 64 values) stays in L1 across out's rows; AVX-512 has a register-blocked
+// version (block_avx512.h fold_tiles).
 constexpr int64_t kFoldStrip = 64;
 template <typename W>
 void fold_a(const armor::Layer& L, int64_t j, const void* s_, void* out_) {
