@@ -225,14 +225,18 @@ at::Tensor prefill(const armor::Layer& L, const armor::Kernels& k, const at::Ten
   const int64_t panel = panel_rows(widest, d_in, L.ba, esize);
   const bool fold = T > d_in;
   at::Tensor scratch = panel_buffer(panel, d_in, values.scalar_type());
-  at::Tensor xs = at::empty({T, d_in}, x.options()), y = at::empty({T, L.d_out}, x.options());
+  at::Tensor xs, y = at::empty({T, L.d_out}, x.options());  // xs = B_s x, made where B is not folded
   for (int64_t s = 0; s < L.n_shards; ++s) {
     const bool fold_b = fold && T > shard_rows[s + 1] - shard_rows[s];
     // B_s's blocks untransposed: the B transform with them as its (transposed) blocks right-multiplies by B_s
     const at::Tensor b_rows = fold_b ? (b_blocks.dim() == 3 ? b_blocks : b_blocks[s]).transpose(-1, -2).contiguous() : at::Tensor();
     armor::Layer Lb = L;
-    if (fold_b) Lb.b = b_rows.data_ptr();
-    else at::parallel_for(0, nb, 1, [&](int64_t b0, int64_t b1) { k.b_transform_w(L, s, b0, b1, x.data_ptr(), T, xs.data_ptr()); });
+    if (fold_b) {
+      Lb.b = b_rows.data_ptr();
+    } else {
+      if (!xs.defined()) xs = at::empty({T, d_in}, x.options());
+      at::parallel_for(0, nb, 1, [&](int64_t b0, int64_t b1) { k.b_transform_w(L, s, b0, b1, x.data_ptr(), T, xs.data_ptr()); });
+    }
     for (int64_t p0 = shard_rows[s]; p0 < shard_rows[s + 1]; p0 += panel) {  // never across a shard boundary
       const int64_t rows = std::min(panel, shard_rows[s + 1] - p0), jp = p0 / L.ba;
       at::Tensor dense = scratch.narrow(0, 0, rows);
