@@ -27,6 +27,9 @@ def add_compress_arguments(parser) -> None:
                         help="epochs of block-wise tuning: each decoder layer's ARMOR factors fitted jointly to the "
                              "dense layer's output (0: off)")
     parser.add_argument("--tune-lr", type=float, default=d.tune_lr, help="Adam learning rate of the block-wise tuning")
+    parser.add_argument("--input-correction", type=float, default=d.input_correction,
+                        help="fit each matrix to the dense model's output on the dense model's inputs, correcting the "
+                             "error the already compressed layers pass on (ARMOR with --proxy hessian)")
     parser.add_argument("--calib-samples", type=int, default=d.calib_samples, help="calibration sequences")
     parser.add_argument("--seq-len", type=int, default=d.seq_len, help="tokens per calibration sequence")
     parser.add_argument("--seed", type=int, default=d.seed)
@@ -40,6 +43,7 @@ def run_compress(args) -> None:
     settings = Settings(method=args.method, block_size=args.block_size, proxy=args.proxy,
                         hessian_damp=args.hessian_damp, iters=args.iters, lr=args.lr, patience=args.patience,
                         discrete_steps=args.discrete_steps, tune_epochs=args.tune_epochs, tune_lr=args.tune_lr,
+                        input_correction=args.input_correction,
                         calib_samples=args.calib_samples, seq_len=args.seq_len,
                         seed=args.seed, batch_size=args.batch_size)
     summary = compress_checkpoint(require_checkpoint(args.model), Path(args.out), settings, overwrite=args.overwrite)

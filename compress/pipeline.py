@@ -45,7 +45,7 @@ LINEARS = {  # module path inside a decoder layer -> which calibration statistic
     "self_attn.o_proj": "o_in", "mlp.gate_proj": "mlp_in", "mlp.up_proj": "mlp_in", "mlp.down_proj": "down_in",
 }
 ARMOR_ONLY = ("block_size", "proxy", "hessian_damp", "iters", "lr", "patience", "discrete_steps", "tune_epochs",
-              "tune_lr", "tune_holdout")
+              "tune_lr", "tune_holdout", "input_correction")
 PROGRESS = "armor_progress.json"
 # Where a run's time goes (summary["phase_seconds"]): reading weights, running calibration tokens through the
 # layers, gathering Gram matrices, the 2:4 pruning (a baseline, or ARMOR's SparseGPT/NoWag-P start), ARMOR's
@@ -54,18 +54,27 @@ PHASES = ("load", "calibration_forward", "gram", "pruning", "bcd", "tuning", "wr
 SUMMARY = "compression_summary.json"
 
 
+# Settings added with a default other than the behaviour before them: a stored run without them ran like this.
+SETTINGS_BEFORE_ADDED = {"input_correction": 0.0}  # iters and tune_epochs were always stored
+
+
 @dataclass
 class Settings:
     method: str = "armor"
     block_size: int = 32
     proxy: str = "hessian"  # ARMOR's loss: the full Gram matrix (from SparseGPT) or its diagonal (from NoWag-P)
-    iters: int = 100  # with the exact A step: SmolLM2-135M in ~8 min on 2 cores (docs/algorithm.md)
+    # 40 iterations + 2 epochs of block-wise tuning + input correction: SmolLM2-135M in ~8 min on 2 Zen 5 cores, 70% of
+    # the SparseGPT -> dense perplexity gap, against 56% for 100 iterations alone in ~8 min (docs/algorithm.md)
+    iters: int = 40
     lr: float = 3e-3
     patience: int = 100
     discrete_steps: int = 1  # sparse-core updates per BCD iteration
-    tune_epochs: int = 0  # block-wise tuning of each decoder layer's factors to its dense output (block_tuning.py)
+    tune_epochs: int = 2  # block-wise tuning of each decoder layer's factors to its dense output (block_tuning.py)
     tune_lr: float = 1e-4
     tune_holdout: int = 4  # calibration samples that only measure the tuning
+    # Fit each matrix (and the tuning) to the dense model's output on the dense model's inputs, not on the inputs
+    # the already compressed layers produce: corrects the error those layers pass on (docs/algorithm.md)
+    input_correction: float = 0.25  # share of the way to it: 0 off, 1 the full least-squares target (worse)
     calib_samples: int = 32
     seq_len: int = 512
     seed: int = 0
@@ -84,6 +93,11 @@ class Settings:
     def uses_hessian(self) -> bool:
         """ARMOR with the full-Gram proxy, which needs H and a SparseGPT start."""
         return self.method == "armor" and self.proxy == "hessian"
+
+    @property
+    def corrects_inputs(self) -> bool:
+        """ARMOR fitted to the dense path's outputs (needs the full Gram matrix and its cross term)."""
+        return self.uses_hessian and self.input_correction > 0
 
     def relevant(self) -> dict:
         """The settings that shape this method's result (a baseline run is not told apart by ARMOR flags)."""
@@ -133,12 +147,15 @@ def check_model(config, settings: Settings) -> None:
         raise UserError(f"--hessian-damp must be >= 0 (a fraction of mean(diag H)), got {settings.hessian_damp}")
     if settings.discrete_steps < 1:
         raise UserError(f"--discrete-steps must be >= 1 (sparse-core updates per iteration), got {settings.discrete_steps}")
+    if not 0 <= settings.input_correction <= 1:
+        raise UserError(f"--input-correction must be between 0 (off) and 1 (the full least-squares target), got "
+                        f"{settings.input_correction}")
     if settings.tune_epochs < 0 or settings.tune_lr <= 0:
         raise UserError(f"--tune-epochs must be >= 0 and --tune-lr > 0, got {settings.tune_epochs} and {settings.tune_lr}")
     if settings.tune_epochs and settings.calib_samples < settings.tune_holdout + 2:
         raise UserError(f"--tune-epochs holds {settings.tune_holdout} calibration samples out to measure the tuning and "
                         f"needs 2 more to tune on: pass --calib-samples {settings.tune_holdout + 2} or more "
-                        f"(got {settings.calib_samples})")
+                        f"(got {settings.calib_samples}), or --tune-epochs 0")
     b = settings.block_size
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     dims = {"hidden_size": config.hidden_size, "intermediate_size": config.intermediate_size,
@@ -148,6 +165,21 @@ def check_model(config, settings: Settings) -> None:
     if b % 4 or bad:
         fits = [s for s in (16, 32, 64, 128) if all(v % s == 0 for v in dims.values())]
         raise UserError(f"block size {b} does not divide {bad or 'a multiple of 4'}; sizes that fit this model: {fits}")
+
+
+def dense_path_target(weight: torch.Tensor, gram: torch.Tensor, cross: torch.Tensor, damp: float,
+                      strength: float = 1.0) -> torch.Tensor:
+    """The weight whose proxy loss on this model's inputs X is the error against the dense model's output.
+
+    With X_d the dense model's inputs to the matrix (same tokens), H = X^T X and C = X_d^T X, the minimiser of
+    ||X_d W^T - X What^T||^2 + lam ||W - What||^2 (the ridge the proxy carries, lam = damp * mean(diag H)) is
+    W_t = W (C + lam I)(H + lam I)^-1, and the proxy's loss around W_t is that error up to a constant. So fitting
+    W_t corrects what the already compressed layers changed in X. W_t = W where X = X_d (the first layer)."""
+    lam = damp * gram.diagonal().mean()
+    eye = torch.eye(gram.shape[0], dtype=torch.float64)
+    rhs = (cross + lam * eye).T @ weight.double().T  # (C + lam I)^T W^T
+    full = torch.linalg.solve(gram.double() + lam * eye, rhs).T
+    return (weight.double() + strength * (full - weight.double())).to(torch.float32).contiguous()
 
 
 class _Capture(nn.Module):
@@ -217,10 +249,11 @@ class LayerwiseCompressor:
 
     def _same_run(self, stored: dict | None) -> bool:
         """Whether a stored run's fingerprint is this run's. A run started by an older version lacks the settings
-        added since; it ran with their defaults, so it resumes when this run asks for those defaults."""
+        added since; it ran as their defaults (or SETTINGS_BEFORE_ADDED) say, so it resumes when this run asks for
+        that."""
         if not stored:
             return False
-        settings, defaults = stored.get("settings", {}), asdict(Settings())
+        settings, defaults = stored.get("settings", {}), {**asdict(Settings()), **SETTINGS_BEFORE_ADDED}
         added = {k: defaults[k] for k in self.fingerprint["settings"].keys() - settings.keys() if k in defaults}
         return {**stored, "settings": {**added, **settings}} == self.fingerprint
 
@@ -283,11 +316,17 @@ class LayerwiseCompressor:
         return [layer(h, **kwargs) for h in hidden]
 
     @torch.no_grad()
-    def _statistics(self, layer, hidden, kwargs) -> tuple[dict[str, dict[str, torch.Tensor]], list[torch.Tensor]]:
-        """The calibration statistics of the layer's linear inputs (keyed by LINEARS' input names), and the (dense)
-        layer's outputs."""
+    def _statistics(self, layer, hidden, kwargs, dense_hidden=None):
+        """The calibration statistics of the layer's linear inputs (keyed by LINEARS' input names), the (dense)
+        layer's outputs, and where `dense_hidden` is given (the dense model's inputs to this layer) its outputs on
+        those too, with each input's cross term C = X_dense^T X (`stats[name]["C"]`)."""
         need_full = self.settings.method == "sparsegpt" or self.settings.uses_hessian
+        same_inputs = dense_hidden is hidden  # the first layer: nothing compressed yet, nothing to correct
+        if same_inputs:
+            dense_hidden = None
         stats: dict[str, dict[str, torch.Tensor]] = {}
+        inputs: dict[str, torch.Tensor] = {}  # this batch's inputs, for the cross term
+        dense_pass = False
 
         def hook(name):
             def record(_mod, args, _out):
@@ -295,10 +334,16 @@ class LayerwiseCompressor:
                 # a float64 matmul costs this CPU ~4x the time and changes nothing that matters here
                 x = args[0].reshape(-1, args[0].shape[-1]).float()
                 s = stats.setdefault(name, {"h": torch.zeros(x.shape[1], dtype=torch.float64)})
+                if dense_pass:
+                    s.setdefault("C", torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64))
+                    s["C"] += (x.T @ inputs.pop(name)).double()
+                    return
                 s["h"] += x.pow(2).sum(0).double()
                 if need_full:
                     s.setdefault("H", torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64))
                     s["H"] += (x.T @ x).double()
+                if dense_hidden is not None:
+                    inputs[name] = x
             return record
 
         # q/k/v (and gate/up) read one input: gather each input's statistics once, on its first reader
@@ -306,13 +351,21 @@ class LayerwiseCompressor:
         for name, source in LINEARS.items():
             readers.setdefault(source, name)
         handles = [layer.get_submodule(name).register_forward_hook(hook(source)) for source, name in readers.items()]
+        outputs, dense_outputs = [], []
         try:
             with self._phase("gram"):
-                outputs = self._run(layer, hidden, kwargs)
+                for b, h in enumerate(hidden):
+                    dense_pass = False
+                    outputs.append(layer(h, **kwargs))
+                    if dense_hidden is not None:
+                        dense_pass = True
+                        dense_outputs.append(layer(dense_hidden[b], **kwargs))
         finally:
             for handle in handles:
                 handle.remove()
-        return stats, outputs
+        if same_inputs:
+            return stats, outputs, outputs
+        return stats, outputs, dense_outputs if dense_hidden is not None else None
 
     def _compress_matrix(self, i: int, name: str, linear: nn.Linear, stats: dict, bar) -> tuple[nn.Module, dict]:
         s = self.settings
@@ -328,18 +381,21 @@ class LayerwiseCompressor:
 
             cfg = ArmorConfig(block_size=s.block_size, iters=s.iters, lr=s.lr, patience=s.patience,
                               discrete_steps=s.discrete_steps)
-            gram, start = h, None  # the paper's proxy starts from NoWag-P (ARMOR's own default start)
+            gram, start, target = h, None, weight  # the paper's proxy starts from NoWag-P (ARMOR's own default start)
             if self.settings.uses_hessian:
                 gram = stats["H"].float()
+                if "C" in stats:
+                    target = dense_path_target(weight, stats["H"], stats["C"], s.hessian_damp, s.input_correction)
+                    record["target_shift"] = float((target - weight.float()).norm() / weight.float().norm())
                 with self._phase("pruning"):
-                    start = baselines.sparsegpt(weight, gram, damp=s.sparsegpt_damp)
+                    start = baselines.sparsegpt(target, gram, damp=s.sparsegpt_damp)
                 # A ridge on H keeps BCD from fitting the few calibration tokens (docs/algorithm.md).
                 gram = baselines.ridge(gram, s.hessian_damp)
             with self._phase("bcd"):
-                res = armor(weight, gram, cfg, seed=seed, progress=progress, start=start)
+                res = armor(target, gram, cfg, seed=seed, progress=progress, start=start)
             module = ArmorLinear.from_factors(res.a_blocks, res.core, res.mask, res.b_blocks, bias, dtype=weight.dtype)
             record.update(loss_start=res.start_loss, loss_final=res.final_loss, iters=res.iters,
-                          loss_stored=proxy_loss(weight, module.dense_weight(), gram), bytes=module.packed_bytes(),
+                          loss_stored=proxy_loss(target, module.dense_weight(), gram), bytes=module.packed_bytes(),
                           dense_bytes=module.dense_bytes())
         else:
             with self._phase("pruning"):
@@ -359,9 +415,11 @@ class LayerwiseCompressor:
                           dense_bytes=weight.numel() * weight.element_size())
         return module, record
 
-    def _compress_layer(self, i: int, layer, hidden, kwargs, bar) -> list[dict]:
+    def _compress_layer(self, i: int, layer, hidden, kwargs, bar, dense_hidden=None):
+        """Compress `layer`'s matrices in place; the records, and the dense model's outputs of this layer where
+        `dense_hidden` (its inputs) is given."""
         s = self.settings
-        stats, dense_outputs = self._statistics(layer, hidden, kwargs)
+        stats, dense_outputs, dense_path = self._statistics(layer, hidden, kwargs, dense_hidden)
         records = []
         for name in LINEARS:
             module, record = self._compress_matrix(i, name, layer.get_submodule(name), stats[LINEARS[name]], bar)
@@ -369,13 +427,16 @@ class LayerwiseCompressor:
             records.append(record)
         if s.method == "armor" and s.tune_epochs > 0:
             with self._phase("tuning"):
-                result = block_tuning.tune_layer(layer, list(LINEARS), hidden, dense_outputs, kwargs, s.tune_epochs,
+                targets = dense_outputs
+                if dense_path is not None:  # the dense model's output, by the same share as the matrices' targets
+                    targets = [o + s.input_correction * (d - o) for o, d in zip(dense_outputs, dense_path)]
+                result = block_tuning.tune_layer(layer, list(LINEARS), hidden, targets, kwargs, s.tune_epochs,
                                                  s.tune_lr, s.tune_holdout)
             log.info("layer %d: held-out layer-output error %.4g -> %.4g (tuning, %d epochs kept)", i,
                      result["holdout_error_start"], result["holdout_error_final"], result["epochs_kept"])
             for record in records:  # its loss_* fields describe the BCD result, `tuning` what was stored
                 record["tuning"] = result
-        return records
+        return records, dense_path
 
     def _write_layer(self, i: int, layer) -> str:
         prefix = f"{LAYER_PREFIX}{i}."
@@ -383,6 +444,19 @@ class LayerwiseCompressor:
         path = self.out_dir / self.shard_name(i)
         _atomic_write(path, lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
         return _sha256(path)
+
+    def _replay_layer(self, body, i: int, stored: CheckpointWeights, hidden, dense_hidden, kwargs):
+        """The next layer's inputs from a layer compressed before (and the dense model's, where tracked)."""
+        if dense_hidden is not None:
+            with self._phase("load"):
+                layer = self._load_layer(body, i)
+            with self._phase("calibration_forward"):
+                dense_hidden = self._run(layer, dense_hidden, kwargs)
+        with self._phase("load"):
+            layer = self._load_layer(body, i, stored)
+        with self._phase("calibration_forward"):
+            hidden = self._run(layer, hidden, kwargs)
+        return hidden, dense_hidden
 
     # ---- the whole run ----
     def run(self) -> dict:
@@ -402,19 +476,17 @@ class LayerwiseCompressor:
             body = self._skeleton()
         with self._phase("calibration_forward"):
             hidden, layer_kwargs = self._layer_inputs(body, calib)
+        dense_hidden = hidden if s.corrects_inputs else None  # the dense model's inputs to layer i
         done = self.progress["layers_done"]
         stored = CheckpointWeights(self.out_dir) if done else None
         bar = tqdm(range(self.n_layers), desc=f"compress ({s.method})", unit="layer")
         for i in bar:
-            if i < done:  # finished before: replay the stored layer to rebuild the activations
-                with self._phase("load"):
-                    layer = self._load_layer(body, i, stored)
-                with self._phase("calibration_forward"):
-                    hidden = self._run(layer, hidden, layer_kwargs[i])
+            if i < done:  # finished before: replay the stored layer (and the dense one) to rebuild the activations
+                hidden, dense_hidden = self._replay_layer(body, i, stored, hidden, dense_hidden, layer_kwargs[i])
             else:
                 with self._phase("load"):
                     layer = self._load_layer(body, i)
-                records = self._compress_layer(i, layer, hidden, layer_kwargs[i], bar)
+                records, dense_hidden = self._compress_layer(i, layer, hidden, layer_kwargs[i], bar, dense_hidden)
                 with self._phase("write"):
                     digest = self._write_layer(i, layer)
                 with self._phase("calibration_forward"):

@@ -73,10 +73,10 @@ def _shards(path):
 
 
 def test_resume_after_kill_gives_an_identical_checkpoint(dense_model, tmp_path):
-    # the paper's diagonal proxy here (the default full-Gram proxy runs in the armor_ckpt fixture), and the
-    # block-wise tuning, which must give the same result on the replayed activations
-    args = ["compress", "--model", str(dense_model), *SMALL, "--method", "armor", "--proxy", "diag", "--iters", "3",
-            "--tune-epochs", "1"]
+    # the block-wise tuning and the input correction, which must give the same result on the replayed
+    # activations: the compressed model's and the dense model's
+    args = ["compress", "--model", str(dense_model), *SMALL, "--method", "armor", "--iters", "3",
+            "--tune-epochs", "1", "--input-correction", "0.25"]
     whole = tmp_path / "whole"
     assert run_cli(*args, "--out", str(whole)).returncode == 0
     killed = tmp_path / "killed"
@@ -89,6 +89,12 @@ def test_resume_after_kill_gives_an_identical_checkpoint(dense_model, tmp_path):
     proc.wait()
     progress = json.loads((killed / "armor_progress.json").read_text())
     assert 0 < progress["layers_done"] < 30
+    # as a run started by a version before --input-correction left it: it ran without, so it does not resume
+    stored = progress["fingerprint"]["settings"].pop("input_correction")
+    (killed / "armor_progress.json").write_text(json.dumps(progress))
+    refused = run_cli(*args, "--out", str(killed))
+    assert refused.returncode == 2 and "holds a different run" in refused.stderr, refused.stderr[-2000:]
+    progress["fingerprint"]["settings"]["input_correction"] = stored
     # as a run started by a version before --discrete-steps left it: it ran with the default, so it resumes
     del progress["fingerprint"]["settings"]["discrete_steps"]
     (killed / "armor_progress.json").write_text(json.dumps(progress))
@@ -96,7 +102,10 @@ def test_resume_after_kill_gives_an_identical_checkpoint(dense_model, tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming" in resumed.stderr
     assert _shards(killed) == _shards(whole)
-    tuning = [rec["tuning"] for rec in json.loads((killed / "armor_progress.json").read_text())["matrices"]]
+    matrices = json.loads((killed / "armor_progress.json").read_text())["matrices"]
+    # the input correction moved every target past the first layer (whose inputs are the dense model's)
+    assert all((rec.get("target_shift", 0) > 0) == (rec["layer"] > 0) for rec in matrices)
+    tuning = [rec["tuning"] for rec in matrices]
     assert len(tuning) == 210 and all(t["holdout_error_final"] <= t["holdout_error_start"] for t in tuning)
     assert sum(t["epochs_kept"] for t in tuning) > 0  # it did tune somewhere
     assert (killed / "model-base.safetensors").read_bytes() == (whole / "model-base.safetensors").read_bytes()
@@ -125,7 +134,9 @@ def test_bad_inputs_fail_before_heavy_work(dense_model, armor_ckpt, tmp_path):
     steps = run_cli("compress", "--model", str(dense_model), "--out", str(tmp_path / "e"), "--discrete-steps", "0")
     few = run_cli("compress", "--model", str(dense_model), "--out", str(tmp_path / "f"), "--tune-epochs", "2",
                   "--calib-samples", "5")
-    cases = ((block, "block size 128 does not divide"), (other, "holds a different run"),
+    correction = run_cli("compress", "--model", str(dense_model), "--out", str(tmp_path / "g"), "--input-correction", "2")
+    cases = ((block, "block size 128 does not divide"), (correction, "--input-correction must be between 0"),
+             (other, "holds a different run"),
              (short, "fewer than the 100000 asked for"), (compressed_input, "already quantized"),
              (not_empty, "holds no compression run"), (arch, "no known decoder-layer layout"),
              (damp, "--hessian-damp must be >= 0"), (steps, "--discrete-steps must be >= 1"),
@@ -155,3 +166,25 @@ def test_matrices_that_share_a_statistic_read_one_input(model_type):
     assert sorted(seen) == sorted(set(LINEARS.values()))
     for source, inputs in seen.items():
         assert all(x is inputs[0] or torch.equal(x, inputs[0]) for x in inputs), source
+
+
+def test_dense_path_target_is_the_ridge_least_squares_fit_to_the_dense_output():
+    from compress.pipeline import dense_path_target
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(24, 16, generator=g)
+    x_dense = torch.randn(200, 16, generator=g, dtype=torch.float64)
+    x = x_dense + 0.3 * torch.randn(200, 16, generator=g, dtype=torch.float64)  # what compressed layers pass on
+    gram, cross, damp = x.T @ x, x_dense.T @ x, 0.1
+    target = dense_path_target(w, gram, cross, damp)
+    # the minimiser of ||X_d W^T - X T^T||^2 + lam ||W - T||^2, from the stacked least-squares problem
+    lam = damp * gram.diagonal().mean()
+    a = torch.cat([x, lam.sqrt() * torch.eye(16, dtype=torch.float64)])
+    b = torch.cat([x_dense @ w.double().T, lam.sqrt() * w.double().T])
+    expected = torch.linalg.lstsq(a, b).solution.T
+    assert torch.allclose(target.double(), expected, atol=1e-4)
+    assert (target - w).norm() > 0.05 * w.norm()  # the correction is real here
+    quarter = dense_path_target(w, gram, cross, damp, strength=0.25)
+    assert torch.allclose(quarter.double(), w.double() + 0.25 * (expected - w.double()), atol=1e-4)
+    # where the compressed model's inputs are the dense model's (the first layer), nothing moves
+    assert torch.allclose(dense_path_target(w, x_dense.T @ x_dense, x_dense.T @ x_dense, damp), w, atol=1e-4)
