@@ -234,7 +234,7 @@ def test_contract_cpu_profile_with_init_compress(helm, tmp_path):
                   "--set", f"model.prepare.source.path={models}/smollm2-dense", "--set", f"cache.mountPath={cache}",
                   "--set", f"server.port={port}", "--set", "apiKey.existingSecret=armor-key",
                   # small settings so the test takes minutes; the structure is the production one
-                  "--set", "model.prepare.compress.iters=2", "--set", "model.prepare.compress.calibSamples=4",
+                  "--set", "model.prepare.compress.iters=2", "--set", "model.prepare.compress.calibSamples=6",
                   "--set", "model.prepare.compress.seqLen=128", "--set", "server.maxModelLen=1024",
                   "--set-json", "server.memoryFraction=0.2", "--set", "env[0].name=VLLM_CPU_KVCACHE_SPACE",
                   "--set-string", "env[0].value=1")
