@@ -31,17 +31,17 @@ def configs(blocks: list[int]) -> list[tuple[str, list[str]]]:
     paper_proxy = ("armor-diag-b32", ["--method", "armor", "--proxy", "diag", "--block-size", "32"])
     # The default (40 iterations, block-wise tuning, input correction) against its parts. The settings before
     # 2026-12-03 (100 iterations, nothing else) and what each addition did; docs/algorithm.md.
-    old = ["--method", "armor", "--block-size", "32", "--input-correction", "0"]
-    parts = [("armor-b32-i100", [*old, "--iters", "100", "--tune-epochs", "0"]),
+    no_correction = ["--method", "armor", "--block-size", "32", "--input-correction", "0"]
+    parts = [("armor-b32-i100", [*no_correction, "--iters", "100", "--tune-epochs", "0"]),
              ("armor-b32-i100-ic", ["--method", "armor", "--block-size", "32", "--iters", "100", "--tune-epochs", "0"])]
     # block-wise tuning without the input correction: after 100 iterations, after 40, and on 4x the calibration
     # text (the tuning, not BCD, is what more text helps)
-    tuned = [("armor-b32-tuned", [*old, "--iters", "100", "--tune-epochs", "2"]),
-             ("armor-b32-i40-tuned", [*old, "--iters", "40", "--tune-epochs", "2"]),
-             ("armor-b32-c128-tuned", [*old, "--iters", "100", "--calib-samples", "128", "--tune-epochs", "2"])]
+    tuned = [("armor-b32-tuned", [*no_correction, "--iters", "100", "--tune-epochs", "2"]),
+             ("armor-b32-i40-tuned", [*no_correction, "--iters", "40", "--tune-epochs", "2"]),
+             ("armor-b32-c128-tuned", [*no_correction, "--iters", "100", "--calib-samples", "128", "--tune-epochs", "2"])]
     # fewer full iterations, more sparse-core steps each: 18% less BCD, 2 points more perplexity (not adopted;
     # docs/algorithm.md, "Where compression time goes")
-    budget = [("armor-b32-i60-d2", [*old, "--iters", "60", "--discrete-steps", "2", "--tune-epochs", "0"])]
+    budget = [("armor-b32-i60-d2", [*no_correction, "--iters", "60", "--discrete-steps", "2", "--tune-epochs", "0"])]
     return [("dense", []), ("sparsegpt", ["--method", "sparsegpt"]), *armor[1:2], ("nowag-p", ["--method", "nowag-p"]),
             paper_proxy, ("wanda", ["--method", "wanda"]), ("magnitude", ["--method", "magnitude"]), *armor[:1],
             *armor[2:], *parts, *tuned, *budget]
