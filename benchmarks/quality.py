@@ -31,9 +31,10 @@ def configs(blocks: list[int]) -> list[tuple[str, list[str]]]:
     paper_proxy = ("armor-diag-b32", ["--method", "armor", "--proxy", "diag", "--block-size", "32"])
     # The default (100 iterations, input correction) against the settings before 2026-12-03 (no correction) and
     # 40 iterations + block-wise tuning with the correction (better wiki, worse LAMBADA); docs/algorithm.md
-    no_correction = ["--method", "armor", "--block-size", "32", "--input-correction", "0"]
+    b32 = ["--method", "armor", "--block-size", "32"]
+    no_correction = [*b32, "--input-correction", "0"]
     parts = [("armor-b32-i100", [*no_correction, "--iters", "100"]),
-             ("armor-b32-i40-tuned-ic", ["--method", "armor", "--block-size", "32", "--iters", "40", "--tune-epochs", "2"])]
+             ("armor-b32-i40-tuned-ic", [*b32, "--iters", "40", "--tune-epochs", "2"])]
     # block-wise tuning without the input correction: after 100 iterations, after 40, and on 4x the calibration
     # text (the tuning, not BCD, is what more text helps)
     tuned = [("armor-b32-tuned", [*no_correction, "--iters", "100", "--tune-epochs", "2"]),
