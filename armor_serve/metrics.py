@@ -20,6 +20,16 @@ def _layer_type(key: str) -> str:
     return key.rsplit(".", 2)[-2]  # model.layers.3.self_attn.q_proj.sparse_values -> q_proj
 
 
+# the matrices vLLM runs as one fused layer (one kernel call, so one prefill panel over all of them)
+_FUSED = {"q_proj": "qkv_proj", "k_proj": "qkv_proj", "v_proj": "qkv_proj", "gate_proj": "gate_up_proj",
+          "up_proj": "gate_up_proj"}
+
+
+def _fused_layer(key: str) -> str:
+    parent, name = key.rsplit(".", 2)[0].rsplit(".", 1)  # model.layers.3.self_attn, q_proj
+    return f"{parent}.{_FUSED.get(name, name)}"
+
+
 def _armor_block_size(model_dir: Path) -> int:
     """The checkpoint's ARMOR block size (0 for a dense checkpoint)."""
     config = json.loads((model_dir / "config.json").read_text())
@@ -50,13 +60,15 @@ def checkpoint_weight_bytes(model_dir: str | Path, kernels: dict[str, tuple[str,
     ARMOR tensors count as stored (values + metadata + blocks: the packed CPU kernel and the 2:4 tensor-core
     path hold exactly that, in their own byte order) except in layers whose kernel (`kernels`, from
     layer_kernels) is the reference one, which holds S dense-with-zeros; plus the largest scratch buffer a
-    layer call allocates, `scratch_bytes(d_out, d_in, block)` (the packed CPU kernel's prefill panel; layers
-    run one at a time, so only the largest counts). Dense-equivalent counts every ARMOR matrix as d_out x d_in.
+    layer call allocates, `scratch_bytes(d_out, d_in, block)` (the packed CPU kernel's prefill panel, which can
+    span a whole fused layer: q/k/v and gate/up as vLLM fuses them; layers run one at a time, so only the
+    largest counts). Dense-equivalent counts every ARMOR matrix as d_out x d_in.
     """
     kernels = kernels or {}
     model_dir = Path(model_dir)
     block = _armor_block_size(model_dir)
-    resident = dense = scratch = 0
+    resident = dense = 0
+    fused_rows: dict[tuple[str, int], int] = {}  # (fused layer, d_in) -> rows, of the layers the kernel runs
     for file in sorted(model_dir.glob("*.safetensors")):
         with safe_open(file, "pt") as fh:
             for key in fh.keys():
@@ -70,8 +82,9 @@ def checkpoint_weight_bytes(model_dir: str | Path, kernels: dict[str, tuple[str,
                 if key.endswith(".sparse_values"):
                     resident += n * size * (2 if expanded else 1)
                     dense += n * 2 * size
-                    if scratch_bytes and not expanded:
-                        scratch = max(scratch, scratch_bytes(shape[0], shape[1] * 2, block))
+                    if not expanded:
+                        fused = (_fused_layer(key), shape[1] * 2)
+                        fused_rows[fused] = fused_rows.get(fused, 0) + shape[0]
                 elif key.endswith(".sparse_meta"):
                     resident += 0 if expanded else n
                 elif key.endswith((".a_blocks", ".b_blocks")):
@@ -79,6 +92,8 @@ def checkpoint_weight_bytes(model_dir: str | Path, kernels: dict[str, tuple[str,
                 else:
                     resident += n * size
                     dense += n * size
+    scratch = max((scratch_bytes(rows, d_in, block) for (_, d_in), rows in fused_rows.items()), default=0) \
+        if scratch_bytes else 0
     return resident + scratch, dense  # a tied lm_head is stored (and held) once, and counted once
 
 

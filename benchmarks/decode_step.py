@@ -1,6 +1,7 @@
 """One forward pass of every projection of a model, as a serving step runs them: dense vs ARMOR, per thread
 count, token count and dtype. The weights of all layers (hundreds of MB) stream from DRAM as in serving,
-unlike benchmarks.layers, which re-runs one matrix whose weights may sit in the CPU's caches.
+unlike benchmarks.layers, which re-runs one matrix whose weights may sit in the CPU's caches; ARMOR's qkv and
+gate_up are fused as vLLM runs them (one kernel call over 3 and 2 shards, each with its own B).
 
     python -m benchmarks.decode_step [--model smollm2-135m] [--layers N]
     -> benchmarks/results/decode-step-cpu.{json,md} (or --name STEM)
@@ -22,31 +23,60 @@ import time
 
 import torch
 
-from benchmarks.layers import RESULTS, SHAPES, device_name, onednn_linear, random_armor, time_calls
+from benchmarks.layers import RESULTS, SHAPES, device_name, onednn_linear, time_calls
+from model_executors import cpu_kernel, sparsity
 
-def build(model: str, layers: int, dtype):
+def fused_rows(model: str, name: str) -> list[int]:
+    """The row counts of the matrices vLLM fuses into this layer: q, k, v (q as wide as the hidden size, the
+    layer's input) and gate, up; one shard otherwise."""
+    d_out, d_in = SHAPES[model][name]
+    if name == "qkv":
+        return [d_in, (d_out - d_in) // 2, (d_out - d_in) // 2]
+    return [d_out // 2] * 2 if name == "gate_up" else [d_out]
+
+
+def fused_armor(shards: list[int], d_in: int, block: int, dtype):
+    """A random ARMOR layer as vLLM's CPU engine runs it: one packed-kernel call over its fused shards, each
+    reading x through its own B."""
+    d_out = sum(shards)
+    g = torch.Generator().manual_seed(d_out * 7 + d_in + block)
+    w = torch.randn(d_out, d_in, generator=g) / d_in ** 0.5
+    mask = sparsity.top2_mask(w.abs())
+    values, codes = sparsity.pack(w * mask, mask)
+    a = (torch.eye(block) + 0.05 * torch.randn(d_out // block, block, block, generator=g)).to(dtype)
+    b = (torch.eye(block) + 0.05 * torch.randn(len(shards), d_in // block, block, block, generator=g)).to(dtype)
+    values = cpu_kernel.to_kernel_layout(values.to(dtype), codes, a, b)
+    return lambda x: cpu_kernel.linear(x, values, codes, a, b, shards, None)
+
+
+def build(model: str, layers: int, dtype) -> list[tuple]:
+    """(ARMOR layer, d_in, dense weight, vLLM's oneDNN dense layer or None) for every projection of the model."""
     mats = []
     for _ in range(layers):
         for name in ("qkv", "o", "gate_up", "down"):
             d_out, d_in = SHAPES[model][name]
-            mod = random_armor(d_out, d_in, 32, dtype, "cpu")
-            mod.prepare()
             dense = torch.randn(d_out, d_in, dtype=dtype) / d_in ** 0.5
-            mats.append((mod, dense, onednn_linear(dense)))
+            mats.append((fused_armor(fused_rows(model, name), d_in, 32, dtype), d_in, dense, onednn_linear(dense)))
     return mats
 
 
 @torch.no_grad()
 def run_one(args) -> None:
-    """In a child process (thread count fixed at start): print one JSON row per token count."""
+    """In a child process (thread count fixed at start): print one JSON row per token count. Each output is
+    dropped as soon as it is made, as a model's forward frees it (holding them all changes the allocator's
+    behaviour, and with it the page faults each path pays)."""
     dtype = getattr(torch, args.dtype)
     mats = build(args.model, args.layers, dtype)
     for tokens in (int(t) for t in args.tokens.split(",")):
-        xs = {d: torch.randn(tokens, d, dtype=dtype) for d in {m.in_features for m, _, _ in mats}}
-        fns = {"armor_s": lambda: [m(xs[m.in_features]) for m, _, _ in mats],
-               "dense_torch_s": lambda: [torch.nn.functional.linear(xs[m.in_features], w) for m, w, _ in mats]}
-        if all(o for _, _, o in mats):
-            fns["dense_onednn_s"] = lambda: [o(xs[m.in_features]) for m, _, o in mats]
+        xs = {d: torch.randn(tokens, d, dtype=dtype) for d in {d for _, d, _, _ in mats}}
+
+        def run(layer) -> None:
+            for args_ in mats:
+                layer(*args_)
+        fns = {"armor_s": lambda: run(lambda armor, d, w, o: armor(xs[d])),
+               "dense_torch_s": lambda: run(lambda armor, d, w, o: torch.nn.functional.linear(xs[d], w))}
+        if all(o for *_, o in mats):
+            fns["dense_onednn_s"] = lambda: run(lambda armor, d, w, o: o(xs[d]))
         row = {"dtype": args.dtype, "threads": torch.get_num_threads(), "tokens": tokens, **time_calls(fns, args.reps)}
         print("ROW " + json.dumps(row), flush=True)
 

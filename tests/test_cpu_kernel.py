@@ -174,14 +174,33 @@ def test_non_contiguous_and_batched_inputs(path):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_fused_qkv_and_gate_up_layouts(path, dtype):
-    # qkv: shards of different heights, each reading x through its own B; gate_up: two equal shards
-    for sizes in ([64, 32, 32], [96, 96]):
+@pytest.mark.parametrize("tokens", [6, 200])
+def test_fused_qkv_and_gate_up_layouts(path, dtype, tokens):
+    # qkv: shards of different heights, each reading x through its own B; gate_up: two equal shards, and two
+    # taller than 200 tokens (the prefill path at 200 > d_in tokens folds every shard's B into one panel anyway)
+    for sizes in ([64, 32, 32], [96, 96], [256, 256]):
         values, codes, a, b = layer(sum(sizes), 128, 16, 32, dtype, seed=len(sizes), shards=len(sizes))
-        x = torch.randn(6, 128).to(dtype)
+        x = torch.randn(tokens, 128).to(dtype)
         bias = torch.randn(sum(sizes)).to(dtype)
         y = cpu_kernel.linear(x, *kernel_layout(values, codes, a, b), sizes, bias)
         assert relerr(y, reference(x, values, codes, a, b, sizes, bias)) < TOL[dtype]
+
+
+def test_prefill_fold_over_the_whole_panel_budget():
+    """A layer over the whole-layer panel budget (16 MB) folds A (and B where a shard has fewer rows than tokens)
+    panel by panel, each panel's GEMM output copied into y's columns."""
+    sizes, d_in = [73728, 64, 64], 64
+    values, codes, a, b = layer(sum(sizes), d_in, 16, 16, torch.float32, shards=3)
+    assert cpu_kernel.scratch_bytes(sum(sizes), d_in, 16, torch.float32) in (0, 16384 * d_in * 4)
+    saved = cpu_kernel._C.prefill_min_tokens(False)
+    cpu_kernel._C.set_prefill_min_tokens(False, 0)
+    try:
+        x = torch.randn(80, d_in)
+        bias = torch.randn(sum(sizes))
+        y = cpu_kernel.linear(x, *kernel_layout(values, codes, a, b), sizes, bias)
+        assert relerr(y, reference(x, values, codes, a, b, sizes, bias)) < TOL[torch.float32]
+    finally:
+        cpu_kernel._C.set_prefill_min_tokens(False, saved)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -198,8 +217,10 @@ def test_prefill_panels_and_wide_blocks(dtype):
     assert (cpu_kernel.scratch_bytes(576, 576, 32, dtype) == 0) == (saved == 2 ** 63 - 1)
     cpu_kernel._C.set_prefill_min_tokens(bf16, 0)
     try:
-        assert cpu_kernel.scratch_bytes(624, d_in, 48, dtype) == 480 * d_in * esize < 624 * d_in * esize
+        assert cpu_kernel.scratch_bytes(1104, d_in, 48, dtype) == 480 * d_in * esize < 1104 * d_in * esize
         assert cpu_kernel.scratch_bytes(576, 576, 32, dtype) == 576 * 576 * esize  # the whole matrix fits the budget
+        # over the 4 MB panel budget, within the 16 MB whole-layer one (a fused layer's panel above d_in tokens)
+        assert cpu_kernel.scratch_bytes(3072, 576, 32, dtype) == 3072 * 576 * esize
         x = torch.randn(70, d_in).to(dtype)
         bias = torch.randn(sum(sizes)).to(dtype)
         y = cpu_kernel.linear(x, *kernel_layout(values, codes, a, b), sizes, bias)

@@ -1,10 +1,12 @@
 """The OpenAI-compatible server for real: `armor serve` on 127.0.0.1, the compressed SmolLM2, the official
 `openai` client, both engines (the `server` fixture, conftest.py)."""
+import json
 import time
 
 import httpx
 import openai
 import pytest
+import torch
 
 from conftest import ENGINES
 from server_util import API_KEY
@@ -153,3 +155,27 @@ def test_client_disconnect_aborts_generation(server):
     assert server.metric("armor_generation_tokens_total") == first  # nothing is generated for nobody
     assert server.metric("armor_requests_running") == 0
     assert server.metric("armor_requests_aborted_total") == aborted + 1  # and the abort is counted
+
+
+def test_resident_bytes_count_the_widest_fused_layer_panel(tmp_path):
+    """The prefill panel spans a fused layer (gate/up as vLLM fuses them), so its scratch counts their rows together."""
+    from safetensors.torch import save_file
+
+    from armor_serve.metrics import checkpoint_weight_bytes
+
+    (tmp_path / "config.json").write_text(json.dumps({"quantization_config": {"block_size": 16}}))
+    tensors = {}
+    for name, d_out, d_in in (("gate_proj", 64, 128), ("up_proj", 64, 128), ("down_proj", 128, 64)):
+        prefix = f"model.layers.0.mlp.{name}."
+        tensors[prefix + "sparse_values"] = torch.zeros(d_out, d_in // 2)
+        tensors[prefix + "sparse_meta"] = torch.zeros(d_out, d_in // 8, dtype=torch.uint8)
+        tensors[prefix + "a_blocks"] = torch.zeros(d_out // 16, 16, 16)
+        tensors[prefix + "b_blocks"] = torch.zeros(d_in // 16, 16, 16)
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    stored = sum(t.numel() * t.element_size() for t in tensors.values())
+    panels = []
+    packed = {name: ("packed", "") for name in ("gate_proj", "up_proj", "down_proj")}
+    resident, dense = checkpoint_weight_bytes(tmp_path, packed, lambda d_out, d_in, b: panels.append(
+        (d_out, d_in, b)) or d_out * d_in)
+    assert sorted(panels) == [(128, 64, 16), (128, 128, 16)]  # gate + up: 128 rows; down alone
+    assert resident == stored + 128 * 128 and dense == 4 * (64 * 128 * 2 + 128 * 64)
