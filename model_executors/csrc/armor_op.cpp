@@ -242,8 +242,8 @@ at::Tensor b_rows_of(const at::Tensor& b_blocks, int64_t s) {
 // When the whole layer fits kWholePanelBytes, A and every B_s are folded into one panel of all its rows (B too at
 // up to a shard's rows of tokens: B_s on the weights costs rows/T times B_s on the activations, ~1% of the GEMM
 // there) and one GEMM's output is y: per-panel outputs copied into y's columns (every fused layer, since a panel never
-// spans shards) cost a copy and, in a model's sequence of calls, fresh pages from the allocator: SmolLM2's 30
-// fused layers at 2048 tokens, one thread, 0.79-0.81x oneDNN with 90-145k page faults per pass before.
+// spans shards) cost a copy and fresh pages from the allocator: SmolLM2's 30 fused layers, float32, one thread,
+// 0.81-0.83 -> 0.85-0.86x oneDNN at 1024 tokens, 0.87-0.89 -> 0.92-0.93x at 2048 (benchmarks.decode_step, 2026-12-03).
 at::Tensor prefill(const armor::Layer& L, const armor::Kernels& k, const at::Tensor& x, const at::Tensor& values,
                    const at::Tensor& b_blocks, const std::vector<int64_t>& shard_rows, const at::Tensor& bias) {
   const int64_t T = x.size(0), d_in = L.d_in, esize = values.element_size(), nb = d_in / L.bb;
