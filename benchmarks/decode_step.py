@@ -15,6 +15,7 @@ the serving-relevant column. Weights are random and non-zero; ARMOR layers are b
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -23,8 +24,9 @@ import time
 
 import torch
 
-from benchmarks.layers import RESULTS, SHAPES, device_name, onednn_linear, time_calls
+from benchmarks.layers import RESULTS, SHAPES, device_name, onednn_linear, random_factors, time_calls
 from model_executors import cpu_kernel, sparsity
+
 
 def fused_rows(model: str, name: str) -> list[int]:
     """The row counts of the matrices vLLM fuses into this layer: q, k, v (q as wide as the hidden size, the
@@ -38,13 +40,9 @@ def fused_rows(model: str, name: str) -> list[int]:
 def fused_armor(shards: list[int], d_in: int, block: int, dtype):
     """A random ARMOR layer as vLLM's CPU engine runs it: one packed-kernel call over its fused shards, each
     reading x through its own B."""
-    d_out = sum(shards)
-    g = torch.Generator().manual_seed(d_out * 7 + d_in + block)
-    w = torch.randn(d_out, d_in, generator=g) / d_in ** 0.5
-    mask = sparsity.top2_mask(w.abs())
-    values, codes = sparsity.pack(w * mask, mask)
-    a = (torch.eye(block) + 0.05 * torch.randn(d_out // block, block, block, generator=g)).to(dtype)
-    b = (torch.eye(block) + 0.05 * torch.randn(len(shards), d_in // block, block, block, generator=g)).to(dtype)
+    core, mask, a, b = random_factors(sum(shards), d_in, block, len(shards))
+    values, codes = sparsity.pack(core, mask)
+    a, b = a.to(dtype), b.to(dtype)
     values = cpu_kernel.to_kernel_layout(values.to(dtype), codes, a, b)
     return lambda x: cpu_kernel.linear(x, values, codes, a, b, shards, None)
 
@@ -60,23 +58,27 @@ def build(model: str, layers: int, dtype) -> list[tuple]:
     return mats
 
 
+def sweep(layers: list[tuple]):
+    """One pass over every (layer, input): each output is dropped as soon as it is made, as a model's forward
+    frees it (holding them all changes the allocator's behaviour, and with it the page faults each path pays)."""
+    def step() -> None:
+        for layer, x in layers:
+            layer(x)
+    return step
+
+
 @torch.no_grad()
 def run_one(args) -> None:
-    """In a child process (thread count fixed at start): print one JSON row per token count. Each output is
-    dropped as soon as it is made, as a model's forward frees it (holding them all changes the allocator's
-    behaviour, and with it the page faults each path pays)."""
+    """In a child process (thread count fixed at start): print one JSON row per token count."""
     dtype = getattr(torch, args.dtype)
     mats = build(args.model, args.layers, dtype)
     for tokens in (int(t) for t in args.tokens.split(",")):
         xs = {d: torch.randn(tokens, d, dtype=dtype) for d in {d for _, d, _, _ in mats}}
-
-        def run(layer) -> None:
-            for args_ in mats:
-                layer(*args_)
-        fns = {"armor_s": lambda: run(lambda armor, d, w, o: armor(xs[d])),
-               "dense_torch_s": lambda: run(lambda armor, d, w, o: torch.nn.functional.linear(xs[d], w))}
+        fns = {"armor_s": sweep([(armor, xs[d]) for armor, d, _, _ in mats]),
+               "dense_torch_s": sweep([(functools.partial(torch.nn.functional.linear, weight=w), xs[d])
+                                       for _, d, w, _ in mats])}
         if all(o for *_, o in mats):
-            fns["dense_onednn_s"] = lambda: run(lambda armor, d, w, o: o(xs[d]))
+            fns["dense_onednn_s"] = sweep([(o, xs[d]) for _, d, _, o in mats])
         row = {"dtype": args.dtype, "threads": torch.get_num_threads(), "tokens": tokens, **time_calls(fns, args.reps)}
         print("ROW " + json.dumps(row), flush=True)
 

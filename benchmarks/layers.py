@@ -84,13 +84,20 @@ def onednn_linear(w: torch.Tensor):
     return lambda x: ops.onednn_mm(handler, x, None)
 
 
-def random_armor(d_out: int, d_in: int, block: int, dtype, device) -> ArmorLinear:
+def random_factors(d_out: int, d_in: int, block: int, shards: int = 1):
+    """Random non-zero ARMOR factors seeded by the shape: (2:4 core, its mask, A blocks, B blocks per shard
+    [shards, d_in / block, block, block]), the transforms near the identity as trained ones are."""
     g = torch.Generator().manual_seed(d_out * 7 + d_in + block)
     w = torch.randn(d_out, d_in, generator=g) / d_in ** 0.5
     mask = sparsity.top2_mask(w.abs())
     a = torch.eye(block) + 0.05 * torch.randn(d_out // block, block, block, generator=g)
-    b = torch.eye(block) + 0.05 * torch.randn(d_in // block, block, block, generator=g)
-    return ArmorLinear.from_factors(a, w * mask, mask, b, dtype=dtype).to(device)
+    b = torch.eye(block) + 0.05 * torch.randn(shards, d_in // block, block, block, generator=g)
+    return w * mask, mask, a, b
+
+
+def random_armor(d_out: int, d_in: int, block: int, dtype, device) -> ArmorLinear:
+    core, mask, a, b = random_factors(d_out, d_in, block)
+    return ArmorLinear.from_factors(a, core, mask, b[0], dtype=dtype).to(device)
 
 
 @torch.no_grad()
