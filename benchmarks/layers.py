@@ -181,7 +181,11 @@ def device_name(device: str) -> str:
         return torch.cuda.get_device_name()
     from model_executors import cpu_kernel
 
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.machine())
+    info = {}  # first core's fields; the family tells apart CPUs a VM names alike (AMD EPYC: 25 Zen 4, 26 Zen 5)
+    for line in open("/proc/cpuinfo"):
+        key, _, value = line.partition(":")
+        info.setdefault(key.strip(), value.strip())
+    cpu = f"{info.get('model name', platform.machine())} (family {info.get('cpu family', '?')})"
     return f"{cpu}, ARMOR kernel path {cpu_kernel.isa() if cpu_kernel.available() else 'none (reference)'}"
 
 

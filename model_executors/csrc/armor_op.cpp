@@ -25,6 +25,10 @@
 
 #include "kernels.h"
 
+#if defined(__x86_64__)
+#include <cpuid.h>
+#endif
+
 namespace {
 
 bool cpu_has(const std::string& isa) {
@@ -96,6 +100,24 @@ constexpr int64_t kTiledMinTokens = 3;
 // permuting / tiled 0.74-0.76x / 0.58-0.59x at 32 tokens, 0.78 / 0.72 at 48, 0.70-0.73 / 0.67 at 64, 0.79 / 0.78
 // at 128, 0.78 / 0.79 at 256 (ad hoc script, two alternated runs).
 constexpr int64_t kTiledMinTokensAvx512 = 128;
+// AMD Zen 4 (family 19h; the only one of its families with AVX-512) runs 512-bit shuffles double-pumped: the
+// permuting product's one vpermt2ps per FMA costs twice what it does on Zen 5, and the tiled product, which
+// shuffles nothing, wins from 32 tokens (Zen 4, float32, against oneDNN, permuting / tiled, ad hoc, alternated,
+// 2026-12-03): SmolLM2's 30 layers on one thread 0.85 / 0.72x at 16 tokens, 0.85 / 0.86 at 32, 0.74 / 0.87 at
+// 48, 0.78 / 1.04 at 64; Llama-3-8B's 4096x4096, 14336x4096, 4096x14336 on two threads 0.81-0.97 / 0.89-1.07 at
+// 32, 0.82-0.87 / 0.98-1.08 at 64, 0.76-0.82 / 1.04-1.08 at 128.
+constexpr int64_t kTiledMinTokensZen4 = 32;
+
+bool double_pumped_avx512() {
+#if defined(__x86_64__)
+  unsigned eax, ebx, ecx, edx;
+  if (!__get_cpuid(0, &eax, &ebx, &ecx, &edx) || ebx != 0x68747541) return false;  // "Auth"enticAMD
+  if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx)) return false;
+  return (eax >> 8 & 0xF) + (eax >> 20 & 0xFF) == 0x19;
+#else
+  return false;
+#endif
+}
 
 struct Active {
   armor::Kernels k;
@@ -107,7 +129,7 @@ Active make_active(const std::string& isa) {
   const bool avx2 = isa == "avx2";
   const bool avx512 = isa.rfind("avx512", 0) == 0;
   return {kernels_for(isa), {avx2 || avx512 ? 1024 : 64, avx2 ? INT64_MAX : isa == "avx512_bf16" ? 128 : 48},
-          avx512 ? kTiledMinTokensAvx512 : kTiledMinTokens};
+          avx512 ? (double_pumped_avx512() ? kTiledMinTokensZen4 : kTiledMinTokensAvx512) : kTiledMinTokens};
 }
 
 Active& active() {
