@@ -34,7 +34,8 @@ def configs(blocks: list[int]) -> list[tuple[str, list[str]]]:
     b32 = ["--method", "armor", "--block-size", "32"]
     no_correction = [*b32, "--input-correction", "0"]
     parts = [("armor-b32-i100", [*no_correction, "--iters", "100"]),
-             ("armor-b32-i40-tuned-ic", [*b32, "--iters", "40", "--tune-epochs", "2"])]
+             ("armor-b32-i40-tuned-ic", [*b32, "--iters", "40", "--tune-epochs", "2"]),
+             ("armor-b32-c128-i40-tuned-ic", [*b32, "--iters", "40", "--calib-samples", "128", "--tune-epochs", "2"])]
     # block-wise tuning without the input correction: after 100 iterations, after 40, and on 4x the calibration
     # text (the tuning, not BCD, is what more text helps)
     tuned = [("armor-b32-tuned", [*no_correction, "--iters", "100", "--tune-epochs", "2"]),

@@ -107,6 +107,12 @@ constexpr int64_t kTiledMinTokensAvx512 = 128;
 // 48, 0.78 / 1.04 at 64; Llama-3-8B's 4096x4096, 14336x4096, 4096x14336 on two threads 0.81-0.97 / 0.89-1.07 at
 // 32, 0.82-0.87 / 0.98-1.08 at 64, 0.76-0.82 / 1.04-1.08 at 128.
 constexpr int64_t kTiledMinTokensZen4 = 32;
+// ... and float32's tiled product holds on against the prefill path (panels + oneDNN) up to about 2048 tokens
+// (Zen 4, against oneDNN, tiled / prefill, 2026-12-03): 4096x4096 on two threads 1.24 / 0.80x at 256, 1.03 / 0.85
+// at 1024, 0.98 / 0.86 at 2048 (benchmarks/results/kernel-crossover-cpu-zen4.md); SmolLM2's 30 layers (ad hoc,
+// best of 3) one thread 1.05 / 0.77 at 512, 0.94 / 0.87 at 1024, 0.83 / 0.90 at 2048, two threads 0.89 / 0.67,
+// 0.83 / 0.79, 0.75 / 0.93.
+constexpr int64_t kPrefillMinTokensZen4 = 2048;
 
 bool double_pumped_avx512() {
 #if defined(__x86_64__)
@@ -127,9 +133,10 @@ struct Active {
 
 Active make_active(const std::string& isa) {
   const bool avx2 = isa == "avx2";
-  const bool avx512 = isa.rfind("avx512", 0) == 0;
-  return {kernels_for(isa), {avx2 || avx512 ? 1024 : 64, avx2 ? INT64_MAX : isa == "avx512_bf16" ? 128 : 48},
-          avx512 ? (double_pumped_avx512() ? kTiledMinTokensZen4 : kTiledMinTokensAvx512) : kTiledMinTokens};
+  const bool avx512 = isa.rfind("avx512", 0) == 0, zen4 = avx512 && double_pumped_avx512();
+  return {kernels_for(isa),
+          {zen4 ? kPrefillMinTokensZen4 : avx2 || avx512 ? 1024 : 64, avx2 ? INT64_MAX : isa == "avx512_bf16" ? 128 : 48},
+          zen4 ? kTiledMinTokensZen4 : avx512 ? kTiledMinTokensAvx512 : kTiledMinTokens};
 }
 
 Active& active() {
