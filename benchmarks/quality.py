@@ -30,7 +30,8 @@ def configs(blocks: list[int]) -> list[tuple[str, list[str]]]:
     armor = [(f"armor-b{b}", ["--method", "armor", "--block-size", str(b)]) for b in blocks]
     paper_proxy = ("armor-diag-b32", ["--method", "armor", "--proxy", "diag", "--block-size", "32"])
     # The default (100 iterations, input correction) against the settings before 2026-12-03 (no correction) and
-    # 40 iterations + block-wise tuning with the correction (better wiki, worse LAMBADA); docs/algorithm.md
+    # 40 iterations + block-wise tuning with the correction (better wiki, worse LAMBADA), the latter also on 4x
+    # the calibration text; docs/algorithm.md
     b32 = ["--method", "armor", "--block-size", "32"]
     no_correction = [*b32, "--input-correction", "0"]
     parts = [("armor-b32-i100", [*no_correction, "--iters", "100"]),
