@@ -91,10 +91,39 @@ def to_kernel_layout(values: torch.Tensor, meta: torch.Tensor, a_blocks: torch.T
     if not group:
         return values
     d_out, half = values.shape
-    values.copy_(values.view(d_out // 4, 4, half // group, group).transpose(1, 2).reshape(d_out, half))
+    blocks = values.view(d_out // 4, 4, half // group, group).transpose(1, 2)  # (row group, chunk, row, value)
+    code_blocks = meta.view(d_out // 4, 4, half // group, group // 4).transpose(1, 2) if codes else None
+    if group == PAIRED_GROUP:
+        blocks, code_blocks = _pair_rows(blocks, code_blocks)
+    values.copy_(blocks.reshape(d_out, half))
     if codes:
-        meta.copy_(meta.view(d_out // 4, 4, half // group, group // 4).transpose(1, 2).reshape(d_out, half // 4))
+        meta.copy_(code_blocks.reshape(d_out, half // 4))
     return values.view(d_out // 4, half // group, 4 * group)
+
+
+# Values interleaved 16 at a time (float32 on AVX-512) are paired too (the kernel's csrc/generic.h row_values): per
+# chunk of 32 inputs a row group's 4 x 16 values become [rows 0, 1 | rows 2, 3] x [inputs 0-15 | 16-31] x 4 groups
+# of 4 inputs x [row 2p, 2p + 1] x 2 kept values, and its 4 x 4 code bytes [rows 0, 1 | 2, 3] x [inputs 0-15 |
+# 16-31] x [row 2p, 2p + 1] x 2 bytes, so that one 128-bit lane holds a row pair's values for one group of 4 inputs.
+PAIRED_GROUP = 16
+
+
+def _pair_rows(blocks: torch.Tensor, code_blocks: torch.Tensor):
+    """(row group, chunk, 4 rows, 16 values) and (..., 4 rows, 4 code bytes) -> the paired order, same shapes."""
+    n, chunks = blocks.shape[:2]
+    # row = 2p + q, value = 8h + 2l + s  ->  (p, h, l, q, s)
+    values = blocks.reshape(n, chunks, 2, 2, 2, 4, 2).permute(0, 1, 2, 4, 5, 3, 6)
+    # row = 2p + q, byte = 2h + b  ->  (p, h, q, b)
+    codes = code_blocks.reshape(n, chunks, 2, 2, 2, 2).permute(0, 1, 2, 4, 3, 5)
+    return values.reshape(n, chunks, 4, 16), codes.reshape(n, chunks, 4, 4)
+
+
+def _unpair_rows(values: torch.Tensor, codes: torch.Tensor):
+    """_pair_rows' inverse."""
+    n, chunks = values.shape[:2]
+    values = values.reshape(n, chunks, 2, 2, 4, 2, 2).permute(0, 1, 2, 5, 3, 4, 6)  # (p, h, l, q, s) -> (p, q, h, l, s)
+    codes = codes.reshape(n, chunks, 2, 2, 2, 2).permute(0, 1, 2, 4, 3, 5)  # (p, h, q, b) -> (p, q, h, b)
+    return values.reshape(n, chunks, 4, 16), codes.reshape(n, chunks, 4, 4)
 
 
 def checkpoint_layout(values: torch.Tensor, mask: torch.Tensor, a_blocks_t: torch.Tensor, b_blocks_t: torch.Tensor):
@@ -104,9 +133,13 @@ def checkpoint_layout(values: torch.Tensor, mask: torch.Tensor, a_blocks_t: torc
     if values.dim() == 3:
         groups, chunks, width = values.shape
         group = width // 4
-        values = values.view(groups, chunks, 4, group).transpose(1, 2).reshape(4 * groups, group * chunks)
+        blocks = values.view(groups, chunks, 4, group)
+        code_blocks = mask.view(groups, chunks, 4, group // 4) if codes else None
+        if group == PAIRED_GROUP:
+            blocks, code_blocks = _unpair_rows(blocks, code_blocks)
+        values = blocks.transpose(1, 2).reshape(4 * groups, group * chunks)
         if codes:
-            mask = mask.view(groups, chunks, 4, group // 4).transpose(1, 2).reshape(mask.shape)
+            mask = code_blocks.transpose(1, 2).reshape(mask.shape)
     meta = mask.clone() if codes else sparsity.bitmask_to_codes(mask)
     return (values, meta, a_blocks_t.transpose(-1, -2).contiguous(), b_blocks_t.transpose(-1, -2).contiguous())
 

@@ -55,6 +55,18 @@ def relerr(y, ref):
 NEVER = 1 << 40
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(64, 128), (8, 64), (12, 96), (6, 40)])
+def test_kernel_layout_round_trips_to_the_checkpoint_layout(isa, dtype, shape):
+    """The load-time layout (interleaved, paired for float32 on AVX-512, codes or a bitmask) is a permutation of
+    the checkpoint's bytes: checkpoint_layout gives back exactly the values and codes that went in."""
+    values, codes, a, b = layer(*shape, 2, 4, dtype)
+    vk, mask, a_t, b_t = kernel_layout(values, codes, a, b)
+    v2, c2, a2, b2 = cpu_kernel.checkpoint_layout(vk, mask, a_t, b_t)
+    assert torch.equal(v2.view(values.shape), values) and torch.equal(c2, codes)
+    assert torch.equal(a2, a) and torch.equal(b2, b)
+
+
 @pytest.fixture(params=["decode", "tiled", "prefill"])
 def path(request):
     """Force one path for every token count (decode: the expanding product; tiled: x in tiles of tokens, where

@@ -100,13 +100,12 @@ constexpr int64_t kTiledMinTokens = 3;
 // permuting / tiled 0.74-0.76x / 0.58-0.59x at 32 tokens, 0.78 / 0.72 at 48, 0.70-0.73 / 0.67 at 64, 0.79 / 0.78
 // at 128, 0.78 / 0.79 at 256 (ad hoc script, two alternated runs).
 constexpr int64_t kTiledMinTokensAvx512 = 128;
-// AMD Zen 4 (family 19h; the only one of its families with AVX-512) runs 512-bit shuffles double-pumped: the
-// permuting product's one vpermt2ps per FMA costs twice what it does on Zen 5, and the tiled product, which
-// shuffles nothing, wins from 32 tokens (Zen 4, float32, against oneDNN, permuting / tiled, ad hoc, alternated,
-// 2026-12-03): SmolLM2's 30 layers on one thread 0.85 / 0.72x at 16 tokens, 0.85 / 0.86 at 32, 0.74 / 0.87 at
-// 48, 0.78 / 1.04 at 64; Llama-3-8B's 4096x4096, 14336x4096, 4096x14336 on two threads 0.81-0.97 / 0.89-1.07 at
-// 32, 0.82-0.87 / 0.98-1.08 at 64, 0.76-0.82 / 1.04-1.08 at 128.
-constexpr int64_t kTiledMinTokensZen4 = 32;
+// AMD Zen 4 (family 19h; the only one of its families with AVX-512) runs two-source 512-bit permutes at half the
+// rate of Zen 5: before the paired layout (kernel_avx512.cpp tile_pairs: one in-lane permute per FMA) the tiled
+// product won there from 32 tokens. Paired, the permuting product leads the tiled one up to 128 tokens there too
+// (Zen 4, float32, SmolLM2's 30 layers, ms per step, permuting / tiled / oneDNN, ad hoc, 2026-12-03): one thread
+// 40 / 62 / 44 at 16 tokens, 84 / 115 / 80 at 32, 135 / 145 / 139 at 64, 250-282 / 275-284 / 268-284 at 128;
+// two threads 29 / 42 / 27, 43 / 59 / 47, 92 / 100 / 84, 165 / 172 / 151.
 // ... and float32's tiled product holds on against the prefill path (panels + oneDNN) up to about 2048 tokens
 // (Zen 4, against oneDNN, tiled / prefill, 2026-12-03): 4096x4096 on two threads 1.24 / 0.80x at 256, 1.03 / 0.85
 // at 1024, 0.98 / 0.86 at 2048 (benchmarks/results/kernel-crossover-cpu-zen4.md); SmolLM2's 30 layers (ad hoc,
@@ -136,7 +135,7 @@ Active make_active(const std::string& isa) {
   const bool avx512 = isa.rfind("avx512", 0) == 0, zen4 = avx512 && double_pumped_avx512();
   return {kernels_for(isa),
           {zen4 ? kPrefillMinTokensZen4 : avx2 || avx512 ? 1024 : 64, avx2 ? INT64_MAX : isa == "avx512_bf16" ? 128 : 48},
-          zen4 ? kTiledMinTokensZen4 : avx512 ? kTiledMinTokensAvx512 : kTiledMinTokens};
+          avx512 ? kTiledMinTokensAvx512 : kTiledMinTokens};
 }
 
 Active& active() {

@@ -34,18 +34,30 @@ inline uint16_t from_f32<uint16_t>(float v) { return f32_to_bf16(v); }
 // 8: rows one after the other, or 4 rows' chunks in turn (Layer.interleave). unit_offset: where the 4 values of
 // the row's 8-input unit c (its mask byte c) start, from the row's first value (chunk stride cs; or, for any
 // interleave, from the layer).
+// G = 16 (float32 on AVX-512) pairs the rows instead (kernel_avx512.cpp tile_pairs): per 32 inputs a 4-row group's
+// 64 values are [rows 0, 1 | rows 2, 3] x [inputs 0-15 | 16-31] x 4 groups of 4 inputs x [row 2p, row 2p + 1] x
+// its 2 kept values, and its 16 code bytes [rows 0, 1 | rows 2, 3] x [inputs 0-15 | 16-31] x [row 2p, 2p + 1] x 2
+// bytes: a unit's 4 values of one row lie at 0, 1, 4, 5 from its first (value_in_unit).
+constexpr bool paired(int64_t G) { return G == 16; }
 template <typename W>
 inline const W* row_values(const armor::Layer& L, int64_t r) {
   const W* v = static_cast<const W*>(L.values);
-  return L.interleave ? v + (r >> 2) * 2 * L.d_in + (r & 3) * L.interleave : v + r * (L.d_in / 2);
+  if (!L.interleave) return v + r * (L.d_in / 2);
+  return v + (r >> 2) * 2 * L.d_in + (paired(L.interleave) ? (r & 2) * 16 + (r & 1) * 2 : (r & 3) * L.interleave);
 }
 inline int64_t chunk_stride(const armor::Layer& L) { return L.interleave ? 4 * L.interleave : 8; }
 inline int64_t unit_offset(int64_t c, int64_t cs) { return (c >> 1) * cs + (c & 1) * 4; }
 // The same for values interleaved G at a time (0: rows one by one) known at compile time, and where unit c's
 // mask byte lies from the row's first: codes are interleaved with the values where G >= 16 (float32 on AVX-512:
-// 16, bfloat16 on AVX512-BF16: 32), G / 4 bytes (2G inputs) per row in turn; AVX2's bitmask (G = 8) never is.
-constexpr int64_t values_of_unit(int64_t G, int64_t c) { return G ? c / (G / 4) * 4 * G + c % (G / 4) * 4 : 4 * c; }
-constexpr int64_t meta_of_unit(int64_t G, int64_t c) { return G >= 16 ? c / (G / 4) * G + c % (G / 4) : c; }
+// 16, bfloat16 on AVX512-BF16: 32), G / 4 bytes (2G inputs) per row in turn (in pairs for G = 16); AVX2's bitmask
+// (G = 8) never is.
+constexpr int64_t values_of_unit(int64_t G, int64_t c) {
+  return paired(G) ? c / 4 * 64 + c % 4 * 8 : G ? c / (G / 4) * 4 * G + c % (G / 4) * 4 : 4 * c;
+}
+constexpr int64_t value_in_unit(int64_t G, int64_t k) { return paired(G) ? (k >> 1) * 4 + (k & 1) : k; }
+constexpr int64_t meta_of_unit(int64_t G, int64_t c) {
+  return paired(G) ? c / 4 * 16 + (c % 4 >> 1) * 4 + (c & 1) : G >= 16 ? c / (G / 4) * G + c % (G / 4) : c;
+}
 template <int G>
 constexpr int64_t unit_values(int64_t c) { return values_of_unit(G, c); }
 template <int G>
@@ -53,7 +65,9 @@ constexpr int64_t unit_meta(int64_t c) { return meta_of_unit(G, c); }
 inline int64_t unit_offset(const armor::Layer& L, int64_t c) { return values_of_unit(L.interleave, c); }
 // Row r's first mask byte, and where its byte for unit c lies from there
 inline const uint8_t* row_meta(const armor::Layer& L, int64_t r) {
-  return L.interleave >= 16 ? L.mask + (r >> 2) * (L.d_in / 2) + (r & 3) * (L.interleave / 4) : L.mask + r * (L.d_in / 8);
+  const uint8_t* m = L.mask + (r >> 2) * (L.d_in / 2);
+  if (paired(L.interleave)) return m + (r & 2) * 4 + (r & 1) * 2;
+  return L.interleave >= 16 ? m + (r & 3) * (L.interleave / 4) : L.mask + r * (L.d_in / 8);
 }
 inline int64_t meta_unit(const armor::Layer& L, int64_t c) { return meta_of_unit(L.interleave, c); }
 
@@ -216,7 +230,7 @@ void decompress_impl(const armor::Layer& L, int64_t r0, int64_t r1, void* out_) 
     for (int64_t g = 0; g < d_in / 4; ++g) {
       int lo, hi;
       kept_positions(m[meta_unit(L, g >> 1)], L.codes, g, lo, hi);
-      const W* vg = v + unit_offset(L, g >> 1) + 2 * (g & 1);
+      const W* vg = v + unit_offset(L, g >> 1) + value_in_unit(L.interleave, 2 * (g & 1));
       o[4 * g + lo] = vg[0];
       o[4 * g + hi] = vg[1];
     }

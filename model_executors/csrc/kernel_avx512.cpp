@@ -68,19 +68,19 @@ inline void tile(const W* const* v, const uint8_t* const* m, const float* x, int
     for (int t = 0; t < TT; ++t) z[t * ld_z + r] = _mm512_reduce_add_ps(acc[r][t]);
 }
 
-// float32, the codes layout (kernels.h): R rows x TT tokens of z. Per 32 inputs a row's code word (2 bits per
-// kept value: value j sits at input 4 (j / 2) + code_j) becomes 16 lane indices by a shift and a ternary logic
-// op, and x's 32 inputs (two vectors) are permuted onto the 16 kept values. Against expanding the values by a
-// bitmask (vexpandps, 16 inputs at a time) on Zen 5, one thread, one token: 2.9 against 12 us for 256x576 in L2,
-// 32-40 against 19-26 GB/s from DRAM on SmolLM2's and Llama's shapes (ad hoc benchmark, 2026-12-02); the values
-// interleaved 4 rows x 16 (one stream) with a prefetch per row and 32 inputs, 2 KB ahead, measured best there.
+// float32, the codes layout (kernels.h), rows one by one (G = 0): R rows x TT tokens of z. Per 32 inputs a row's
+// code word (2 bits per kept value: value j sits at input 4 (j / 2) + code_j) becomes 16 lane indices by a shift
+// and a ternary logic op, and x's 32 inputs (two vectors) are permuted onto the 16 kept values (a two-source
+// permute per FMA). Against expanding the values by a bitmask (vexpandps, 16 inputs at a time) on Zen 5, one
+// thread, one token: 2.9 against 12 us for 256x576 in L2, 32-40 against 19-26 GB/s from DRAM on SmolLM2's and
+// Llama's shapes (ad hoc benchmark, 2026-12-02); a prefetch per row and 32 inputs, 2 KB ahead, measured best there.
 constexpr int kPrefetchCodes = 2048;
 
 // Inputs [32 c, 32 c + n) of R rows x TT tokens (n = 32 but in a row's last, partial chunk: 8, 16 or 24).
-template <bool IL, bool kPartial, int R, int TT>
+template <bool kPartial, int R, int TT>
 inline void codes_chunk(const float* const* v, const uint8_t* const* m, const float* x, int64_t d_in, int64_t c,
                         int64_t n, __m512 (&acc)[R][TT]) {
-  constexpr int64_t vs = IL ? 64 : 16, ms = IL ? 16 : 4;  // a row's values and code bytes per 32 inputs
+  constexpr int64_t vs = 16, ms = 4;  // a row's values and code bytes per 32 inputs
   const __m512i shifts = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   const __m512i base = _mm512_setr_epi32(0, 0, 4, 4, 8, 8, 12, 12, 16, 16, 20, 20, 24, 24, 28, 28);
   const __m512i three = _mm512_set1_epi32(3);
@@ -110,7 +110,7 @@ inline void codes_chunk(const float* const* v, const uint8_t* const* m, const fl
   }
 }
 
-template <bool IL, int R, int TT>
+template <int R, int TT>
 inline void tile_codes(const float* const* v, const uint8_t* const* m, const float* x, int64_t d_in, float* z,
                        int64_t ld_z) {
   __m512 acc[R][TT];
@@ -119,16 +119,128 @@ inline void tile_codes(const float* const* v, const uint8_t* const* m, const flo
 #pragma GCC unroll 16
     for (int t = 0; t < TT; ++t) acc[r][t] = _mm512_setzero_ps();
   const int64_t full = d_in / 32;
-  for (int64_t c = 0; c < full; ++c) codes_chunk<IL, false, R, TT>(v, m, x, d_in, c, 32, acc);
-  if (d_in % 32) codes_chunk<IL, true, R, TT>(v, m, x, d_in, full, d_in % 32, acc);  // rows one by one only
+  for (int64_t c = 0; c < full; ++c) codes_chunk<false, R, TT>(v, m, x, d_in, c, 32, acc);
+  if (d_in % 32) codes_chunk<true, R, TT>(v, m, x, d_in, full, d_in % 32, acc);
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 16
     for (int t = 0; t < TT; ++t) z[t * ld_z + r] = _mm512_reduce_add_ps(acc[r][t]);
 }
 
+// Lane sums of a row pair's accumulators for 4 tokens (rows a, b in elements 0-1, 2-3 of every 128-bit lane):
+// lane k of the result holds token k's [a a b b]. Two shuffle levels for 4 accumulators instead of a horizontal
+// sum per row and token.
+inline __m512 pair_sums4(__m512 a0, __m512 a1, __m512 a2, __m512 a3) {
+  const __m512 s01 = _mm512_add_ps(_mm512_shuffle_f32x4(a0, a1, 0x44), _mm512_shuffle_f32x4(a0, a1, 0xEE));
+  const __m512 s23 = _mm512_add_ps(_mm512_shuffle_f32x4(a2, a3, 0x44), _mm512_shuffle_f32x4(a2, a3, 0xEE));
+  const __m512 s = _mm512_add_ps(_mm512_shuffle_f32x4(s01, s23, 0x88), _mm512_shuffle_f32x4(s01, s23, 0xDD));
+  return _mm512_add_ps(s, _mm512_permute_ps(s, 0xB1));
+}
+
+// float32, the paired layout (G = 16, generic.h row_values): per 16 inputs a row pair's 16 kept values come in
+// [a a b b] per group of 4 inputs, so each 128-bit lane of a weight vector belongs to the group of 4 inputs that
+// x's same lane holds, and one in-lane permute (vpermilps) of x's 16 inputs feeds both rows' FMA; the two rows'
+// codes of those inputs are one 32-bit word. The two-source permute of 32 inputs per row (tile_codes) runs at half
+// the rate on Zen 4 (family 25, ad hoc microbenchmark, 2026-12-03: vpermt2ps + FMA 0.53 ns, vpermilps + FMA
+// 0.28 ns, an FMA alone 0.14 ns).
+// P pairs (from the even rows of vp/mp: their first value and code byte) x TT tokens; pair p's rows go to z's
+// columns zc[p], zc[p] + 1.
+template <int P, int TT>
+inline void tile_pairs(const float* const* vp, const uint8_t* const* mp, const float* x, int64_t d_in, float* z,
+                       int64_t ld_z, const int64_t* zc) {
+  // element 4l + s: row a's code of its value 2l + s (s < 2) at bit 4l + 2s, row b's (s >= 2) at 16 + 4l + 2(s - 2)
+  const __m512i shifts = _mm512_setr_epi32(0, 2, 16, 18, 4, 6, 20, 22, 8, 10, 24, 26, 12, 14, 28, 30);
+  __m512 acc[P][TT];
+#pragma GCC unroll 16
+  for (int p = 0; p < P; ++p)
+#pragma GCC unroll 16
+    for (int t = 0; t < TT; ++t) acc[p][t] = _mm512_setzero_ps();
+  for (int64_t c = 0; c < d_in / 32; ++c) {
+#pragma GCC unroll 2
+    for (int p = 0; p < P; ++p) {
+      _mm_prefetch(reinterpret_cast<const char*>(vp[p] + 64 * c) + kPrefetchCodes, _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(vp[p] + 64 * c) + kPrefetchCodes + 64, _MM_HINT_T0);
+      if ((c & 3) == 0) _mm_prefetch(reinterpret_cast<const char*>(mp[p] + 16 * c) + kPrefetchCodes / 16, _MM_HINT_T0);
+    }
+#pragma GCC unroll 2
+    for (int h = 0; h < 2; ++h) {
+      __m512 xv[TT];
+#pragma GCC unroll 16
+      for (int t = 0; t < TT; ++t) xv[t] = _mm512_loadu_ps(x + t * d_in + 32 * c + 16 * h);
+#pragma GCC unroll 2
+      for (int p = 0; p < P; ++p) {
+        int32_t word;
+        __builtin_memcpy(&word, mp[p] + 16 * c + 4 * h, 4);
+        const __m512i idx = _mm512_srlv_epi32(_mm512_set1_epi32(word), shifts);  // vpermilps reads bits 0-1
+        const __m512 w = _mm512_loadu_ps(vp[p] + 64 * c + 16 * h);
+#pragma GCC unroll 16
+        for (int t = 0; t < TT; ++t) acc[p][t] = _mm512_fmadd_ps(w, _mm512_permutevar_ps(xv[t], idx), acc[p][t]);
+      }
+    }
+  }
+#pragma GCC unroll 2
+  for (int p = 0; p < P; ++p)
+#pragma GCC unroll 4
+    for (int t0 = 0; t0 < TT; t0 += 4) {
+      const __m512 zero = _mm512_setzero_ps();
+      alignas(64) float sums[16];  // token t0 + k's rows a, b at 4k, 4k + 2
+      _mm512_store_ps(sums, pair_sums4(acc[p][t0], t0 + 1 < TT ? acc[p][t0 + 1] : zero,
+                                       t0 + 2 < TT ? acc[p][t0 + 2] : zero, t0 + 3 < TT ? acc[p][t0 + 3] : zero));
+#pragma GCC unroll 4
+      for (int k = 0; k < 4 && t0 + k < TT; ++k)
+#pragma GCC unroll 2
+        for (int q = 0; q < 2; ++q) z[(t0 + k) * ld_z + zc[p] + q] = sums[4 * k + 2 * q];
+    }
+}
+
+// The paired layout's product for the rows [r0, r1) of pair group r (P pairs from the even row r): 8 tokens at a
+// time, then 4, then the rest, into z's columns from r - r0; a pair halved by the block's edge (an odd first or
+// last row: A-blocks of odd size) and a last partial tile go through a scratch, only the block's rows kept.
+template <int P>
+void pair_group(const armor::Layer& L, int64_t r, int64_t r0, int64_t r1, const float* xs, int64_t T, float* z,
+                int64_t ld_z) {
+  const float* vp[P];
+  const uint8_t* mp[P];
+  int64_t zc[P], cols[P];
+  for (int p = 0; p < P; ++p) {
+    vp[p] = row_values<float>(L, r + 2 * p);
+    mp[p] = row_meta(L, r + 2 * p);
+    zc[p] = r + 2 * p - r0;
+    cols[p] = 2 * p;
+  }
+  const int64_t d_in = L.d_in;
+  const bool whole = r >= r0 && r + 2 * P <= r1;
+  int64_t t = 0;
+  if (whole) {
+    for (; t + 8 <= T; t += 8) tile_pairs<P, 8>(vp, mp, xs + t * d_in, d_in, z + t * ld_z, ld_z, zc);
+    for (; t + 4 <= T; t += 4) tile_pairs<P, 4>(vp, mp, xs + t * d_in, d_in, z + t * ld_z, ld_z, zc);
+  }
+  for (; t < T; t += 4) {
+    const int64_t tn = T - t < 4 ? T - t : 4;
+    float pz[4 * 2 * P];  // tn tokens x the group's 2P rows
+    const float* x = xs + t * d_in;
+    switch (tn) {
+      case 4: tile_pairs<P, 4>(vp, mp, x, d_in, pz, 2 * P, cols); break;
+      case 3: tile_pairs<P, 3>(vp, mp, x, d_in, pz, 2 * P, cols); break;
+      case 2: tile_pairs<P, 2>(vp, mp, x, d_in, pz, 2 * P, cols); break;
+      default: tile_pairs<P, 1>(vp, mp, x, d_in, pz, 2 * P, cols); break;
+    }
+    for (int64_t k = 0; k < tn; ++k)
+      for (int64_t i = 0; i < 2 * P; ++i)
+        if (r + i >= r0 && r + i < r1) z[(t + k) * ld_z + r + i - r0] = pz[k * 2 * P + i];
+  }
+}
+
+void paired_rows(const armor::Layer& L, int64_t r0, int64_t n, const float* xs, int64_t T, float* z, int64_t ld_z) {
+  const int64_t r1 = r0 + n;
+  int64_t r = r0 & ~int64_t(1);
+  if (r < r0) pair_group<1>(L, r, r0, r1, xs, T, z, ld_z), r += 2;
+  for (; r + 4 <= r1; r += 4) pair_group<2>(L, r, r0, r1, xs, T, z, ld_z);
+  for (; r < r1; r += 2) pair_group<1>(L, r, r0, r1, xs, T, z, ld_z);
+}
+
 // The tiles above as policies for row_group: bfloat16's expanding tile (4 rows x 6 tokens where T allows) and
-// float32's permuting one (values interleaved where IL).
+// float32's permuting one over rows one by one.
 struct Expanding {
   using W = uint16_t;
   static constexpr int kWide = 6;
@@ -137,13 +249,12 @@ struct Expanding {
     ::tile<W, R, TT>(v, m, x, d_in, z, ld_z);
   }
 };
-template <bool IL>
 struct Permuting {
   using W = float;
   static constexpr int kWide = 4;
   template <int R, int TT>
   static void tile(const W* const* v, const uint8_t* const* m, const float* x, int64_t d_in, float* z, int64_t ld_z) {
-    tile_codes<IL, R, TT>(v, m, x, d_in, z, ld_z);
+    tile_codes<R, TT>(v, m, x, d_in, z, ld_z);
   }
 };
 
@@ -233,7 +344,7 @@ inline void tiled_tile(const W* const* v, const uint8_t* const* m, const float* 
       const uint64_t b = m[r][mo], off = kCodes ? 0 : lut.off[b];
 #pragma GCC unroll 4
       for (int k = 0; k < 4; ++k) {
-        const __m512 w = broadcast(v[r] + vo + k);
+        const __m512 w = broadcast(v[r] + vo + value_in_unit(IL ? 16 : 0, k));
         const float* xk = reinterpret_cast<const float*>(xc + (kCodes ? code_offset<NT>(b, k) : off >> 16 * k & 0xFFFF));
 #pragma GCC unroll 16
         for (int n = 0; n < NT; ++n) acc[r][n] = _mm512_fmadd_ps(w, _mm512_loadu_ps(xk + 16 * n), acc[r][n]);
@@ -280,14 +391,16 @@ constexpr CodeMasks make_code_masks() {
 }
 constexpr CodeMasks kCodeMasks = make_code_masks();
 
-// Inputs [16 c, 16 c + n) of one float32 row dense from the codes layout (values interleaved G = 16 at a time, or
-// rows one by one: G = 0; the prefill path's panels, generic.h decompress_rows): the two code bytes' kept bits
-// expand 8 values into their lanes (vexpandps); n = 8 in a row one by one whose length is 8 mod 16.
+// Inputs [16 c, 16 c + n) of one float32 row dense from the codes layout (rows paired: G = 16, or one by one: G = 0;
+// the prefill path's panels, generic.h decompress_rows): the two code bytes' kept bits expand 8 values into their
+// lanes (vexpandps); n = 8 in a row one by one whose length is 8 mod 16. Paired, the row's 8 values lie at 0, 1,
+// 4, 5, ... 13 from the first (generic.h value_in_unit): a masked load and a compress gather them.
 template <int G>
 inline void decompress_codes(const float* v, const uint8_t* m, int64_t c, int64_t n, float* o) {
-  const int64_t u = 2 * c;  // its first 8-input unit; units 2c and 2c + 1 have 8 values in a row
+  const int64_t u = 2 * c;  // its first 8-input unit; units 2c and 2c + 1 have 8 values
   const __mmask16 k = kCodeMasks.bits[m[unit_meta<G>(u)]] | (n == 16 ? kCodeMasks.bits[m[unit_meta<G>(u + 1)]] << 8 : 0);
-  const __m256 packed = _mm256_maskz_loadu_ps(n == 16 ? 0xFF : 0x0F, v + unit_values<G>(u));
+  const __m256 packed = paired(G) ? _mm512_castps512_ps256(_mm512_maskz_compress_ps(0x3333, _mm512_maskz_loadu_ps(0x3333, v + unit_values<G>(u))))
+                                  : _mm256_maskz_loadu_ps(n == 16 ? 0xFF : 0x0F, v + unit_values<G>(u));
   _mm512_mask_storeu_ps(o + 16 * c, n == 16 ? 0xFFFF : 0x00FF, _mm512_maskz_expand_ps(k, _mm512_castps256_ps512(packed)));
 }
 
@@ -313,7 +426,7 @@ struct Avx512 {
   template <typename W>
   static void rows(const armor::Layer& L, int64_t r0, int64_t n, const float* xs, int64_t T, float* z, int64_t ld_z) {
     if constexpr (sizeof(W) == 4)
-      L.interleave ? rows_of<Permuting<true>>(L, r0, n, xs, T, z, ld_z) : rows_of<Permuting<false>>(L, r0, n, xs, T, z, ld_z);
+      L.interleave ? paired_rows(L, r0, n, xs, T, z, ld_z) : rows_of<Permuting>(L, r0, n, xs, T, z, ld_z);
     else
       rows_of<Expanding>(L, r0, n, xs, T, z, ld_z);
   }

@@ -22,7 +22,7 @@ struct Portable {
         for (int64_t g = 0; g < d_in / 4; ++g) {
           int lo, hi;
           kept_positions(m[meta_unit(L, g >> 1)], L.codes, g, lo, hi);
-          const W* vg = v + unit_offset(L, g >> 1) + 2 * (g & 1);
+          const W* vg = v + unit_offset(L, g >> 1) + value_in_unit(L.interleave, 2 * (g & 1));
           acc += to_f32<W>(vg[0]) * x[4 * g + lo] + to_f32<W>(vg[1]) * x[4 * g + hi];
         }
         z[t * ld_z + (r - r0)] = acc;

@@ -12,7 +12,8 @@ namespace armor {
 //                            (interleave = G, made at load time: same bytes) the rows of each group of 4
 //                            interleaved G values (2G inputs) at a time, so that the 4 rows a kernel reads
 //                            together come from one sequential stream (generic.h row_values): G = 8 on AVX2,
-//                            16 for float32 on AVX-512, 32 for bfloat16 on AVX512-BF16
+//                            16 for float32 on AVX-512 (there paired: a row pair's values of each group of 4
+//                            inputs side by side, generic.h), 32 for bfloat16 on AVX512-BF16
 //   mask    (d_out, d_in/8)  uint8, one byte per 8 inputs: a bitmask of the kept inputs (bit j of byte k <=>
 //                            input 8k + j is kept; made once at load time from the checkpoint's codes: same
 //                            size), or (codes: float32 on AVX-512, bfloat16 on AVX512-BF16) the checkpoint's own
