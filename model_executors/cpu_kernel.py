@@ -108,22 +108,24 @@ def to_kernel_layout(values: torch.Tensor, meta: torch.Tensor, a_blocks: torch.T
 PAIRED_GROUP = 16
 
 
-def _pair_rows(blocks: torch.Tensor, code_blocks: torch.Tensor):
-    """(row group, chunk, 4 rows, 16 values) and (..., 4 rows, 4 code bytes) -> the paired order, same shapes."""
+# row = 2p + q, value = 8h + 2l + s  ->  (p, h, l, q, s); row = 2p + q, code byte = 2h + b  ->  (p, h, q, b)
+_VALUE_SPLIT, _VALUE_ORDER = (2, 2, 2, 4, 2), (0, 2, 3, 1, 4)
+_CODE_SPLIT, _CODE_ORDER = (2, 2, 2, 2), (0, 2, 1, 3)
+
+
+def _permute_blocks(blocks: torch.Tensor, split: tuple, order: tuple, inverse: bool) -> torch.Tensor:
+    """(row group, chunk, 4 rows, k) blocks with their last two dims split as `split` and reordered by `order`
+    (or that reordering undone), same shape."""
+    if inverse:
+        split, order = tuple(split[i] for i in order), tuple(sorted(range(len(order)), key=order.__getitem__))
     n, chunks = blocks.shape[:2]
-    # row = 2p + q, value = 8h + 2l + s  ->  (p, h, l, q, s)
-    values = blocks.reshape(n, chunks, 2, 2, 2, 4, 2).permute(0, 1, 2, 4, 5, 3, 6)
-    # row = 2p + q, byte = 2h + b  ->  (p, h, q, b)
-    codes = code_blocks.reshape(n, chunks, 2, 2, 2, 2).permute(0, 1, 2, 4, 3, 5)
-    return values.reshape(n, chunks, 4, 16), codes.reshape(n, chunks, 4, 4)
+    return blocks.reshape(n, chunks, *split).permute(0, 1, *(2 + i for i in order)).reshape(blocks.shape)
 
 
-def _unpair_rows(values: torch.Tensor, codes: torch.Tensor):
-    """_pair_rows' inverse."""
-    n, chunks = values.shape[:2]
-    values = values.reshape(n, chunks, 2, 2, 4, 2, 2).permute(0, 1, 2, 5, 3, 4, 6)  # (p, h, l, q, s) -> (p, q, h, l, s)
-    codes = codes.reshape(n, chunks, 2, 2, 2, 2).permute(0, 1, 2, 4, 3, 5)  # (p, h, q, b) -> (p, q, h, b)
-    return values.reshape(n, chunks, 4, 16), codes.reshape(n, chunks, 4, 4)
+def _pair_rows(blocks: torch.Tensor, code_blocks: torch.Tensor, inverse: bool = False):
+    """(row group, chunk, 4 rows, 16 values) and (..., 4 rows, 4 code bytes) -> the paired order (or back)."""
+    return (_permute_blocks(blocks, _VALUE_SPLIT, _VALUE_ORDER, inverse),
+            _permute_blocks(code_blocks, _CODE_SPLIT, _CODE_ORDER, inverse))
 
 
 def checkpoint_layout(values: torch.Tensor, mask: torch.Tensor, a_blocks_t: torch.Tensor, b_blocks_t: torch.Tensor):
@@ -136,7 +138,7 @@ def checkpoint_layout(values: torch.Tensor, mask: torch.Tensor, a_blocks_t: torc
         blocks = values.view(groups, chunks, 4, group)
         code_blocks = mask.view(groups, chunks, 4, group // 4) if codes else None
         if group == PAIRED_GROUP:
-            blocks, code_blocks = _unpair_rows(blocks, code_blocks)
+            blocks, code_blocks = _pair_rows(blocks, code_blocks, inverse=True)
         values = blocks.transpose(1, 2).reshape(4 * groups, group * chunks)
         if codes:
             mask = code_blocks.transpose(1, 2).reshape(mask.shape)
