@@ -5,8 +5,7 @@
 computes y = A [S_s (B_s x)]_s + bias straight from the packed core, for float32 and bfloat16 weights, any
 token count. The kernel layout holds the same bytes as the checkpoint: the kept values (the rows of each group
 of 4 interleaved G values at a time where the path reads them so -- 8 on AVX2, 16 for float32 on AVX-512, 32 for
-bfloat16 on AVX512-BF16 -- so
-a 4-row group streams from DRAM as one sequence: SmolLM2's one-thread decode step at 1 token 1.29-1.38x ->
+bfloat16 on AVX512-BF16, those two paired (below) -- so a 4-row group streams from DRAM as one sequence: SmolLM2's one-thread decode step at 1 token 1.29-1.38x ->
 1.43-1.48x oneDNN's dense on Zen 1), their positions as a bitmask (a SIMD kernel loads it straight into a lane
 mask) or, for float32 on AVX-512 and bfloat16 on AVX512-BF16, as the checkpoint's own position codes (the kernel
 turns a row's codes into the lane indices that permute x onto its kept values), and the A/B blocks transposed (each input then scales a contiguous column: no horizontal sums). Fused layers (qkv,
@@ -93,7 +92,7 @@ def to_kernel_layout(values: torch.Tensor, meta: torch.Tensor, a_blocks: torch.T
     d_out, half = values.shape
     blocks = values.view(d_out // 4, 4, half // group, group).transpose(1, 2)  # (row group, chunk, row, value)
     code_blocks = meta.view(d_out // 4, 4, half // group, group // 4).transpose(1, 2) if codes else None
-    if group == PAIRED_GROUP:
+    if group in PAIRED_GROUPS:
         blocks, code_blocks = _pair_rows(blocks, code_blocks)
     values.copy_(blocks.reshape(d_out, half))
     if codes:
@@ -101,16 +100,12 @@ def to_kernel_layout(values: torch.Tensor, meta: torch.Tensor, a_blocks: torch.T
     return values.view(d_out // 4, half // group, 4 * group)
 
 
-# Values interleaved 16 at a time (float32 on AVX-512) are paired too (the kernel's csrc/generic.h row_values): per
-# chunk of 32 inputs a row group's 4 x 16 values become [rows 0, 1 | rows 2, 3] x [inputs 0-15 | 16-31] x 4 groups
-# of 4 inputs x [row 2p, 2p + 1] x 2 kept values, and its 4 x 4 code bytes [rows 0, 1 | 2, 3] x [inputs 0-15 |
-# 16-31] x [row 2p, 2p + 1] x 2 bytes, so that one 128-bit lane holds a row pair's values for one group of 4 inputs.
-PAIRED_GROUP = 16
-
-
-# row = 2p + q, value = 8h + 2l + s  ->  (p, h, l, q, s); row = 2p + q, code byte = 2h + b  ->  (p, h, q, b)
-_VALUE_SPLIT, _VALUE_ORDER = (2, 2, 2, 4, 2), (0, 2, 3, 1, 4)
-_CODE_SPLIT, _CODE_ORDER = (2, 2, 2, 2), (0, 2, 1, 3)
+# Values interleaved 16 (float32 on AVX-512) or 32 (bfloat16 on AVX512-BF16) at a time are paired too (the kernel's
+# csrc/pairs_avx512.h, generic.h row_values): per chunk of 2G inputs a row group's 4 x G values become [rows 0, 1 |
+# rows 2, 3] x [first | second G inputs] x 4 lanes x [row 2p, 2p + 1] x G / 8 kept values (float32: a group of 4
+# inputs per lane, bfloat16: two), and its 4 x G / 4 code bytes [rows 0, 1 | 2, 3] x [first | second G inputs] x
+# [row 2p, 2p + 1] x G / 8 bytes, so that one 128-bit lane holds a row pair's values for the inputs x's lane holds.
+PAIRED_GROUPS = (16, 32)
 
 
 def _permute_blocks(blocks: torch.Tensor, split: tuple, order: tuple, inverse: bool) -> torch.Tensor:
@@ -123,9 +118,11 @@ def _permute_blocks(blocks: torch.Tensor, split: tuple, order: tuple, inverse: b
 
 
 def _pair_rows(blocks: torch.Tensor, code_blocks: torch.Tensor, inverse: bool = False):
-    """(row group, chunk, 4 rows, 16 values) and (..., 4 rows, 4 code bytes) -> the paired order (or back)."""
-    return (_permute_blocks(blocks, _VALUE_SPLIT, _VALUE_ORDER, inverse),
-            _permute_blocks(code_blocks, _CODE_SPLIT, _CODE_ORDER, inverse))
+    """(row group, chunk, 4 rows, G values) and (..., 4 rows, G / 4 code bytes) -> the paired order (or back)."""
+    unit = blocks.shape[-1] // 8  # a row's values per lane and code bytes per G inputs
+    # row = 2p + q, value = (G / 2) h + (G / 8) l + s -> (p, h, l, q, s); row = 2p + q, code byte = (G / 8) h + b -> (p, h, q, b)
+    return (_permute_blocks(blocks, (2, 2, 2, 4, unit), (0, 2, 3, 1, 4), inverse),
+            _permute_blocks(code_blocks, (2, 2, 2, unit), (0, 2, 1, 3), inverse))
 
 
 def checkpoint_layout(values: torch.Tensor, mask: torch.Tensor, a_blocks_t: torch.Tensor, b_blocks_t: torch.Tensor):
@@ -137,7 +134,7 @@ def checkpoint_layout(values: torch.Tensor, mask: torch.Tensor, a_blocks_t: torc
         group = width // 4
         blocks = values.view(groups, chunks, 4, group)
         code_blocks = mask.view(groups, chunks, 4, group // 4) if codes else None
-        if group == PAIRED_GROUP:
+        if group in PAIRED_GROUPS:
             blocks, code_blocks = _pair_rows(blocks, code_blocks, inverse=True)
         values = blocks.transpose(1, 2).reshape(4 * groups, group * chunks)
         if codes:

@@ -58,8 +58,9 @@ NEVER = 1 << 40
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("shape", [(64, 128), (8, 64), (12, 96), (6, 40)])
 def test_kernel_layout_round_trips_to_the_checkpoint_layout(isa, dtype, shape):
-    """The load-time layout (interleaved, paired for float32 on AVX-512, codes or a bitmask) is a permutation of
-    the checkpoint's bytes: checkpoint_layout gives back exactly the values and codes that went in."""
+    """The load-time layout (interleaved, paired for float32 on AVX-512 and bfloat16 on AVX512-BF16, codes or a
+    bitmask) is a permutation of the checkpoint's bytes: checkpoint_layout gives back exactly the values and codes
+    that went in."""
     values, codes, a, b = layer(*shape, 2, 4, dtype)
     vk, mask, a_t, b_t = kernel_layout(values, codes, a, b)
     v2, c2, a2, b2 = cpu_kernel.checkpoint_layout(vk, mask, a_t, b_t)

@@ -53,7 +53,7 @@ armor::Kernels kernels_for(const std::string& isa) {
     k.name = "avx512_bf16";
     k.sparse_rows_bf16 = armor::avx512_bf16_rows();
     k.decompress = armor::avx512_bf16_decompress;
-    k.interleave[1] = 32;  // bfloat16: values 4 rows x 32 and codes (kernel_avx512_bf16.cpp)
+    k.interleave[1] = 32;  // bfloat16: values paired 32 at a time and codes (kernel_avx512_bf16.cpp)
     k.codes[1] = true;
     return k;
   }
@@ -80,13 +80,15 @@ std::string best_isa() {
 //   0.98 / 0.69 at 128 tokens, 0.77 / 0.66-0.74 at 256-512, 0.71 / 0.70 at 2048; 576x1536 0.84 / 0.85 at 256,
 //   0.79 / 0.83 at 512, 0.59 / 0.64 at 2048; 4096x4096 0.89-0.90 / 0.81-0.89 at 128-512, 0.78 / 0.88 at 2048
 //   (kernel_crossover, 2026-12-02); SmolLM2's 30 layers 0.82 / 0.78 at 256, 0.75 / 0.75 at 512, 0.76 / 0.79 at 2048;
-//   bfloat16 from 48 tokens as above, or with AVX512-BF16 from 128: its permuting product (codes) beats the
-//   prefill path up to 64 tokens (one thread, ARMOR / oneDNN: 3072x576 0.61-0.75 against 0.52-0.53x at 32-64,
-//   576x1536 0.60-0.77 against 0.52-0.79x) and ties it at 96 (0.54-0.66 against 0.54-0.66x on the three shapes);
-//   from 128 the prefill path leads (3072x576 0.61 against 0.56x, 576x1536 0.66 / 0.61x, 4096x4096 0.70 / 0.71x at
-//   128; 0.59-0.78 against 0.56-0.71x at 192, 0.60-0.77 against 0.51-0.69x at 256; kernel_crossover, 2026-12-02).
-//   All 30 layers of SmolLM2, one thread (ad hoc, alternated): permuting / prefill 0.66 / 0.56x at 48-64 tokens,
-//   0.63 / 0.61 at 96, 0.64-0.65 / 0.62-0.65 at 128, 0.62 / 0.67 at 160, 0.58-0.61 / 0.66-0.68 at 192-256;
+//   bfloat16 from 48 tokens as above, or with AVX512-BF16 from 1024: its paired product (pairs_avx512.h, one
+//   in-lane vpshufb per vdpbf16ps) leads the prefill path up to 256-512 tokens and ties or trails it from 512-1024
+//   (AMD Zen 4, 2 threads, against oneDNN, decode / prefill, 2026-12-04, benchmarks/results/kernel-crossover-cpu-
+//   zen4-bfloat16.md): 4096x4096 1.05 / 0.76x at 64, 0.97-1.03 / 0.83-0.92 at 128-256, 0.81 / 0.84 at 512, 0.81 /
+//   0.87 at 1024, 0.73 / 0.82 at 2048 (a run before, same code but two prefetch distances: 0.94 / 0.88 at 512,
+//   0.99 / 0.88 at 1024); SmolLM2's 30 layers (ad hoc, best of 3 alternated, ms, paired / prefill / oneDNN) one
+//   thread 345 / 427 / 292 at 256, 675 / 780 / 541 at 512, 1415 / 1311 / 1060 at 1024; two threads 173 / 204 /
+//   141, 403 / 403 / 278, 856 / 723 / 540, 1567 / 1241 / 1036 at 2048. Before the pairing (two-source vpermt2w per
+//   row, Zen 5) the prefill path led from 128 tokens.
 // * AVX2 (AMD EPYC Zen 1, 4096x4096, 2026-12-01): the tiled product beats the prefill path at 64 and 128 tokens
 //   (39 vs 57 ms, 73 vs 94 ms) and ties it at 2048 (1216 vs 1220 ms) in float32; in bfloat16 the prefill path's
 //   GEMM, without AVX512-BF16, is ~5x slower than the tiled product at 64-128 tokens, so it never runs.
@@ -134,7 +136,7 @@ Active make_active(const std::string& isa) {
   const bool avx2 = isa == "avx2";
   const bool avx512 = isa.rfind("avx512", 0) == 0, zen4 = avx512 && double_pumped_avx512();
   return {kernels_for(isa),
-          {zen4 ? kPrefillMinTokensZen4 : avx2 || avx512 ? 1024 : 64, avx2 ? INT64_MAX : isa == "avx512_bf16" ? 128 : 48},
+          {zen4 ? kPrefillMinTokensZen4 : avx2 || avx512 ? 1024 : 64, avx2 ? INT64_MAX : isa == "avx512_bf16" ? 1024 : 48},
           avx512 ? kTiledMinTokensAvx512 : kTiledMinTokens};
 }
 

@@ -34,29 +34,31 @@ inline uint16_t from_f32<uint16_t>(float v) { return f32_to_bf16(v); }
 // 8: rows one after the other, or 4 rows' chunks in turn (Layer.interleave). unit_offset: where the 4 values of
 // the row's 8-input unit c (its mask byte c) start, from the row's first value (chunk stride cs; or, for any
 // interleave, from the layer).
-// G = 16 (float32 on AVX-512) pairs the rows instead (kernel_avx512.cpp tile_pairs): per 32 inputs a 4-row group's
-// 64 values are [rows 0, 1 | rows 2, 3] x [inputs 0-15 | 16-31] x 4 groups of 4 inputs x [row 2p, row 2p + 1] x
-// its 2 kept values, and its 16 code bytes [rows 0, 1 | rows 2, 3] x [inputs 0-15 | 16-31] x [row 2p, 2p + 1] x 2
-// bytes: a unit's 4 values of one row lie at 0, 1, 4, 5 from its first (value_in_unit).
-constexpr bool paired(int64_t G) { return G == 16; }
+// G = 16 (float32 on AVX-512) and G = 32 (bfloat16 on AVX512-BF16) pair the rows instead (pairs_avx512.h): per 2G
+// inputs a 4-row group's 4G values are [rows 0, 1 | rows 2, 3] x [first | second G inputs] x 4 lanes x [row 2p,
+// row 2p + 1] x its G / 8 kept values of the lane's inputs (float32: one group of 4 inputs per lane, bfloat16:
+// two), and its G code bytes [rows 0, 1 | rows 2, 3] x [first | second G inputs] x [row 2p, 2p + 1] x G / 8
+// bytes: a unit's 4 values of one row lie at 0, 1, 4, 5 (float32) or 0..3 (bfloat16) from its first
+// (value_in_unit).
+constexpr bool paired(int64_t G) { return G == 16 || G == 32; }
 template <typename W>
 inline const W* row_values(const armor::Layer& L, int64_t r) {
   const W* v = static_cast<const W*>(L.values);
   if (!L.interleave) return v + r * (L.d_in / 2);
-  return v + (r >> 2) * 2 * L.d_in + (paired(L.interleave) ? (r & 2) * 16 + (r & 1) * 2 : (r & 3) * L.interleave);
+  const int64_t G = L.interleave;
+  return v + (r >> 2) * 2 * L.d_in + (paired(G) ? (r & 2) * G + (r & 1) * (G / 8) : (r & 3) * G);
 }
 inline int64_t chunk_stride(const armor::Layer& L) { return L.interleave ? 4 * L.interleave : 8; }
 inline int64_t unit_offset(int64_t c, int64_t cs) { return (c >> 1) * cs + (c & 1) * 4; }
 // The same for values interleaved G at a time (0: rows one by one) known at compile time, and where unit c's
-// mask byte lies from the row's first: codes are interleaved with the values where G >= 16 (float32 on AVX-512:
-// 16, bfloat16 on AVX512-BF16: 32), G / 4 bytes (2G inputs) per row in turn (in pairs for G = 16); AVX2's bitmask
-// (G = 8) never is.
+// mask byte lies from the row's first: codes are interleaved (paired) with the values where G is paired; AVX2's
+// bitmask (G = 8) never is.
 constexpr int64_t values_of_unit(int64_t G, int64_t c) {
-  return paired(G) ? c / 4 * 64 + c % 4 * 8 : G ? c / (G / 4) * 4 * G + c % (G / 4) * 4 : 4 * c;
+  return paired(G) ? c / (G / 4) * 4 * G + c % (G / 4) * 8 : G ? c / (G / 4) * 4 * G + c % (G / 4) * 4 : 4 * c;
 }
-constexpr int64_t value_in_unit(int64_t G, int64_t k) { return paired(G) ? (k >> 1) * 4 + (k & 1) : k; }
+constexpr int64_t value_in_unit(int64_t G, int64_t k) { return paired(G) ? k / (G / 8) * (G / 4) + k % (G / 8) : k; }
 constexpr int64_t meta_of_unit(int64_t G, int64_t c) {
-  return paired(G) ? c / 4 * 16 + (c % 4 >> 1) * 4 + (c & 1) : G >= 16 ? c / (G / 4) * G + c % (G / 4) : c;
+  return paired(G) ? c / (G / 4) * G + c % (G / 4) / (G / 8) * (G / 4) + c % (G / 8) : c;
 }
 template <int G>
 constexpr int64_t unit_values(int64_t c) { return values_of_unit(G, c); }
@@ -65,9 +67,9 @@ constexpr int64_t unit_meta(int64_t c) { return meta_of_unit(G, c); }
 inline int64_t unit_offset(const armor::Layer& L, int64_t c) { return values_of_unit(L.interleave, c); }
 // Row r's first mask byte, and where its byte for unit c lies from there
 inline const uint8_t* row_meta(const armor::Layer& L, int64_t r) {
-  const uint8_t* m = L.mask + (r >> 2) * (L.d_in / 2);
-  if (paired(L.interleave)) return m + (r & 2) * 4 + (r & 1) * 2;
-  return L.interleave >= 16 ? m + (r & 3) * (L.interleave / 4) : L.mask + r * (L.d_in / 8);
+  const int64_t G = L.interleave;
+  if (!paired(G)) return L.mask + r * (L.d_in / 8);
+  return L.mask + (r >> 2) * (L.d_in / 2) + (r & 2) * (G / 4) + (r & 1) * (G / 8);
 }
 inline int64_t meta_unit(const armor::Layer& L, int64_t c) { return meta_of_unit(L.interleave, c); }
 

@@ -9,6 +9,7 @@
 namespace {
 #include "block_avx512.h"  // before generic.h: its block_matvec takes these overloads
 #include "generic.h"
+#include "pairs_avx512.h"
 
 // bfloat16 weights: 8 kept values widened to float32 lanes and expanded into their lanes by the bitmask
 inline __m512 expand8(const uint16_t* v, __mmask16 k) {
@@ -127,16 +128,6 @@ inline void tile_codes(const float* const* v, const uint8_t* const* m, const flo
     for (int t = 0; t < TT; ++t) z[t * ld_z + r] = _mm512_reduce_add_ps(acc[r][t]);
 }
 
-// Lane sums of a row pair's accumulators for 4 tokens (rows a, b in elements 0-1, 2-3 of every 128-bit lane):
-// lane k of the result holds token k's [a a b b]. Two shuffle levels for 4 accumulators instead of a horizontal
-// sum per row and token.
-inline __m512 pair_sums4(__m512 a0, __m512 a1, __m512 a2, __m512 a3) {
-  const __m512 s01 = _mm512_add_ps(_mm512_shuffle_f32x4(a0, a1, 0x44), _mm512_shuffle_f32x4(a0, a1, 0xEE));
-  const __m512 s23 = _mm512_add_ps(_mm512_shuffle_f32x4(a2, a3, 0x44), _mm512_shuffle_f32x4(a2, a3, 0xEE));
-  const __m512 s = _mm512_add_ps(_mm512_shuffle_f32x4(s01, s23, 0x88), _mm512_shuffle_f32x4(s01, s23, 0xDD));
-  return _mm512_add_ps(s, _mm512_permute_ps(s, 0xB1));
-}
-
 // float32, the paired layout (G = 16, generic.h row_values): per 16 inputs a row pair's 16 kept values come in
 // [a a b b] per group of 4 inputs, so each 128-bit lane of a weight vector belongs to the group of 4 inputs that
 // x's same lane holds, and one in-lane permute (vpermilps) of x's 16 inputs feeds both rows' FMA; the two rows'
@@ -178,66 +169,19 @@ inline void tile_pairs(const float* const* vp, const uint8_t* const* mp, const f
       }
     }
   }
-#pragma GCC unroll 2
-  for (int p = 0; p < P; ++p)
-#pragma GCC unroll 4
-    for (int t0 = 0; t0 < TT; t0 += 4) {
-      const __m512 zero = _mm512_setzero_ps();
-      alignas(64) float sums[16];  // token t0 + k's rows a, b at 4k, 4k + 2
-      _mm512_store_ps(sums, pair_sums4(acc[p][t0], t0 + 1 < TT ? acc[p][t0 + 1] : zero,
-                                       t0 + 2 < TT ? acc[p][t0 + 2] : zero, t0 + 3 < TT ? acc[p][t0 + 3] : zero));
-#pragma GCC unroll 4
-      for (int k = 0; k < 4 && t0 + k < TT; ++k)
-#pragma GCC unroll 2
-        for (int q = 0; q < 2; ++q) z[(t0 + k) * ld_z + zc[p] + q] = sums[4 * k + 2 * q];
-    }
+  store_pair_sums<P, TT>(acc, z, ld_z, zc);
 }
 
-// The paired layout's product for the rows [r0, r1) of pair group r (P pairs from the even row r): 8 tokens at a
-// time, then 4, then the rest, into z's columns from r - r0; a pair halved by the block's edge (an odd first or
-// last row: A-blocks of odd size) and a last partial tile go through a scratch, only the block's rows kept.
-template <int P>
-void pair_group(const armor::Layer& L, int64_t r, int64_t r0, int64_t r1, const float* xs, int64_t T, float* z,
-                int64_t ld_z) {
-  const float* vp[P];
-  const uint8_t* mp[P];
-  int64_t zc[P], cols[P];
-  for (int p = 0; p < P; ++p) {
-    vp[p] = row_values<float>(L, r + 2 * p);
-    mp[p] = row_meta(L, r + 2 * p);
-    zc[p] = r + 2 * p - r0;
-    cols[p] = 2 * p;
+// pairs_avx512.h's tile
+struct PairedF32 {
+  using W = float;
+  using X = float;
+  template <int P, int TT>
+  static void tile(const W* const* vp, const uint8_t* const* mp, const X* x, int64_t d_in, float* z, int64_t ld_z,
+                   const int64_t* zc) {
+    tile_pairs<P, TT>(vp, mp, x, d_in, z, ld_z, zc);
   }
-  const int64_t d_in = L.d_in;
-  const bool whole = r >= r0 && r + 2 * P <= r1;
-  int64_t t = 0;
-  if (whole) {
-    for (; t + 8 <= T; t += 8) tile_pairs<P, 8>(vp, mp, xs + t * d_in, d_in, z + t * ld_z, ld_z, zc);
-    for (; t + 4 <= T; t += 4) tile_pairs<P, 4>(vp, mp, xs + t * d_in, d_in, z + t * ld_z, ld_z, zc);
-  }
-  for (; t < T; t += 4) {
-    const int64_t tn = T - t < 4 ? T - t : 4;
-    float pz[4 * 2 * P];  // tn tokens x the group's 2P rows
-    const float* x = xs + t * d_in;
-    switch (tn) {
-      case 4: tile_pairs<P, 4>(vp, mp, x, d_in, pz, 2 * P, cols); break;
-      case 3: tile_pairs<P, 3>(vp, mp, x, d_in, pz, 2 * P, cols); break;
-      case 2: tile_pairs<P, 2>(vp, mp, x, d_in, pz, 2 * P, cols); break;
-      default: tile_pairs<P, 1>(vp, mp, x, d_in, pz, 2 * P, cols); break;
-    }
-    for (int64_t k = 0; k < tn; ++k)
-      for (int64_t i = 0; i < 2 * P; ++i)
-        if (r + i >= r0 && r + i < r1) z[(t + k) * ld_z + r + i - r0] = pz[k * 2 * P + i];
-  }
-}
-
-void paired_rows(const armor::Layer& L, int64_t r0, int64_t n, const float* xs, int64_t T, float* z, int64_t ld_z) {
-  const int64_t r1 = r0 + n;
-  int64_t r = r0 & ~int64_t(1);
-  if (r < r0) pair_group<1>(L, r, r0, r1, xs, T, z, ld_z), r += 2;
-  for (; r + 4 <= r1; r += 4) pair_group<2>(L, r, r0, r1, xs, T, z, ld_z);
-  for (; r < r1; r += 2) pair_group<1>(L, r, r0, r1, xs, T, z, ld_z);
-}
+};
 
 // The tiles above as policies for row_group: bfloat16's expanding tile (4 rows x 6 tokens where T allows) and
 // float32's permuting one over rows one by one.
@@ -426,7 +370,7 @@ struct Avx512 {
   template <typename W>
   static void rows(const armor::Layer& L, int64_t r0, int64_t n, const float* xs, int64_t T, float* z, int64_t ld_z) {
     if constexpr (sizeof(W) == 4)
-      L.interleave ? paired_rows(L, r0, n, xs, T, z, ld_z) : rows_of<Permuting>(L, r0, n, xs, T, z, ld_z);
+      L.interleave ? paired_rows<PairedF32>(L, r0, n, xs, T, z, ld_z) : rows_of<Permuting>(L, r0, n, xs, T, z, ld_z);
     else
       rows_of<Expanding>(L, r0, n, xs, T, z, ld_z);
   }

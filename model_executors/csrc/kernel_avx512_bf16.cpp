@@ -1,8 +1,9 @@
 // AVX-512 BF16 path for bfloat16 weights (needs AVX512-BF16, VBMI and VBMI2: Zen 4+, Sapphire Rapids+). The
-// metadata stays the checkpoint's 2-bit position codes, and the values are interleaved 4 rows x 32 where the shape
-// allows (kernels.h). Per 64 inputs a row's 32 kept bf16 values are one vector; its 64-bit code word becomes 32
-// word indices (vpmultishiftqb + one ternary-logic op), x's 64 bf16 inputs (two vectors) are permuted onto the
-// kept values (vpermt2w), and one pairwise dot product per token (vdpbf16ps) does 32 multiplies.
+// metadata stays the checkpoint's 2-bit position codes. Where the shape allows (kernels.h) the values are paired
+// (pairs_avx512.h): per 32 inputs a row pair's 32 kept bf16 values are one vector, the pair's 64-bit code word
+// becomes 64 byte indices (vpmultishiftqb + one ternary-logic op), x's 32 inputs (one vector) are shuffled onto
+// the kept values in-lane (vpshufb), and one pairwise dot product per token (vdpbf16ps) does both rows' 32
+// multiplies. Rows one by one, per 64 inputs x (two vectors) is permuted onto a row's 32 values (vpermt2w).
 #include "kernels.h"
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512bf16,avx512vbmi,avx512vbmi2,avx2,fma")
 #include <immintrin.h>
@@ -10,19 +11,20 @@
 namespace {
 #include "block_avx512.h"  // before generic.h: its block_matvec takes these overloads
 #include "generic.h"
+#include "pairs_avx512.h"
 
 // Against expanding the values by a bitmask (vpexpandw, 32 inputs at a time, rows one by one) on Zen 5, one
 // thread, one token (ad hoc benchmark, 2026-12-02): 1.6-2.1 against 4.2 us for 256x576 in L2; from DRAM 4096x4096
 // 720-780 against 1110 us, 576x1536 30-34 against 40 us, 3072x576 77 against 73 us. A prefetch per row and 64
 // inputs 4 KB ahead measured best there.
 constexpr int kPrefetch = 4096;
+constexpr int kPrefetchPairs = 4096;
 
-// Inputs [64 c, 64 c + n) of R rows x TT tokens (n = 64 but in a row's last, partial chunk: 8..56, rows one by
-// one); IL: the interleaved layout (a row's 32 values 128 apart, its 8 code bytes 32 apart).
-template <bool IL, bool kPartial, int R, int TT>
+// Inputs [64 c, 64 c + n) of R rows (one by one) x TT tokens (n = 64 but in a row's last, partial chunk: 8..56)
+template <bool kPartial, int R, int TT>
 inline void codes_chunk(const uint16_t* const* v, const uint8_t* const* m, const uint16_t* x, int64_t d_in, int64_t c,
                         int64_t n, __m512 (&acc)[R][TT]) {
-  constexpr int64_t vs = IL ? 128 : 32, ms = IL ? 32 : 8;  // a row's values and code bytes per 64 inputs
+  constexpr int64_t vs = 32, ms = 8;  // a row's values and code bytes per 64 inputs
   // word k of the index takes its code from bit 2k of the code word: vpmultishiftqb's control byte 2k (its
   // qword's bit offset, every qword holding the whole word); then (& 3) | 4 (k / 2)
   const __m512i ctrl = _mm512_set_epi64(0x003E003C003A0038, 0x0036003400320030, 0x002E002C002A0028, 0x0026002400220020,
@@ -57,7 +59,7 @@ inline void codes_chunk(const uint16_t* const* v, const uint8_t* const* m, const
   }
 }
 
-template <bool IL, int R, int TT>
+template <int R, int TT>
 inline void tile(const uint16_t* const* v, const uint8_t* const* m, const uint16_t* x, int64_t d_in, float* z,
                  int64_t ld_z) {
   __m512 acc[R][TT];
@@ -66,8 +68,8 @@ inline void tile(const uint16_t* const* v, const uint8_t* const* m, const uint16
 #pragma GCC unroll 16
     for (int t = 0; t < TT; ++t) acc[r][t] = _mm512_setzero_ps();
   const int64_t full = d_in / 64;
-  for (int64_t c = 0; c < full; ++c) codes_chunk<IL, false, R, TT>(v, m, x, d_in, c, 64, acc);
-  if (d_in % 64) codes_chunk<IL, true, R, TT>(v, m, x, d_in, full, d_in % 64, acc);  // rows one by one only
+  for (int64_t c = 0; c < full; ++c) codes_chunk<false, R, TT>(v, m, x, d_in, c, 64, acc);
+  if (d_in % 64) codes_chunk<true, R, TT>(v, m, x, d_in, full, d_in % 64, acc);  // rows one by one only
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 16
@@ -75,7 +77,7 @@ inline void tile(const uint16_t* const* v, const uint8_t* const* m, const uint16
 }
 
 // R rows from r, all T tokens: 4 at a time, then the rest
-template <bool IL, int R>
+template <int R>
 inline void row_group(const armor::Layer& L, int64_t r, const uint16_t* xs, int64_t T, float* z, int64_t ld_z) {
   const int64_t d_in = L.d_in;
   const uint16_t* v[R];
@@ -85,24 +87,93 @@ inline void row_group(const armor::Layer& L, int64_t r, const uint16_t* xs, int6
     m[i] = row_meta(L, r + i);
   }
   int64_t t = 0;
-  for (; t + 4 <= T; t += 4) tile<IL, R, 4>(v, m, xs + t * d_in, d_in, z + t * ld_z, ld_z);
+  for (; t + 4 <= T; t += 4) tile<R, 4>(v, m, xs + t * d_in, d_in, z + t * ld_z, ld_z);
   switch (T - t) {
-    case 3: tile<IL, R, 3>(v, m, xs + t * d_in, d_in, z + t * ld_z, ld_z); break;
-    case 2: tile<IL, R, 2>(v, m, xs + t * d_in, d_in, z + t * ld_z, ld_z); break;
-    case 1: tile<IL, R, 1>(v, m, xs + t * d_in, d_in, z + t * ld_z, ld_z); break;
+    case 3: tile<R, 3>(v, m, xs + t * d_in, d_in, z + t * ld_z, ld_z); break;
+    case 2: tile<R, 2>(v, m, xs + t * d_in, d_in, z + t * ld_z, ld_z); break;
+    case 1: tile<R, 1>(v, m, xs + t * d_in, d_in, z + t * ld_z, ld_z); break;
     default: break;
   }
 }
 
-template <bool IL>
 void rows_of(const armor::Layer& L, int64_t r0, int64_t n, const uint16_t* xs, int64_t T, float* z, int64_t ld_z) {
   int64_t i = 0;
-  for (; i + 4 <= n; i += 4) row_group<IL, 4>(L, r0 + i, xs, T, z + i, ld_z);
-  for (; i < n; ++i) row_group<IL, 1>(L, r0 + i, xs, T, z + i, ld_z);
+  for (; i + 4 <= n; i += 4) row_group<4>(L, r0 + i, xs, T, z + i, ld_z);
+  for (; i < n; ++i) row_group<1>(L, r0 + i, xs, T, z + i, ld_z);
 }
 
+// The paired layout (G = 32): byte 16 l + 4 j + k of the shuffle control (lane l: inputs 8l..8l+7 of 32; slot
+// j = 2 q + g: row q's 2 kept values of group 2l + g; byte k of them) is 8 g + 2 code + (k & 1), code being row q's
+// 2-bit code of its kept value k / 2 of that group, at bit 32 q + 4 (2l + g) + 2 (k / 2) of the pair's code
+// word. vpmultishiftqb takes the 8 bits from one below that (mod 64, it rotates), so the code lands on bits 1-2.
+struct PairControl {
+  alignas(64) uint8_t shift[64], base[64];
+};
+constexpr PairControl make_pair_control() {
+  PairControl c{};
+  for (int i = 0; i < 64; ++i) {
+    const int l = i / 16, j = i % 16 / 4, k = i % 4, q = j / 2, g = j % 2;
+    c.shift[i] = static_cast<uint8_t>((32 * q + 4 * (2 * l + g) + 2 * (k / 2) + 63) % 64);
+    c.base[i] = static_cast<uint8_t>(8 * g + (k & 1));
+  }
+  return c;
+}
+constexpr PairControl kPairControl = make_pair_control();
+
+// P pairs (from the even rows of vp/mp: their first value and code byte) x TT tokens; pair p's rows go to z's
+// columns zc[p], zc[p] + 1. Per 64 inputs a pair's 128 values and 16 code bytes, per 32 inputs one vector and
+// one word.
+template <int P, int TT>
+inline void tile_pairs(const uint16_t* const* vp, const uint8_t* const* mp, const uint16_t* x, int64_t d_in,
+                       float* z, int64_t ld_z, const int64_t* zc) {
+  const __m512i shift = _mm512_load_si512(kPairControl.shift), base = _mm512_load_si512(kPairControl.base);
+  const __m512i six = _mm512_set1_epi8(6);
+  __m512 acc[P][TT];
+#pragma GCC unroll 16
+  for (int p = 0; p < P; ++p)
+#pragma GCC unroll 16
+    for (int t = 0; t < TT; ++t) acc[p][t] = _mm512_setzero_ps();
+  for (int64_t c = 0; c < d_in / 64; ++c) {
+#pragma GCC unroll 2
+    for (int p = 0; p < P; ++p) {
+      _mm_prefetch(reinterpret_cast<const char*>(vp[p] + 128 * c) + kPrefetchPairs, _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(vp[p] + 128 * c) + kPrefetchPairs + 64, _MM_HINT_T0);
+      if ((c & 1) == 0) _mm_prefetch(reinterpret_cast<const char*>(mp[p] + 32 * c) + kPrefetchPairs / 8, _MM_HINT_T0);
+    }
+#pragma GCC unroll 2
+    for (int h = 0; h < 2; ++h) {
+      __m512i xv[TT];
+#pragma GCC unroll 16
+      for (int t = 0; t < TT; ++t) xv[t] = _mm512_loadu_si512(x + t * d_in + 64 * c + 32 * h);
+#pragma GCC unroll 2
+      for (int p = 0; p < P; ++p) {
+        uint64_t word;
+        __builtin_memcpy(&word, mp[p] + 32 * c + 8 * h, 8);
+        const __m512i idx = _mm512_ternarylogic_epi32(_mm512_multishift_epi64_epi8(shift, _mm512_set1_epi64(word)),
+                                                      six, base, 0xEA);  // (a & b) | c
+        const __m512i w = _mm512_loadu_si512(vp[p] + 128 * c + 32 * h);
+#pragma GCC unroll 16
+        for (int t = 0; t < TT; ++t)
+          acc[p][t] = _mm512_dpbf16_ps(acc[p][t], (__m512bh)w, (__m512bh)_mm512_shuffle_epi8(xv[t], idx));
+      }
+    }
+  }
+  store_pair_sums<P, TT>(acc, z, ld_z, zc);
+}
+
+// pairs_avx512.h's tile
+struct PairedBf16 {
+  using W = uint16_t;
+  using X = uint16_t;
+  template <int P, int TT>
+  static void tile(const W* const* vp, const uint8_t* const* mp, const X* x, int64_t d_in, float* z, int64_t ld_z,
+                   const int64_t* zc) {
+    tile_pairs<P, TT>(vp, mp, x, d_in, z, ld_z, zc);
+  }
+};
+
 void rows(const armor::Layer& L, int64_t r0, int64_t n, const uint16_t* xs, int64_t T, float* z, int64_t ld_z) {
-  L.interleave ? rows_of<true>(L, r0, n, xs, T, z, ld_z) : rows_of<false>(L, r0, n, xs, T, z, ld_z);
+  L.interleave ? paired_rows<PairedBf16>(L, r0, n, xs, T, z, ld_z) : rows_of(L, r0, n, xs, T, z, ld_z);
 }
 
 // A code word (64 inputs, 16 groups of 4, two 2-bit codes each) -> the 64-bit mask of its kept inputs: byte
@@ -119,19 +190,31 @@ inline __mmask64 kept_bits(uint64_t word) {
 }
 
 // Inputs [64 c, 64 c + n) of one bf16 row dense (the prefill path's panels, generic.h decompress_rows): the code
-// word's kept bits expand the row's 32 kept values into their lanes, 16 at a time (vpexpandw); IL as codes_chunk
-template <bool IL>
+// word's kept bits expand the row's 32 kept values into their lanes, 16 at a time (vpexpandw). Paired (n = 64:
+// the layout needs d_in % 64 == 0), the row's codes are two 4-byte halves 8 apart and its values the first 4 of
+// every 8 from v (pairs_avx512.h), gathered by a masked load and a compress.
+template <bool kPaired>
 inline void decompress_chunk(const uint16_t* v, const uint8_t* m, int64_t c, int64_t n, uint16_t* o) {
-  constexpr int64_t vs = IL ? 128 : 32, ms = IL ? 32 : 8;
   uint64_t word = 0;
-  __builtin_memcpy(&word, m + ms * c, n / 8);  // a partial chunk's missing codes: group 0, inputs masked below
+  __m512i p0, p1;
+  if (kPaired) {
+    uint32_t lo, hi;
+    __builtin_memcpy(&lo, m + 32 * c, 4);
+    __builtin_memcpy(&hi, m + 32 * c + 8, 4);
+    word = lo | uint64_t(hi) << 32;
+    constexpr __mmask32 row = 0x0F0F0F0F;
+    p0 = _mm512_maskz_compress_epi16(row, _mm512_maskz_loadu_epi16(row, v + 128 * c));
+    p1 = _mm512_maskz_compress_epi16(row, _mm512_maskz_loadu_epi16(row, v + 128 * c + 32));
+  } else {
+    __builtin_memcpy(&word, m + 8 * c, n / 8);  // a partial chunk's missing codes: group 0, inputs masked below
+    const __mmask32 v0 = n >= 32 ? 0xFFFF : (1u << (n / 2)) - 1, v1 = n >= 32 ? (1u << (n / 2 - 16)) - 1 : 0;
+    p0 = _mm512_maskz_loadu_epi16(v0, v + 32 * c);
+    p1 = _mm512_maskz_loadu_epi16(v1, v + 32 * c + 16);
+  }
   const uint64_t k = kept_bits(word) & (n == 64 ? ~0ull : (1ull << n) - 1);
-  const __mmask32 v0 = n >= 32 ? 0xFFFF : (1u << (n / 2)) - 1, v1 = n >= 32 ? (1u << (n / 2 - 16)) - 1 : 0;
   const __mmask32 o0 = n >= 32 ? ~0u : (1u << n) - 1, o1 = n == 64 ? ~0u : n > 32 ? (1u << (n - 32)) - 1 : 0;
-  const __m512i w0 = _mm512_maskz_expand_epi16(uint32_t(k), _mm512_maskz_loadu_epi16(v0, v + vs * c));
-  const __m512i w1 = _mm512_maskz_expand_epi16(uint32_t(k >> 32), _mm512_maskz_loadu_epi16(v1, v + vs * c + 16));
-  _mm512_mask_storeu_epi16(o + 64 * c, o0, w0);
-  _mm512_mask_storeu_epi16(o + 64 * c + 32, o1, w1);
+  _mm512_mask_storeu_epi16(o + 64 * c, o0, _mm512_maskz_expand_epi16(uint32_t(k), p0));
+  _mm512_mask_storeu_epi16(o + 64 * c + 32, o1, _mm512_maskz_expand_epi16(uint32_t(k >> 32), p1));
 }
 
 void decompress_bf16(const armor::Layer& L, int64_t r0, int64_t r1, void* out) {

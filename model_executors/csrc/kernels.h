@@ -12,13 +12,13 @@ namespace armor {
 //                            (interleave = G, made at load time: same bytes) the rows of each group of 4
 //                            interleaved G values (2G inputs) at a time, so that the 4 rows a kernel reads
 //                            together come from one sequential stream (generic.h row_values): G = 8 on AVX2,
-//                            16 for float32 on AVX-512 (there paired: a row pair's values of each group of 4
-//                            inputs side by side, generic.h), 32 for bfloat16 on AVX512-BF16
+//                            16 for float32 on AVX-512 and 32 for bfloat16 on AVX512-BF16 (both paired: a row
+//                            pair's values of the inputs one 128-bit lane of x holds side by side, pairs_avx512.h)
 //   mask    (d_out, d_in/8)  uint8, one byte per 8 inputs: a bitmask of the kept inputs (bit j of byte k <=>
 //                            input 8k + j is kept; made once at load time from the checkpoint's codes: same
 //                            size), or (codes: float32 on AVX-512, bfloat16 on AVX512-BF16) the checkpoint's own
-//                            4-bit position codes (sparsity.py), interleaved like the values when interleave is
-//                            16 or 32: each 4-row group's G / 4 bytes (2G inputs) per row in turn (generic.h row_meta)
+//                            4-bit position codes (sparsity.py), paired like the values when interleave is 16 or
+//                            32 (generic.h row_meta)
 //   a       (d_out/ba, ba, ba), b (n_shards, d_in/bb, bb, bb): the block-diagonal factors' blocks, weight
 //           dtype, each stored transposed (a[j][k][i] = A_j[i][k]; made once at load time: same bytes)
 //   shard_rows: n_shards + 1 offsets into d_out (each a multiple of ba); shard s reads B_s x

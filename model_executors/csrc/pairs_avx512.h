@@ -1,0 +1,86 @@
+// The paired layout's product on AVX-512 (generic.h paired(G)): float32 (G = 16, kernel_avx512.cpp) and bfloat16
+// (G = 32, kernel_avx512_bf16.cpp) store a row pair's kept values so that every 128-bit lane of a weight vector
+// holds both rows' values for the inputs that x's same lane holds, [a a b b] in 32-bit slots (float32: one value
+// per slot, one group of 4 inputs per lane; bfloat16: a group's 2 values per slot, 2 groups per lane), so one
+// in-lane permute of x feeds both rows. Each ISA file supplies the tile (its accumulators then end in
+// store_pair_sums); this header holds what they share. Included after generic.h, inside the file's anonymous
+// namespace.
+#pragma once
+
+// Lane sums of a row pair's accumulators for 4 tokens (rows a, b in elements 0-1, 2-3 of every 128-bit lane):
+// lane k of the result holds token k's [a a b b]. Two shuffle levels for 4 accumulators instead of a horizontal
+// sum per row and token.
+inline __m512 pair_sums4(__m512 a0, __m512 a1, __m512 a2, __m512 a3) {
+  const __m512 s01 = _mm512_add_ps(_mm512_shuffle_f32x4(a0, a1, 0x44), _mm512_shuffle_f32x4(a0, a1, 0xEE));
+  const __m512 s23 = _mm512_add_ps(_mm512_shuffle_f32x4(a2, a3, 0x44), _mm512_shuffle_f32x4(a2, a3, 0xEE));
+  const __m512 s = _mm512_add_ps(_mm512_shuffle_f32x4(s01, s23, 0x88), _mm512_shuffle_f32x4(s01, s23, 0xDD));
+  return _mm512_add_ps(s, _mm512_permute_ps(s, 0xB1));
+}
+
+// P pairs x TT tokens of accumulators -> z: pair p's rows to z's columns zc[p], zc[p] + 1
+template <int P, int TT>
+inline void store_pair_sums(const __m512 (&acc)[P][TT], float* z, int64_t ld_z, const int64_t* zc) {
+#pragma GCC unroll 2
+  for (int p = 0; p < P; ++p)
+#pragma GCC unroll 4
+    for (int t0 = 0; t0 < TT; t0 += 4) {
+      const __m512 zero = _mm512_setzero_ps();
+      alignas(64) float sums[16];  // token t0 + k's rows a, b at 4k, 4k + 2
+      _mm512_store_ps(sums, pair_sums4(acc[p][t0], t0 + 1 < TT ? acc[p][t0 + 1] : zero,
+                                       t0 + 2 < TT ? acc[p][t0 + 2] : zero, t0 + 3 < TT ? acc[p][t0 + 3] : zero));
+#pragma GCC unroll 4
+      for (int k = 0; k < 4; ++k)
+        if (t0 + k < TT) z[(t0 + k) * ld_z + zc[p]] = sums[4 * k], z[(t0 + k) * ld_z + zc[p] + 1] = sums[4 * k + 2];
+    }
+}
+
+// The rows [r0, r1) of pair group r (P pairs from the even row r) through K::tile<P, TT>(vp, mp, x, d_in, z,
+// ld_z, zc) (K::W: the weight type, K::X: x's): 8 tokens at a time, then 4, then the rest, into z's columns
+// from r - r0; a pair halved by the block's edge (an odd first or last row: A-blocks of odd size) and a last
+// partial tile go through a scratch, only the block's rows kept.
+template <class K, int P>
+void pair_group(const armor::Layer& L, int64_t r, int64_t r0, int64_t r1, const typename K::X* xs, int64_t T,
+                float* z, int64_t ld_z) {
+  using W = typename K::W;
+  const W* vp[P];
+  const uint8_t* mp[P];
+  int64_t zc[P], cols[P];
+  for (int p = 0; p < P; ++p) {
+    vp[p] = row_values<W>(L, r + 2 * p);
+    mp[p] = row_meta(L, r + 2 * p);
+    zc[p] = r + 2 * p - r0;
+    cols[p] = 2 * p;
+  }
+  const int64_t d_in = L.d_in;
+  const bool whole = r >= r0 && r + 2 * P <= r1;
+  int64_t t = 0;
+  if (whole) {
+    for (; t + 8 <= T; t += 8) K::template tile<P, 8>(vp, mp, xs + t * d_in, d_in, z + t * ld_z, ld_z, zc);
+    for (; t + 4 <= T; t += 4) K::template tile<P, 4>(vp, mp, xs + t * d_in, d_in, z + t * ld_z, ld_z, zc);
+  }
+  for (; t < T; t += 4) {
+    const int64_t tn = T - t < 4 ? T - t : 4;
+    float pz[4 * 2 * P];  // tn tokens x the group's 2P rows
+    const typename K::X* x = xs + t * d_in;
+    switch (tn) {
+      case 4: K::template tile<P, 4>(vp, mp, x, d_in, pz, 2 * P, cols); break;
+      case 3: K::template tile<P, 3>(vp, mp, x, d_in, pz, 2 * P, cols); break;
+      case 2: K::template tile<P, 2>(vp, mp, x, d_in, pz, 2 * P, cols); break;
+      default: K::template tile<P, 1>(vp, mp, x, d_in, pz, 2 * P, cols); break;
+    }
+    for (int64_t k = 0; k < tn; ++k)
+      for (int64_t i = 0; i < 2 * P; ++i)
+        if (r + i >= r0 && r + i < r1) z[(t + k) * ld_z + r + i - r0] = pz[k * 2 * P + i];
+  }
+}
+
+// rows [r0, r0 + n) of the paired layout, 2 pairs at a time
+template <class K>
+void paired_rows(const armor::Layer& L, int64_t r0, int64_t n, const typename K::X* xs, int64_t T, float* z,
+                 int64_t ld_z) {
+  const int64_t r1 = r0 + n;
+  int64_t r = r0 & ~int64_t(1);
+  if (r < r0) pair_group<K, 1>(L, r, r0, r1, xs, T, z, ld_z), r += 2;
+  for (; r + 4 <= r1; r += 4) pair_group<K, 2>(L, r, r0, r1, xs, T, z, ld_z);
+  for (; r < r1; r += 2) pair_group<K, 1>(L, r, r0, r1, xs, T, z, ld_z);
+}
