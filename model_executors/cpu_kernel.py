@@ -5,11 +5,13 @@
 computes y = A [S_s (B_s x)]_s + bias straight from the packed core, for float32 and bfloat16 weights, any
 token count. The kernel layout holds the same bytes as the checkpoint: the kept values (the rows of each group
 of 4 interleaved G values at a time where the path reads them so -- 8 on AVX2, 16 for float32 on AVX-512, 32 for
-bfloat16 on AVX512-BF16, those two paired (below) -- so a 4-row group streams from DRAM as one sequence: SmolLM2's one-thread decode step at 1 token 1.29-1.38x ->
-1.43-1.48x oneDNN's dense on Zen 1), their positions as a bitmask (a SIMD kernel loads it straight into a lane
-mask) or, for float32 on AVX-512 and bfloat16 on AVX512-BF16, as the checkpoint's own position codes (the kernel
-turns a row's codes into the lane indices that permute x onto its kept values), and the A/B blocks transposed (each input then scales a contiguous column: no horizontal sums). Fused layers (qkv,
-gate_up) pass one B per shard (b_blocks of shape (shards, n, b, b)) and the shards' row counts. The op has a fake (meta) implementation,
+bfloat16 on AVX512-BF16, those two paired (below) -- so a 4-row group streams from DRAM as one sequence:
+SmolLM2's one-thread decode step at 1 token 1.29-1.38x -> 1.43-1.48x oneDNN's dense on Zen 1), their positions
+as a bitmask (a SIMD kernel loads it straight into a lane mask) or, for float32 on AVX-512 and bfloat16 on
+AVX512-BF16, as the checkpoint's own position codes (the kernel turns a row's codes into the lane indices that
+permute x onto its kept values), and the A/B blocks transposed (each input then scales a contiguous column: no
+horizontal sums). Fused layers (qkv, gate_up) pass one B per shard (b_blocks of shape (shards, n, b, b)) and the
+shards' row counts. The op has a fake (meta) implementation,
 so torch.compile and vLLM's CPU engine trace it as one node. docs/executors.md describes the kernels.
 """
 from __future__ import annotations
@@ -120,7 +122,8 @@ def _permute_blocks(blocks: torch.Tensor, split: tuple, order: tuple, inverse: b
 def _pair_rows(blocks: torch.Tensor, code_blocks: torch.Tensor, inverse: bool = False):
     """(row group, chunk, 4 rows, G values) and (..., 4 rows, G / 4 code bytes) -> the paired order (or back)."""
     unit = blocks.shape[-1] // 8  # a row's values per lane and code bytes per G inputs
-    # row = 2p + q, value = (G / 2) h + (G / 8) l + s -> (p, h, l, q, s); row = 2p + q, code byte = (G / 8) h + b -> (p, h, q, b)
+    # row = 2p + q, value = (G / 2) h + (G / 8) l + s -> (p, h, l, q, s);
+    # row = 2p + q, code byte = (G / 8) h + b -> (p, h, q, b)
     return (_permute_blocks(blocks, (2, 2, 2, 4, unit), (0, 2, 3, 1, 4), inverse),
             _permute_blocks(code_blocks, (2, 2, 2, unit), (0, 2, 1, 3), inverse))
 

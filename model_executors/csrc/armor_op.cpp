@@ -103,7 +103,7 @@ constexpr int64_t kTiledMinTokens = 3;
 // at 128, 0.78 / 0.79 at 256 (ad hoc script, two alternated runs).
 constexpr int64_t kTiledMinTokensAvx512 = 128;
 // AMD Zen 4 (family 19h; the only one of its families with AVX-512) runs two-source 512-bit permutes at half the
-// rate of Zen 5: before the paired layout (kernel_avx512.cpp tile_pairs: one in-lane permute per FMA) the tiled
+// rate of Zen 5: before the paired layout (pairs_avx512.h tile_pairs: one in-lane permute per FMA) the tiled
 // product won there from 32 tokens. Paired, the permuting product leads the tiled one up to 128 tokens there too
 // (Zen 4, float32, SmolLM2's 30 layers, ms per step, permuting / tiled / oneDNN, ad hoc, 2026-12-03): one thread
 // 40 / 62 / 44 at 16 tokens, 84 / 115 / 80 at 32, 135 / 145 / 139 at 64, 250-282 / 275-284 / 268-284 at 128;

@@ -128,58 +128,29 @@ inline void tile_codes(const float* const* v, const uint8_t* const* m, const flo
     for (int t = 0; t < TT; ++t) z[t * ld_z + r] = _mm512_reduce_add_ps(acc[r][t]);
 }
 
-// float32, the paired layout (G = 16, generic.h row_values): per 16 inputs a row pair's 16 kept values come in
-// [a a b b] per group of 4 inputs, so each 128-bit lane of a weight vector belongs to the group of 4 inputs that
-// x's same lane holds, and one in-lane permute (vpermilps) of x's 16 inputs feeds both rows' FMA; the two rows'
-// codes of those inputs are one 32-bit word. The two-source permute of 32 inputs per row (tile_codes) runs at half
-// the rate on Zen 4 (family 25, ad hoc microbenchmark, 2026-12-03: vpermt2ps + FMA 0.53 ns, vpermilps + FMA
-// 0.28 ns, an FMA alone 0.14 ns).
-// P pairs (from the even rows of vp/mp: their first value and code byte) x TT tokens; pair p's rows go to z's
-// columns zc[p], zc[p] + 1.
-template <int P, int TT>
-inline void tile_pairs(const float* const* vp, const uint8_t* const* mp, const float* x, int64_t d_in, float* z,
-                       int64_t ld_z, const int64_t* zc) {
-  // element 4l + s: row a's code of its value 2l + s (s < 2) at bit 4l + 2s, row b's (s >= 2) at 16 + 4l + 2(s - 2)
-  const __m512i shifts = _mm512_setr_epi32(0, 2, 16, 18, 4, 6, 20, 22, 8, 10, 24, 26, 12, 14, 28, 30);
-  __m512 acc[P][TT];
-#pragma GCC unroll 16
-  for (int p = 0; p < P; ++p)
-#pragma GCC unroll 16
-    for (int t = 0; t < TT; ++t) acc[p][t] = _mm512_setzero_ps();
-  for (int64_t c = 0; c < d_in / 32; ++c) {
-#pragma GCC unroll 2
-    for (int p = 0; p < P; ++p) {
-      _mm_prefetch(reinterpret_cast<const char*>(vp[p] + 64 * c) + kPrefetchCodes, _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(vp[p] + 64 * c) + kPrefetchCodes + 64, _MM_HINT_T0);
-      if ((c & 3) == 0) _mm_prefetch(reinterpret_cast<const char*>(mp[p] + 16 * c) + kPrefetchCodes / 16, _MM_HINT_T0);
-    }
-#pragma GCC unroll 2
-    for (int h = 0; h < 2; ++h) {
-      __m512 xv[TT];
-#pragma GCC unroll 16
-      for (int t = 0; t < TT; ++t) xv[t] = _mm512_loadu_ps(x + t * d_in + 32 * c + 16 * h);
-#pragma GCC unroll 2
-      for (int p = 0; p < P; ++p) {
-        int32_t word;
-        __builtin_memcpy(&word, mp[p] + 16 * c + 4 * h, 4);
-        const __m512i idx = _mm512_srlv_epi32(_mm512_set1_epi32(word), shifts);  // vpermilps reads bits 0-1
-        const __m512 w = _mm512_loadu_ps(vp[p] + 64 * c + 16 * h);
-#pragma GCC unroll 16
-        for (int t = 0; t < TT; ++t) acc[p][t] = _mm512_fmadd_ps(w, _mm512_permutevar_ps(xv[t], idx), acc[p][t]);
-      }
-    }
-  }
-  store_pair_sums<P, TT>(acc, z, ld_z, zc);
-}
-
-// pairs_avx512.h's tile
+// float32, the paired layout (G = 16, pairs_avx512.h): per 16 inputs a row pair's 16 kept values come in [a a b b]
+// per group of 4 inputs, so each 128-bit lane of a weight vector belongs to the group of 4 inputs that x's same
+// lane holds, and one in-lane permute (vpermilps) of x's 16 inputs feeds both rows' FMA; the two rows' codes of
+// those inputs are one 32-bit word. The two-source permute of 32 inputs per row (tile_codes) runs at half the
+// rate on Zen 4 (family 25, ad hoc microbenchmark, 2026-12-03: vpermt2ps + FMA 0.53 ns, vpermilps + FMA 0.28 ns,
+// an FMA alone 0.14 ns).
 struct PairedF32 {
   using W = float;
   using X = float;
-  template <int P, int TT>
-  static void tile(const W* const* vp, const uint8_t* const* mp, const X* x, int64_t d_in, float* z, int64_t ld_z,
-                   const int64_t* zc) {
-    tile_pairs<P, TT>(vp, mp, x, d_in, z, ld_z, zc);
+  using Vec = __m512;
+  using Word = int32_t;
+  static constexpr int64_t kInputs = 16;
+  static constexpr int kPrefetch = kPrefetchCodes;
+  static __m512 load_x(const float* p) { return _mm512_loadu_ps(p); }
+  static __m512 load_w(const float* p) { return _mm512_loadu_ps(p); }
+  // element 4l + s: row a's code of its value 2l + s (s < 2) at bit 4l + 2s, row b's (s >= 2) at 16 + 4l + 2(s - 2);
+  // vpermilps reads bits 0-1
+  static __m512i index(int32_t word) {
+    return _mm512_srlv_epi32(_mm512_set1_epi32(word),
+                             _mm512_setr_epi32(0, 2, 16, 18, 4, 6, 20, 22, 8, 10, 24, 26, 12, 14, 28, 30));
+  }
+  static __m512 madd(__m512 acc, __m512 w, __m512 x, __m512i idx) {
+    return _mm512_fmadd_ps(w, _mm512_permutevar_ps(x, idx), acc);
   }
 };
 

@@ -19,8 +19,7 @@ namespace {
 // inputs 4 KB ahead measured best there.
 constexpr int kPrefetch = 4096;
 // The paired product's prefetch, bytes ahead in a pair's values (4 KB: SmolLM2's 30 layers, one thread, one token,
-// 9.2 ms per step with 2 KB, 8.3 ms with 4 KB; ad hoc, Zen 4, 2026-12-04), and in its codes (a 4-row group's 32 code
-// bytes per 64 inputs: a line every 2 chunks).
+// 9.2 ms per step with 2 KB, 8.3 ms with 4 KB; ad hoc, Zen 4, 2026-12-04).
 constexpr int kPrefetchPairs = 4096;
 
 // Inputs [64 c, 64 c + n) of R rows (one by one) x TT tokens (n = 64 but in a row's last, partial chunk: 8..56)
@@ -123,55 +122,23 @@ constexpr PairControl make_pair_control() {
 }
 constexpr PairControl kPairControl = make_pair_control();
 
-// P pairs (from the even rows of vp/mp: their first value and code byte) x TT tokens; pair p's rows go to z's
-// columns zc[p], zc[p] + 1. Per 64 inputs a pair's 64 values and 16 code bytes (its 4-row group's 128 and 32: the
-// chunk strides), per 32 inputs one vector and one word.
-template <int P, int TT>
-inline void tile_pairs(const uint16_t* const* vp, const uint8_t* const* mp, const uint16_t* x, int64_t d_in,
-                       float* z, int64_t ld_z, const int64_t* zc) {
-  const __m512i shift = _mm512_load_si512(kPairControl.shift), base = _mm512_load_si512(kPairControl.base);
-  const __m512i six = _mm512_set1_epi8(6);
-  __m512 acc[P][TT];
-#pragma GCC unroll 16
-  for (int p = 0; p < P; ++p)
-#pragma GCC unroll 16
-    for (int t = 0; t < TT; ++t) acc[p][t] = _mm512_setzero_ps();
-  for (int64_t c = 0; c < d_in / 64; ++c) {
-#pragma GCC unroll 2
-    for (int p = 0; p < P; ++p) {
-      _mm_prefetch(reinterpret_cast<const char*>(vp[p] + 128 * c) + kPrefetchPairs, _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(vp[p] + 128 * c) + kPrefetchPairs + 64, _MM_HINT_T0);
-      if ((c & 1) == 0) _mm_prefetch(reinterpret_cast<const char*>(mp[p] + 32 * c) + kPrefetchPairs / 8, _MM_HINT_T0);
-    }
-#pragma GCC unroll 2
-    for (int h = 0; h < 2; ++h) {
-      __m512i xv[TT];
-#pragma GCC unroll 16
-      for (int t = 0; t < TT; ++t) xv[t] = _mm512_loadu_si512(x + t * d_in + 64 * c + 32 * h);
-#pragma GCC unroll 2
-      for (int p = 0; p < P; ++p) {
-        uint64_t word;
-        __builtin_memcpy(&word, mp[p] + 32 * c + 8 * h, 8);
-        const __m512i idx = _mm512_ternarylogic_epi32(_mm512_multishift_epi64_epi8(shift, _mm512_set1_epi64(word)),
-                                                      six, base, 0xEA);  // (a & b) | c
-        const __m512i w = _mm512_loadu_si512(vp[p] + 128 * c + 32 * h);
-#pragma GCC unroll 16
-        for (int t = 0; t < TT; ++t)
-          acc[p][t] = _mm512_dpbf16_ps(acc[p][t], (__m512bh)w, (__m512bh)_mm512_shuffle_epi8(xv[t], idx));
-      }
-    }
-  }
-  store_pair_sums<P, TT>(acc, z, ld_z, zc);
-}
-
-// pairs_avx512.h's tile
+// pairs_avx512.h's part: per 32 inputs a pair's 32 values (one vector) and one 64-bit code word
 struct PairedBf16 {
   using W = uint16_t;
   using X = uint16_t;
-  template <int P, int TT>
-  static void tile(const W* const* vp, const uint8_t* const* mp, const X* x, int64_t d_in, float* z, int64_t ld_z,
-                   const int64_t* zc) {
-    tile_pairs<P, TT>(vp, mp, x, d_in, z, ld_z, zc);
+  using Vec = __m512i;
+  using Word = uint64_t;
+  static constexpr int64_t kInputs = 32;
+  static constexpr int kPrefetch = kPrefetchPairs;
+  static __m512i load_x(const uint16_t* p) { return _mm512_loadu_si512(p); }
+  static __m512i load_w(const uint16_t* p) { return _mm512_loadu_si512(p); }
+  static __m512i index(uint64_t word) {
+    const __m512i shifted = _mm512_multishift_epi64_epi8(_mm512_load_si512(kPairControl.shift), _mm512_set1_epi64(word));
+    return _mm512_ternarylogic_epi32(shifted, _mm512_set1_epi8(6), _mm512_load_si512(kPairControl.base),
+                                     0xEA);  // (a & b) | c
+  }
+  static __m512 madd(__m512 acc, __m512i w, __m512i x, __m512i idx) {
+    return _mm512_dpbf16_ps(acc, (__m512bh)w, (__m512bh)_mm512_shuffle_epi8(x, idx));
   }
 };
 
