@@ -135,12 +135,13 @@ def test_tiled_product(tiled_isa, dtype):
 
 # 24 = 16 + 8 and 40 = 2 x 16 + 8 outputs: the AVX2 block transforms' tails (the generic loops on AVX-512);
 # 48 = 32 + 16: the AVX-512 ones' tail
-def test_row_groups_across_a_blocks(isa, path):
+@pytest.mark.parametrize("ba", [10, 5])
+def test_row_groups_across_a_blocks(isa, path, ba):
     """A-blocks of 10 rows over values interleaved 4 rows at a time (AVX2; AVX-512 float32, d_in a multiple of
     32; AVX512-BF16 bfloat16, a multiple of 64): row groups split between A-blocks, whole groups and leftover rows,
-    for every path and a few token counts."""
+    for every path and a few token counts; of 5 rows, the paired layouts' row pairs split between A-blocks too."""
     for dtype in (torch.float32, torch.bfloat16):
-        values, codes, a, b = layer(40, 256, 10, 8, dtype, seed=7)
+        values, codes, a, b = layer(40, 256, ba, 8, dtype, seed=7)
         layout = kernel_layout(values, codes, a, b)
         for tokens in (1, 3, 16, 40):
             x = torch.randn(tokens, 256).to(dtype)
