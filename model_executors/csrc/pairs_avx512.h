@@ -38,7 +38,7 @@ inline void store_pair_sums(const __m512 (&acc)[P][TT], float* z, int64_t ld_z, 
 // token; a pair's kept values for them one vector, its codes one K::Word): K::load_x, K::load_w, K::index (the
 // code word -> the permute control) and K::madd (x permuted in-lane by it, times the weights, into acc). A 4-row
 // group's values and codes per 2 kInputs inputs (a chunk) are 4 kInputs values and kInputs code bytes; each pair
-// prefetches its two lines of values per chunk K::kPrefetch bytes ahead, its codes as far ahead in proportion.
+// prefetches its two lines of values per chunk K::kPrefetch bytes ahead (both layouts: 128 bytes a pair per chunk).
 template <class K, int P, int TT>
 inline void tile_pairs(const typename K::W* const* vp, const uint8_t* const* mp, const typename K::X* x, int64_t d_in,
                        float* z, int64_t ld_z, const int64_t* zc) {
@@ -55,7 +55,8 @@ inline void tile_pairs(const typename K::W* const* vp, const uint8_t* const* mp,
       _mm_prefetch(values + K::kPrefetch, _MM_HINT_T0);
       _mm_prefetch(values + K::kPrefetch + 64, _MM_HINT_T0);
       if (c % code_lines == 0)
-        _mm_prefetch(reinterpret_cast<const char*>(mp[p] + n * c) + K::kPrefetch * n / 256, _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(mp[p] + n * c) + K::kPrefetch / (4 * sizeof(typename K::W)),
+                     _MM_HINT_T0);  // a group's n code bytes per its 4n values: as far ahead in proportion
     }
 #pragma GCC unroll 2
     for (int h = 0; h < 2; ++h) {
