@@ -136,13 +136,11 @@ inline void tile_codes(const float* const* v, const uint8_t* const* m, const flo
 // an FMA alone 0.14 ns).
 struct PairedF32 {
   using W = float;
-  using X = float;
   using Vec = __m512;
   using Word = int32_t;
   static constexpr int64_t kInputs = 16;
   static constexpr int kPrefetch = kPrefetchCodes;
-  static __m512 load_x(const float* p) { return _mm512_loadu_ps(p); }
-  static __m512 load_w(const float* p) { return _mm512_loadu_ps(p); }
+  static __m512 load(const float* p) { return _mm512_loadu_ps(p); }
   // element 4l + s: row a's code of its value 2l + s (s < 2) at bit 4l + 2s, row b's (s >= 2) at 16 + 4l + 2(s - 2);
   // vpermilps reads bits 0-1
   static __m512i index(int32_t word) {

@@ -125,13 +125,11 @@ constexpr PairControl kPairControl = make_pair_control();
 // pairs_avx512.h's part: per 32 inputs a pair's 32 values (one vector) and one 64-bit code word
 struct PairedBf16 {
   using W = uint16_t;
-  using X = uint16_t;
   using Vec = __m512i;
   using Word = uint64_t;
   static constexpr int64_t kInputs = 32;
   static constexpr int kPrefetch = kPrefetchPairs;
-  static __m512i load_x(const uint16_t* p) { return _mm512_loadu_si512(p); }
-  static __m512i load_w(const uint16_t* p) { return _mm512_loadu_si512(p); }
+  static __m512i load(const uint16_t* p) { return _mm512_loadu_si512(p); }
   static __m512i index(uint64_t word) {
     const __m512i shifted = _mm512_multishift_epi64_epi8(_mm512_load_si512(kPairControl.shift), _mm512_set1_epi64(word));
     return _mm512_ternarylogic_epi32(shifted, _mm512_set1_epi8(6), _mm512_load_si512(kPairControl.base),

@@ -35,12 +35,13 @@ inline void store_pair_sums(const __m512 (&acc)[P][TT], float* z, int64_t ld_z, 
 
 // The paired product: P pairs (from the even rows of vp/mp: their first value and code byte) x TT tokens, pair
 // p's rows to z's columns zc[p], zc[p] + 1. K is the ISA file's part, per K::kInputs inputs (one vector of x per
-// token; a pair's kept values for them one vector, its codes one K::Word): K::load_x, K::load_w, K::index (the
-// code word -> the permute control) and K::madd (x permuted in-lane by it, times the weights, into acc). A 4-row
+// token; a pair's kept values for them one vector, its codes one K::Word): K::load (x and the weights are both of
+// the weight type K::W, so one vector load serves both), K::index (the code word -> the permute control) and
+// K::madd (x permuted in-lane by it, times the weights, into acc). A 4-row
 // group's values and codes per 2 kInputs inputs (a chunk) are 4 kInputs values and kInputs code bytes; each pair
 // prefetches its two lines of values per chunk K::kPrefetch bytes ahead (both layouts: 128 bytes a pair per chunk).
 template <class K, int P, int TT>
-inline void tile_pairs(const typename K::W* const* vp, const uint8_t* const* mp, const typename K::X* x, int64_t d_in,
+inline void tile_pairs(const typename K::W* const* vp, const uint8_t* const* mp, const typename K::W* x, int64_t d_in,
                        float* z, int64_t ld_z, const int64_t* zc) {
   constexpr int64_t n = K::kInputs, code_lines = 64 / n;  // chunks per line of a group's codes
   __m512 acc[P][TT];
@@ -62,13 +63,13 @@ inline void tile_pairs(const typename K::W* const* vp, const uint8_t* const* mp,
     for (int h = 0; h < 2; ++h) {
       typename K::Vec xv[TT];
 #pragma GCC unroll 16
-      for (int t = 0; t < TT; ++t) xv[t] = K::load_x(x + t * d_in + 2 * n * c + n * h);
+      for (int t = 0; t < TT; ++t) xv[t] = K::load(x + t * d_in + 2 * n * c + n * h);
 #pragma GCC unroll 2
       for (int p = 0; p < P; ++p) {
         typename K::Word word;
         __builtin_memcpy(&word, mp[p] + n * c + n / 4 * h, sizeof(word));
         const __m512i idx = K::index(word);
-        const typename K::Vec w = K::load_w(vp[p] + 4 * n * c + n * h);
+        const typename K::Vec w = K::load(vp[p] + 4 * n * c + n * h);
 #pragma GCC unroll 16
         for (int t = 0; t < TT; ++t) acc[p][t] = K::madd(acc[p][t], w, xv[t], idx);
       }
@@ -78,11 +79,11 @@ inline void tile_pairs(const typename K::W* const* vp, const uint8_t* const* mp,
 }
 
 // The rows [r0, r1) of pair group r (P pairs from the even row r) through tile_pairs<K, P, TT> (K::W: the weight
-// type, K::X: x's): 8 tokens at a time, then 4, then the rest, into z's columns
+// type, x's too): 8 tokens at a time, then 4, then the rest, into z's columns
 // from r - r0; a pair halved by the block's edge (an odd first or last row: A-blocks of odd size) and a last
 // partial tile go through a scratch, only the block's rows kept.
 template <class K, int P>
-void pair_group(const armor::Layer& L, int64_t r, int64_t r0, int64_t r1, const typename K::X* xs, int64_t T,
+void pair_group(const armor::Layer& L, int64_t r, int64_t r0, int64_t r1, const typename K::W* xs, int64_t T,
                 float* z, int64_t ld_z) {
   using W = typename K::W;
   const W* vp[P];
@@ -104,7 +105,7 @@ void pair_group(const armor::Layer& L, int64_t r, int64_t r0, int64_t r1, const 
   for (; t < T; t += 4) {
     const int64_t tn = T - t < 4 ? T - t : 4;
     float pz[4 * 2 * P];  // tn tokens x the group's 2P rows
-    const typename K::X* x = xs + t * d_in;
+    const typename K::W* x = xs + t * d_in;
     switch (tn) {
       case 4: tile_pairs<K, P, 4>(vp, mp, x, d_in, pz, 2 * P, cols); break;
       case 3: tile_pairs<K, P, 3>(vp, mp, x, d_in, pz, 2 * P, cols); break;
@@ -119,7 +120,7 @@ void pair_group(const armor::Layer& L, int64_t r, int64_t r0, int64_t r1, const 
 
 // rows [r0, r0 + n) of the paired layout, 2 pairs at a time
 template <class K>
-void paired_rows(const armor::Layer& L, int64_t r0, int64_t n, const typename K::X* xs, int64_t T, float* z,
+void paired_rows(const armor::Layer& L, int64_t r0, int64_t n, const typename K::W* xs, int64_t T, float* z,
                  int64_t ld_z) {
   const int64_t r1 = r0 + n;
   int64_t r = r0 & ~int64_t(1);
