@@ -29,13 +29,18 @@ def configs(blocks: list[int]) -> list[tuple[str, list[str]]]:
     """Most informative first (an interrupted run still compares ARMOR with its start and the baselines)."""
     armor = [(f"armor-b{b}", ["--method", "armor", "--block-size", str(b)]) for b in blocks]
     paper_proxy = ("armor-diag-b32", ["--method", "armor", "--proxy", "diag", "--block-size", "32"])
-    # The default (100 iterations, input correction) against the settings before 2026-12-03 (no correction) and
-    # 40 iterations + block-wise tuning with the correction (better wiki, worse LAMBADA), the latter also on 4x
-    # the calibration text; docs/algorithm.md
+    # Block-wise tuning on 64 samples with bfloat16 calibration matmuls (2026-12-04): 75% of the wiki gap in ~11.5
+    # minutes, but worse LAMBADA and zero-shot than the default; SparseGPT on the same 64 samples; docs/algorithm.md
     b32 = ["--method", "armor", "--block-size", "32"]
-    no_correction = [*b32, "--input-correction", "0"]
-    parts = [("armor-b32-i100", [*no_correction, "--iters", "100"]),
-             ("armor-b32-i40-tuned-ic", [*b32, "--iters", "40", "--tune-epochs", "2"]),
+    c32 = [*b32, "--calib-samples", "32"]
+    c64_tuned = [*b32, "--calib-samples", "64", "--iters", "40", "--tune-epochs", "2"]
+    tuned64 = [("sparsegpt-c64", ["--method", "sparsegpt", "--calib-samples", "64"]),
+               ("armor-b32-c64-i40-tuned-ic", c64_tuned)]
+    # the input correction's runs (2026-12-03, 32 samples): without it, and with 40 iterations + tuning, the latter
+    # also on 4x the calibration text
+    no_correction = [*c32, "--input-correction", "0"]
+    parts = [("armor-b32-i100", [*no_correction, "--iters", "100", "--tune-epochs", "0"]),
+             ("armor-b32-i40-tuned-ic", [*c32, "--iters", "40", "--tune-epochs", "2"]),
              ("armor-b32-c128-i40-tuned-ic", [*b32, "--iters", "40", "--calib-samples", "128", "--tune-epochs", "2"])]
     # block-wise tuning without the input correction: after 100 iterations, after 40, and on 4x the calibration
     # text (the tuning, not BCD, is what more text helps)
@@ -47,7 +52,7 @@ def configs(blocks: list[int]) -> list[tuple[str, list[str]]]:
     budget = [("armor-b32-i60-d2", [*no_correction, "--iters", "60", "--discrete-steps", "2", "--tune-epochs", "0"])]
     return [("dense", []), ("sparsegpt", ["--method", "sparsegpt"]), *armor[1:2], ("nowag-p", ["--method", "nowag-p"]),
             paper_proxy, ("wanda", ["--method", "wanda"]), ("magnitude", ["--method", "magnitude"]), *armor[:1],
-            *armor[2:], *parts, *tuned, *budget]
+            *armor[2:], *tuned64, *parts, *tuned, *budget]
 
 
 def armor(*args: str) -> subprocess.CompletedProcess:
@@ -78,8 +83,8 @@ def main() -> None:
     p.add_argument("--model", help="dense checkpoint (default: the imported bundled SmolLM2)")
     p.add_argument("--blocks", default="16,32,64,128", help="ARMOR block sizes; the 2nd runs first")
     p.add_argument("--iters", type=int, help="ARMOR iterations (default: armor compress's)")
-    p.add_argument("--calib-samples", type=int, default=32)
-    p.add_argument("--seq-len", type=int, default=512)
+    p.add_argument("--calib-samples", type=int, help="calibration sequences for every method (default: armor compress's)")
+    p.add_argument("--seq-len", type=int, help="tokens per calibration sequence (default: armor compress's)")
     p.add_argument("--ppl-windows", type=int, default=8, help="wiki_ppl windows of 2048 tokens")
     p.add_argument("--limit", type=int, default=500,
                    help="examples per zero-shot task and LAMBADA (500: the mean accuracy's standard error < 1 point)")
@@ -93,7 +98,8 @@ def main() -> None:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     model = args.model or armor("model", "import", "smollm2").stdout.strip().splitlines()[-1]
-    common = ["--calib-samples", str(args.calib_samples), "--seq-len", str(args.seq_len)]
+    common = ["--calib-samples", str(args.calib_samples)] if args.calib_samples else []
+    common += ["--seq-len", str(args.seq_len)] if args.seq_len else []
     common += ["--iters", str(args.iters)] if args.iters else []
     wanted = set(args.only.split(",")) if args.only else None
     chosen = [(n, a) for n, a in configs([int(b) for b in args.blocks.split(",")]) if not wanted or n in wanted]

@@ -25,11 +25,16 @@ class TunableArmor(nn.Module):
         values, meta, a_blocks, b_blocks = (t.detach().clone() for t in mod.checkpoint_factors())
         self.values, self.a_blocks, self.b_blocks = (nn.Parameter(t.float()) for t in (values, a_blocks, b_blocks))
         self.register_buffer("meta", meta)
+        self.register_buffer("columns", sparsity.kept_columns(meta))  # decoded once, not in every step
         self.bias = None if mod.bias is None else mod.bias.detach().float()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = blockdiag.right(blockdiag.left(self.a_blocks, sparsity.unpack(self.values, self.meta)), self.b_blocks)
-        return nn.functional.linear(x, weight.to(x.dtype), self.bias)
+        d_out, half = self.columns.shape
+        core = self.values.new_zeros(d_out, half * 2).scatter(1, self.columns, self.values)
+        weight = blockdiag.right(blockdiag.left(self.a_blocks, core), self.b_blocks)
+        if not torch.is_autocast_enabled(x.device.type):  # under autocast the matmul picks its dtype itself
+            weight = weight.to(x.dtype)
+        return nn.functional.linear(x, weight, self.bias)
 
     def to_armor(self, like: ArmorLinear) -> ArmorLinear:
         """A fresh ArmorLinear (checkpoint layout, `like`'s kernel and dtype) holding the current factors."""
@@ -77,11 +82,14 @@ def tune_layer(layer: nn.Module, names: list[str], inputs: list[torch.Tensor], t
     n_val = max(1, holdout // micro_batch)
     (train_x, val_x), (train_y, val_y) = (xs[:-n_val], xs[-n_val:]), (ys[:-n_val], ys[-n_val:])
     mods = {name: layer.get_submodule(name) for name in names}
+    # only the factors learn: without this the norms' weights would get gradients too, and so would every
+    # q/k/v input, which nothing uses (autograd skips the products that feed no parameter)
+    layer.requires_grad_(False)
     tunables = {name: TunableArmor(mod) for name, mod in mods.items()}
     for name, tunable in tunables.items():
         layer.set_submodule(name, tunable)
     params = [p for t in tunables.values() for p in t.parameters()]
-    opt = torch.optim.Adam(params, lr=lr)
+    opt = torch.optim.Adam(params, lr=lr, fused=True)
     start = best = _error(layer, val_x, val_y, kwargs)
     best_state, best_epoch = {n: t.state() for n, t in tunables.items()}, 0
     for epoch in range(1, epochs + 1):

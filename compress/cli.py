@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from compress.pipeline import METHODS, PROXIES, Settings, compress_checkpoint
+from compress.pipeline import CALIB_DTYPES, METHODS, PROXIES, Settings, compress_checkpoint
 
 
 def add_compress_arguments(parser) -> None:
@@ -27,11 +27,17 @@ def add_compress_arguments(parser) -> None:
                         help="epochs of block-wise tuning: each decoder layer's ARMOR factors fitted jointly to the "
                              "dense layer's output (0: off)")
     parser.add_argument("--tune-lr", type=float, default=d.tune_lr, help="Adam learning rate of the block-wise tuning")
+    parser.add_argument("--tune-micro-batch", type=int, default=d.tune_micro_batch,
+                        help="calibration samples per Adam step of the block-wise tuning")
     parser.add_argument("--input-correction", type=float, default=d.input_correction,
                         help="fit each matrix to the dense model's output on the dense model's inputs, correcting the "
                              "error the already compressed layers pass on (ARMOR with --proxy hessian)")
     parser.add_argument("--calib-samples", type=int, default=d.calib_samples, help="calibration sequences")
     parser.add_argument("--seq-len", type=int, default=d.seq_len, help="tokens per calibration sequence")
+    parser.add_argument("--calib-dtype", default=d.calib_dtype, choices=CALIB_DTYPES,
+                        help="dtype of the matmuls in the layers' calibration forwards and the block-wise tuning "
+                             "(Gram matrices stay float32/float64); auto: bfloat16 where the CPU multiplies it "
+                             "natively (AVX512-BF16/AMX), else float32")
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--batch-size", type=int, default=d.batch_size, help="calibration sequences per forward")
     parser.add_argument("--overwrite", action="store_true", help="discard what --out holds and start again")
@@ -43,8 +49,9 @@ def run_compress(args) -> None:
     settings = Settings(method=args.method, block_size=args.block_size, proxy=args.proxy,
                         hessian_damp=args.hessian_damp, iters=args.iters, lr=args.lr, patience=args.patience,
                         discrete_steps=args.discrete_steps, tune_epochs=args.tune_epochs, tune_lr=args.tune_lr,
+                        tune_micro_batch=args.tune_micro_batch,
                         input_correction=args.input_correction,
-                        calib_samples=args.calib_samples, seq_len=args.seq_len,
+                        calib_samples=args.calib_samples, seq_len=args.seq_len, calib_dtype=args.calib_dtype,
                         seed=args.seed, batch_size=args.batch_size)
     summary = compress_checkpoint(require_checkpoint(args.model), Path(args.out), settings, overwrite=args.overwrite)
     print(json.dumps(summary, indent=2))

@@ -45,7 +45,7 @@ LINEARS = {  # module path inside a decoder layer -> which calibration statistic
     "self_attn.o_proj": "o_in", "mlp.gate_proj": "mlp_in", "mlp.up_proj": "mlp_in", "mlp.down_proj": "down_in",
 }
 ARMOR_ONLY = ("block_size", "proxy", "hessian_damp", "iters", "lr", "patience", "discrete_steps", "tune_epochs",
-              "tune_lr", "tune_holdout", "input_correction")
+              "tune_lr", "tune_holdout", "tune_micro_batch", "input_correction")
 PROGRESS = "armor_progress.json"
 # Where a run's time goes (summary["phase_seconds"]): reading weights, running calibration tokens through the
 # layers, gathering Gram matrices, the 2:4 pruning (a baseline, or ARMOR's SparseGPT/NoWag-P start), ARMOR's
@@ -55,7 +55,11 @@ SUMMARY = "compression_summary.json"
 
 
 # Settings added with a default other than the behaviour before them: a stored run without them ran like this.
-SETTINGS_BEFORE_ADDED = {"input_correction": 0.0}
+SETTINGS_BEFORE_ADDED = {"input_correction": 0.0, "calib_dtype": "float32", "tune_micro_batch": 2}
+CALIB_DTYPES = ("auto", "float32", "bfloat16")
+# Compressed layers run their calibration tokens (thousands per batch) as one dense A S B matmul: what the packed
+# kernel does at that many tokens anyway, and a matmul that autocast can run in the calibration dtype
+CALIB_KERNEL = "fold"
 
 
 @dataclass
@@ -63,9 +67,10 @@ class Settings:
     method: str = "armor"
     block_size: int = 32
     proxy: str = "hessian"  # ARMOR's loss: the full Gram matrix (from SparseGPT) or its diagonal (from NoWag-P)
-    # 100 iterations + input correction: SmolLM2-135M in ~8.5 min on 2 Zen 5 cores, 66% of the SparseGPT -> dense
-    # wiki-perplexity gap (56% without the correction). 40 iterations + tuning reach 70% there but lose on LAMBADA
-    # (perplexity 526 against 330): the tuning fits the calibration text's domain (docs/algorithm.md)
+    # 100 iterations + input correction: SmolLM2-135M closes 66% of the SparseGPT -> dense wiki-perplexity gap with
+    # the best zero-shot accuracy of the 2:4 methods. Block-wise tuning on 64 samples (--calib-samples 64 --iters 40
+    # --tune-epochs 2) closes 76% in ~11.5 min on 2 Zen 4 cores but loses on LAMBADA and zero-shot: the tuning fits
+    # the calibration text's domain (docs/algorithm.md), so it stays opt-in
     iters: int = 100
     lr: float = 3e-3
     patience: int = 100
@@ -73,11 +78,15 @@ class Settings:
     tune_epochs: int = 0  # block-wise tuning of each decoder layer's factors to its dense output (block_tuning.py)
     tune_lr: float = 1e-4
     tune_holdout: int = 4  # calibration samples that only measure the tuning
+    tune_micro_batch: int = 2  # calibration samples per Adam step of the tuning
     # Fit each matrix (and the tuning) to the dense model's output on the dense model's inputs, not on the inputs
     # the already compressed layers produce: corrects the error those layers pass on (docs/algorithm.md)
     input_correction: float = 0.25  # share of the way to it: 0 off, 1 the full least-squares target (worse)
     calib_samples: int = 32
     seq_len: int = 512
+    # The matmuls of the layers' calibration forwards and of the block-wise tuning in bfloat16 (2x the speed where
+    # the CPU multiplies bfloat16 natively; "auto" picks it there, float32 elsewhere)
+    calib_dtype: str = "auto"
     seed: int = 0
     sparsegpt_damp: float = 0.01
     hessian_damp: float = 0.1  # ridge of the full-Gram proxy, as a fraction of mean(diag H)
@@ -140,6 +149,8 @@ def check_model(config, settings: Settings) -> None:
                         f"{', '.join(SUPPORTED_MODEL_TYPES)}")
     if getattr(config, "quantization_config", None):
         raise UserError("the input checkpoint is already quantized/compressed; start from a dense checkpoint")
+    if settings.calib_dtype not in CALIB_DTYPES:
+        raise UserError(f"unknown --calib-dtype '{settings.calib_dtype}'; choose from {', '.join(CALIB_DTYPES)}")
     if settings.method != "armor":
         return
     if settings.proxy not in PROXIES:
@@ -151,8 +162,9 @@ def check_model(config, settings: Settings) -> None:
     if not 0 <= settings.input_correction <= 1:
         raise UserError(f"--input-correction must be between 0 (off) and 1 (the full least-squares target), got "
                         f"{settings.input_correction}")
-    if settings.tune_epochs < 0 or settings.tune_lr <= 0:
-        raise UserError(f"--tune-epochs must be >= 0 and --tune-lr > 0, got {settings.tune_epochs} and {settings.tune_lr}")
+    if settings.tune_epochs < 0 or settings.tune_lr <= 0 or settings.tune_micro_batch < 1:
+        raise UserError(f"--tune-epochs must be >= 0, --tune-lr > 0 and --tune-micro-batch >= 1, got "
+                        f"{settings.tune_epochs}, {settings.tune_lr} and {settings.tune_micro_batch}")
     if settings.tune_epochs and settings.calib_samples < settings.tune_holdout + 2:
         raise UserError(f"--tune-epochs holds {settings.tune_holdout} calibration samples out to measure the tuning and "
                         f"needs 2 more to tune on: pass --calib-samples {settings.tune_holdout + 2} or more "
@@ -166,6 +178,14 @@ def check_model(config, settings: Settings) -> None:
     if b % 4 or bad:
         fits = [s for s in (16, 32, 64, 128) if all(v % s == 0 for v in dims.values())]
         raise UserError(f"block size {b} does not divide {bad or 'a multiple of 4'}; sizes that fit this model: {fits}")
+
+
+def calibration_dtype(choice: str) -> torch.dtype:
+    """The dtype of the calibration matmuls: `choice`, or for "auto" bfloat16 where the CPU multiplies it natively
+    (AVX512-BF16, which AMX CPUs have too) and float32 elsewhere, where bfloat16 would be emulated and slower."""
+    if choice != "auto":
+        return getattr(torch, choice)
+    return torch.bfloat16 if torch.cpu._is_avx512_bf16_supported() else torch.float32
 
 
 def dense_path_target(weight: torch.Tensor, gram: torch.Tensor, cross: torch.Tensor, damp: float,
@@ -206,6 +226,7 @@ class LayerwiseCompressor:
         self.n_layers = self.config.num_hidden_layers
         self.fingerprint = settings.fingerprint(model_dir)
         self.progress = self._open_output(overwrite)
+        self.calib_dtype = calibration_dtype(settings.calib_dtype)
 
     @property
     def start_method(self) -> str:
@@ -308,13 +329,20 @@ class LayerwiseCompressor:
         state = source.load(prefix)
         names = armor_names_in(state)
         if names:
-            swap_in_armor(layer, names, {k: tuple(v.shape) for k, v in state.items()}, self.dtype)
+            swap_in_armor(layer, names, {k: tuple(v.shape) for k, v in state.items()}, self.dtype, kernel=CALIB_KERNEL)
         layer.load_state_dict(state, assign=True, strict=True)
         return layer
 
+    def _calib_matmuls(self):
+        """Where the layers' calibration forwards and the block-wise tuning run their matmuls in the calibration
+        dtype (the residual stream, the norms, the losses and Adam's state stay in float32)."""
+        lower = self.calib_dtype == torch.bfloat16 and self.dtype != torch.bfloat16
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=lower)
+
     @torch.no_grad()
     def _run(self, layer, hidden: list[torch.Tensor], kwargs: dict) -> list[torch.Tensor]:
-        return [layer(h, **kwargs) for h in hidden]
+        with self._calib_matmuls():
+            return [layer(h, **kwargs) for h in hidden]
 
     @torch.no_grad()
     def _statistics(self, layer, hidden, kwargs, dense_hidden=None):
@@ -330,21 +358,24 @@ class LayerwiseCompressor:
         dense_pass = False
 
         def hook(name):
+            @torch.autocast("cpu", enabled=False)
             def record(_mod, args, _out):
-                # float32 products per batch (a few thousand tokens each), summed over batches in float64:
-                # a float64 matmul costs this CPU ~4x the time and changes nothing that matters here
+                # products per batch (a few thousand tokens each), summed over batches in float64: a float64 matmul
+                # costs this CPU ~4x the time and changes nothing that matters here. H in float32 even where the
+                # forwards run bfloat16: bfloat16's output rounding (~0.2% of each entry) leaves a near-singular H
+                # indefinite, which SparseGPT's Cholesky refuses. The cross term C needs no such property.
                 x = args[0].reshape(-1, args[0].shape[-1]).float()
                 s = stats.setdefault(name, {"h": torch.zeros(x.shape[1], dtype=torch.float64)})
                 if dense_pass:
                     s.setdefault("C", torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64))
-                    s["C"] += (x.T @ inputs.pop(name)).double()
+                    s["C"] += (x.to(self.calib_dtype).T @ inputs.pop(name)).double()
                     return
                 s["h"] += x.pow(2).sum(0).double()
                 if need_full:
                     s.setdefault("H", torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64))
                     s["H"] += (x.T @ x).double()
                 if dense_hidden is not None:
-                    inputs[name] = x
+                    inputs[name] = x.to(self.calib_dtype)
             return record
 
         # q/k/v (and gate/up) read one input: gather each input's statistics once, on its first reader
@@ -354,7 +385,7 @@ class LayerwiseCompressor:
         handles = [layer.get_submodule(name).register_forward_hook(hook(source)) for source, name in readers.items()]
         outputs, dense_outputs = [], []
         try:
-            with self._phase("gram"):
+            with self._phase("gram"), self._calib_matmuls():
                 for b, h in enumerate(hidden):
                     dense_pass = False
                     outputs.append(layer(h, **kwargs))
@@ -394,7 +425,8 @@ class LayerwiseCompressor:
                 gram = baselines.ridge(gram, s.hessian_damp)
             with self._phase("bcd"):
                 res = armor(target, gram, cfg, seed=seed, progress=progress, start=start)
-            module = ArmorLinear.from_factors(res.a_blocks, res.core, res.mask, res.b_blocks, bias, dtype=weight.dtype)
+            module = ArmorLinear.from_factors(res.a_blocks, res.core, res.mask, res.b_blocks, bias, dtype=weight.dtype,
+                                              kernel=CALIB_KERNEL)
             record.update(loss_start=res.start_loss, loss_final=res.final_loss, iters=res.iters,
                           loss_stored=proxy_loss(target, module.dense_weight(), gram), bytes=module.packed_bytes(),
                           dense_bytes=module.dense_bytes())
@@ -427,12 +459,12 @@ class LayerwiseCompressor:
             layer.set_submodule(name, module)
             records.append(record)
         if s.method == "armor" and s.tune_epochs > 0:
-            with self._phase("tuning"):
+            with self._phase("tuning"), self._calib_matmuls():
                 targets = dense_outputs
                 if dense_path is not None:  # the dense model's output, by the same share as the matrices' targets
                     targets = [o + s.input_correction * (d - o) for o, d in zip(dense_outputs, dense_path)]
                 result = block_tuning.tune_layer(layer, list(LINEARS), hidden, targets, kwargs, s.tune_epochs,
-                                                 s.tune_lr, s.tune_holdout)
+                                                 s.tune_lr, s.tune_holdout, s.tune_micro_batch)
             log.info("layer %d: held-out layer-output error %.4g -> %.4g (tuning, %d epochs kept)", i,
                      result["holdout_error_start"], result["holdout_error_final"], result["epochs_kept"])
             for record in records:  # its loss_* fields describe the BCD result, `tuning` what was stored
@@ -547,7 +579,7 @@ class LayerwiseCompressor:
         files = {self.out_dir / f for f in set(weight_map.values())}
         summary = {
             "method": self.settings.method, "settings": self.settings.relevant(), "source": str(self.model_dir),
-            "seconds": round(self.progress["seconds"], 1),
+            "seconds": round(self.progress["seconds"], 1), "calib_dtype": str(self.calib_dtype).removeprefix("torch."),
             "phase_seconds": {k: round(v, 1) for k, v in self.progress.get("phase_seconds", {}).items()},
             "matrices": len(recs),
             "dense_params_compressed": dense_params,

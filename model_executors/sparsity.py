@@ -50,15 +50,18 @@ def pack(core: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     return values.contiguous(), meta.contiguous()
 
 
+def kept_columns(meta: torch.Tensor) -> torch.Tensor:
+    """The input index of every packed value, (d_out, d_in / 2) int64, in the values' order."""
+    d_out, groups = meta.shape[0], meta.shape[1] * 2
+    codes = torch.stack([meta & 0xF, meta >> 4], dim=-1).reshape(d_out, groups).long()
+    kept = torch.stack([codes & 0x3, codes >> 2], dim=-1)  # (d_out, groups, KEEP): positions inside each group
+    return (kept + GROUP * torch.arange(groups, device=meta.device)[:, None]).reshape(d_out, groups * KEEP)
+
+
 def unpack(values: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
     """The dense (zeros included) matrix of a packed 2:4 core."""
     d_out, half = values.shape
-    d_in = half * 2
-    codes = torch.stack([meta & 0xF, meta >> 4], dim=-1).reshape(d_out, d_in // GROUP).long()
-    kept = torch.stack([codes & 0x3, codes >> 2], dim=-1)
-    dense = torch.zeros(d_out, d_in // GROUP, GROUP, dtype=values.dtype, device=values.device)
-    dense.scatter_(-1, kept, values.reshape(d_out, d_in // GROUP, KEEP))
-    return dense.reshape(d_out, d_in)
+    return values.new_zeros(d_out, half * 2).scatter_(1, kept_columns(meta), values)
 
 
 def check_packed(values: torch.Tensor, meta: torch.Tensor, name: str) -> None:

@@ -135,12 +135,15 @@ def test_bad_inputs_fail_before_heavy_work(dense_model, armor_ckpt, tmp_path):
     few = run_cli("compress", "--model", str(dense_model), "--out", str(tmp_path / "f"), "--tune-epochs", "2",
                   "--calib-samples", "5")
     correction = run_cli("compress", "--model", str(dense_model), "--out", str(tmp_path / "g"), "--input-correction", "2")
+    dtype = run_cli("compress", "--model", str(dense_model), "--out", str(tmp_path / "h"), "--calib-dtype", "float16")
+    micro = run_cli("compress", "--model", str(dense_model), "--out", str(tmp_path / "i"), "--tune-micro-batch", "0")
     cases = ((block, "block size 128 does not divide"), (correction, "--input-correction must be between 0"),
              (other, "holds a different run"),
              (short, "fewer than the 100000 asked for"), (compressed_input, "already quantized"),
              (not_empty, "holds no compression run"), (arch, "no known decoder-layer layout"),
              (damp, "--hessian-damp must be >= 0"), (steps, "--discrete-steps must be >= 1"),
-             (few, "pass --calib-samples 6 or more"))
+             (few, "pass --calib-samples 6 or more"), (dtype, "invalid choice: 'float16'"),
+             (micro, "and --tune-micro-batch >= 1, got "))
     for proc, text in cases:
         assert proc.returncode == 2, (text, proc.stderr[-2000:])
         assert text in proc.stderr and "Traceback" not in proc.stderr
@@ -188,3 +191,36 @@ def test_dense_path_target_is_the_ridge_least_squares_fit_to_the_dense_output():
     assert torch.allclose(quarter.double(), w.double() + 0.25 * (expected - w.double()), atol=1e-4)
     # where the compressed model's inputs are the dense model's (the first layer), nothing moves
     assert torch.allclose(dense_path_target(w, x_dense.T @ x_dense, x_dense.T @ x_dense, damp), w, atol=1e-4)
+
+
+@pytest.mark.parametrize("layer_index", [0, 5])
+def test_bfloat16_calibration_forwards_keep_the_statistics(dense_model, tmp_path, layer_index):
+    # --calib-dtype bfloat16 runs the dense layers' matmuls in bfloat16 but the Gram products in float32: the
+    # statistics move by bfloat16's rounding only, and H stays positive definite for SparseGPT's Cholesky
+    from transformers import AutoTokenizer
+
+    from compress.baselines import ridge
+    from compress.datasets import calibration_samples
+    from compress.pipeline import LayerwiseCompressor, Settings
+
+    calib = calibration_samples(AutoTokenizer.from_pretrained(dense_model), 4, 128, 0)
+    stats, outputs = {}, {}
+    for dtype in ("float32", "bfloat16"):
+        comp = LayerwiseCompressor(dense_model, tmp_path / dtype, Settings(calib_samples=4, seq_len=128, calib_dtype=dtype))
+        comp.dtype = torch.float32
+        body = comp._skeleton()
+        hidden, kwargs = comp._layer_inputs(body, calib)
+        for i in range(layer_index):
+            hidden = comp._run(comp._load_layer(body, i), hidden, kwargs[i])
+        layer = comp._load_layer(body, layer_index)
+        stats[dtype], outputs[dtype], _ = comp._statistics(layer, hidden, kwargs[layer_index], [h.clone() for h in hidden])
+    for name, exact in stats["float32"].items():
+        approx = stats["bfloat16"][name]
+        for key in ("h", "H", "C"):
+            gap = float((approx[key] - exact[key]).norm() / exact[key].norm())
+            # bfloat16 really ran (only the first layer's own input precedes every matmul), and only rounded
+            assert (gap == 0 if (layer_index, name) == (0, "attn_in") else 1e-6 < gap < 0.03), (name, key, gap)
+        assert approx["H"].dtype == torch.float64
+        torch.linalg.cholesky(ridge(approx["H"].float(), 0.01))  # what SparseGPT factors
+    out_gap = max(float((a - e).norm() / e.norm()) for a, e in zip(outputs["bfloat16"], outputs["float32"]))
+    assert 1e-6 < out_gap < 0.03 and outputs["bfloat16"][0].dtype == torch.float32  # the residual stream stays float32
