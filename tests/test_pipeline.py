@@ -218,8 +218,10 @@ def test_bfloat16_calibration_forwards_keep_the_statistics(dense_model, tmp_path
         approx = stats["bfloat16"][name]
         for key in ("h", "H", "C"):
             gap = float((approx[key] - exact[key]).norm() / exact[key].norm())
-            # bfloat16 really ran (only the first layer's own input precedes every matmul), and only rounded
-            assert (gap == 0 if (layer_index, name) == (0, "attn_in") else 1e-6 < gap < 0.03), (name, key, gap)
+            # bfloat16 really ran, and only rounded: only the first layer's own input precedes every matmul, so its
+            # h and H are exact; the cross term C is a bfloat16 product everywhere
+            exact_input = (layer_index, name) == (0, "attn_in") and key != "C"
+            assert (gap == 0 if exact_input else 1e-6 < gap < 0.03), (name, key, gap)
         assert approx["H"].dtype == torch.float64
         torch.linalg.cholesky(ridge(approx["H"].float(), 0.01))  # what SparseGPT factors
     out_gap = max(float((a - e).norm() / e.norm()) for a, e in zip(outputs["bfloat16"], outputs["float32"]))
