@@ -29,8 +29,7 @@ class TunableArmor(nn.Module):
         self.bias = None if mod.bias is None else mod.bias.detach().float()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        d_out, half = self.columns.shape
-        core = self.values.new_zeros(d_out, half * 2).scatter(1, self.columns, self.values)
+        core = sparsity.unpack(self.values, self.meta, self.columns)
         weight = blockdiag.right(blockdiag.left(self.a_blocks, core), self.b_blocks)
         if not torch.is_autocast_enabled(x.device.type):  # under autocast the matmul picks its dtype itself
             weight = weight.to(x.dtype)

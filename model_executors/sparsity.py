@@ -58,10 +58,12 @@ def kept_columns(meta: torch.Tensor) -> torch.Tensor:
     return (kept + GROUP * torch.arange(groups, device=meta.device)[:, None]).reshape(d_out, groups * KEEP)
 
 
-def unpack(values: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
-    """The dense (zeros included) matrix of a packed 2:4 core."""
+def unpack(values: torch.Tensor, meta: torch.Tensor, columns: torch.Tensor | None = None) -> torch.Tensor:
+    """The dense (zeros included) matrix of a packed 2:4 core; `columns`: kept_columns(meta) when the caller keeps
+    it (differentiable in `values`)."""
     d_out, half = values.shape
-    return values.new_zeros(d_out, half * 2).scatter_(1, kept_columns(meta), values)
+    columns = kept_columns(meta) if columns is None else columns
+    return values.new_zeros(d_out, half * 2).scatter(1, columns, values)
 
 
 def check_packed(values: torch.Tensor, meta: torch.Tensor, name: str) -> None:
