@@ -35,7 +35,11 @@ def configs(blocks: list[int]) -> list[tuple[str, list[str]]]:
     c32 = [*b32, "--calib-samples", "32"]
     c64_tuned = [*b32, "--calib-samples", "64", "--iters", "40", "--tune-epochs", "2"]
     tuned64 = [("sparsegpt-c64", ["--method", "sparsegpt", "--calib-samples", "64"]),
-               ("armor-b32-c64-i40-tuned-ic", c64_tuned)]
+               ("armor-b32-c64-i40-tuned-ic", c64_tuned),
+               # a quarter of the calibration samples written by the dense model itself (2026-12-04): keeps the
+               # tuning's LAMBADA and zero-shot accuracy; row-weighted gate/up (Qwen's MLP test bed)
+               ("armor-b32-c64-i40-tuned-gen25", [*c64_tuned, "--calib-generated", "0.25"]),
+               ("armor-b32-mlp-rows", [*b32, "--mlp-row-weights"])]
     # the input correction's runs (2026-12-03, 32 samples): without it, and with 40 iterations + tuning, the latter
     # also on 4x the calibration text
     no_correction = [*c32, "--input-correction", "0"]

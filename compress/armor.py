@@ -290,11 +290,14 @@ def proxy_loss(weight: torch.Tensor, what: torch.Tensor, gram: torch.Tensor) -> 
 
 
 def armor(weight: torch.Tensor, gram: torch.Tensor, cfg: ArmorConfig, seed: int = 0, progress=None,
-          start: torch.Tensor | None = None) -> ArmorResult:
+          start: torch.Tensor | None = None, row_weights: torch.Tensor | None = None) -> ArmorResult:
     """Factorise one weight matrix; `progress(iter, loss)` is called every iteration when given.
 
-    `gram`: the calibration Gram matrix or its diagonal (which proxy); `start`: a 2:4 pruning to start from.
+    `gram`: the calibration Gram matrix or its diagonal (which proxy); `start`: a 2:4 pruning to start from;
+    `row_weights` (d_out,): how much each output row's error counts (default: all alike).
     """
+    if row_weights is not None:
+        return _armor_row_weighted(weight, gram, cfg, seed, progress, start, row_weights)
     prob = ArmorProblem(weight, gram, cfg.block_size, start)
     gen = torch.Generator().manual_seed(seed)
     b = prob.b.requires_grad_()
@@ -336,3 +339,15 @@ def armor(weight: torch.Tensor, gram: torch.Tensor, cfg: ArmorConfig, seed: int 
         prob.a, prob.b, prob.values, prob.mask = best_state
         final = prob.loss()
     return prob.result(start_loss, final, it)
+
+
+def _armor_row_weighted(weight, gram, cfg, seed, progress, start, row_weights) -> ArmorResult:
+    """ARMOR on the loss sum_i w_i e_i H e_i^T, exactly: it is the plain loss of diag(sqrt w) W, whose
+    factorisation diag(sqrt w) A S B maps back by dividing A's rows (A stays block-diagonal). A given start's
+    mask is unchanged (2:4 choices are per row, and a 2:4 pruning of a scaled row is the scaled pruning)."""
+    if row_weights.shape != (weight.shape[0],) or not bool((row_weights > 0).all()):
+        raise ValueError(f"row_weights must be {weight.shape[0]} positive numbers")
+    s = (row_weights.float() / row_weights.float().mean()).sqrt()[:, None]
+    res = armor(weight.float() * s, gram, cfg, seed, progress, None if start is None else start.float() * s)
+    res.a_blocks = res.a_blocks / s.view(res.a_blocks.shape[0], -1, 1)
+    return res

@@ -1,6 +1,7 @@
 """`armor compress`: arguments and entry point."""
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -32,7 +33,13 @@ def add_compress_arguments(parser) -> None:
     parser.add_argument("--input-correction", type=float, default=d.input_correction,
                         help="fit each matrix to the dense model's output on the dense model's inputs, correcting the "
                              "error the already compressed layers pass on (ARMOR with --proxy hessian)")
+    parser.add_argument("--mlp-row-weights", action=argparse.BooleanOptionalAction, default=d.mlp_row_weights,
+                        help="ARMOR with --proxy hessian: weigh gate_proj's and up_proj's output rows by how far each "
+                             "moves the MLP's output, instead of alike")
     parser.add_argument("--calib-samples", type=int, default=d.calib_samples, help="calibration sequences")
+    parser.add_argument("--calib-generated", type=float, default=d.calib_generated,
+                        help="share of the calibration samples the dense model writes itself (sampled after short "
+                             "Wikipedia prefixes), the rest Wikipedia text; 0: Wikipedia only")
     parser.add_argument("--seq-len", type=int, default=d.seq_len, help="tokens per calibration sequence")
     parser.add_argument("--calib-dtype", default=d.calib_dtype, choices=CALIB_DTYPES,
                         help="dtype of the matmuls in the layers' calibration forwards and the block-wise tuning "
@@ -50,8 +57,9 @@ def run_compress(args) -> None:
                         hessian_damp=args.hessian_damp, iters=args.iters, lr=args.lr, patience=args.patience,
                         discrete_steps=args.discrete_steps, tune_epochs=args.tune_epochs, tune_lr=args.tune_lr,
                         tune_micro_batch=args.tune_micro_batch,
-                        input_correction=args.input_correction,
-                        calib_samples=args.calib_samples, seq_len=args.seq_len, calib_dtype=args.calib_dtype,
+                        input_correction=args.input_correction, mlp_row_weights=args.mlp_row_weights,
+                        calib_samples=args.calib_samples, calib_generated=args.calib_generated,
+                        seq_len=args.seq_len, calib_dtype=args.calib_dtype,
                         seed=args.seed, batch_size=args.batch_size)
     summary = compress_checkpoint(require_checkpoint(args.model), Path(args.out), settings, overwrite=args.overwrite)
     print(json.dumps(summary, indent=2))

@@ -45,17 +45,20 @@ LINEARS = {  # module path inside a decoder layer -> which calibration statistic
     "self_attn.o_proj": "o_in", "mlp.gate_proj": "mlp_in", "mlp.up_proj": "mlp_in", "mlp.down_proj": "down_in",
 }
 ARMOR_ONLY = ("block_size", "proxy", "hessian_damp", "iters", "lr", "patience", "discrete_steps", "tune_epochs",
-              "tune_lr", "tune_holdout", "tune_micro_batch", "input_correction")
+              "tune_lr", "tune_holdout", "tune_micro_batch", "input_correction", "mlp_row_weights")
 PROGRESS = "armor_progress.json"
-# Where a run's time goes (summary["phase_seconds"]): reading weights, running calibration tokens through the
-# layers, gathering Gram matrices, the 2:4 pruning (a baseline, or ARMOR's SparseGPT/NoWag-P start), ARMOR's
-# block coordinate descent, the block-wise tuning of each decoder layer, and writing shards.
-PHASES = ("load", "calibration_forward", "gram", "pruning", "bcd", "tuning", "write")
+# Where a run's time goes (summary["phase_seconds"]): reading weights, sampling calibration text from the dense
+# model (--calib-generated), running calibration tokens through the layers, gathering Gram matrices, the 2:4
+# pruning (a baseline, or ARMOR's SparseGPT/NoWag-P start), ARMOR's block coordinate descent, the block-wise tuning
+# of each decoder layer, and writing shards.
+PHASES = ("load", "generate", "calibration_forward", "gram", "pruning", "bcd", "tuning", "write")
 SUMMARY = "compression_summary.json"
+GENERATED = "armor_calibration_generated.safetensors"  # the dense model's own calibration text, kept for a resume
 
 
 # Settings added with a default other than the behaviour before them: a stored run without them ran like this.
-SETTINGS_BEFORE_ADDED = {"input_correction": 0.0, "calib_dtype": "float32", "tune_micro_batch": 2}
+SETTINGS_BEFORE_ADDED = {"input_correction": 0.0, "calib_dtype": "float32", "tune_micro_batch": 2,
+                         "mlp_row_weights": False, "calib_generated": 0.0}
 CALIB_DTYPES = ("auto", "float32", "bfloat16")
 # Compressed layers run their calibration tokens (thousands per batch) as one dense A S B matmul: what the packed
 # kernel does at that many tokens anyway, and a matmul that autocast can run in the calibration dtype
@@ -82,7 +85,14 @@ class Settings:
     # Fit each matrix (and the tuning) to the dense model's output on the dense model's inputs, not on the inputs
     # the already compressed layers produce: corrects the error those layers pass on (docs/algorithm.md)
     input_correction: float = 0.25  # share of the way to it: 0 off, 1 the full least-squares target (worse)
+    # Weigh gate_proj's and up_proj's output rows by how far each moves the MLP's output (act(g) * u through
+    # down_proj) instead of alike: A mixes rows, and with equal weights it moves error into the few intermediate
+    # channels that carry the most (docs/algorithm.md)
+    mlp_row_weights: bool = False
     calib_samples: int = 32
+    # Share of the calibration samples the dense model writes itself (compress/generated_text.py), the rest
+    # Wikipedia: keeps the block-wise tuning from fitting Wikipedia's domain (docs/algorithm.md)
+    calib_generated: float = 0.0
     seq_len: int = 512
     # The matmuls of the layers' calibration forwards and of the block-wise tuning in bfloat16 (2x the speed where
     # the CPU multiplies bfloat16 natively; "auto" picks it there, float32 elsewhere)
@@ -162,6 +172,9 @@ def check_model(config, settings: Settings) -> None:
     if not 0 <= settings.input_correction <= 1:
         raise UserError(f"--input-correction must be between 0 (off) and 1 (the full least-squares target), got "
                         f"{settings.input_correction}")
+    if not 0 <= settings.calib_generated <= 1:
+        raise UserError(f"--calib-generated is the share of calibration samples the model writes itself, between 0 "
+                        f"and 1, got {settings.calib_generated}")
     if settings.tune_epochs < 0 or settings.tune_lr <= 0 or settings.tune_micro_batch < 1:
         raise UserError(f"--tune-epochs must be >= 0, --tune-lr > 0 and --tune-micro-batch >= 1, got "
                         f"{settings.tune_epochs}, {settings.tune_lr} and {settings.tune_micro_batch}")
@@ -201,6 +214,32 @@ def dense_path_target(weight: torch.Tensor, gram: torch.Tensor, cross: torch.Ten
     rhs = (cross + lam * eye).T @ weight.double().T  # (C + lam I)^T W^T
     full = torch.linalg.solve(gram.double() + lam * eye, rhs).T
     return (weight.double() + strength * (full - weight.double())).to(torch.float32).contiguous()
+
+
+def _mlp_sensitivity_hooks(mlp: nn.Module, sums: dict, active) -> list:
+    """Hooks adding up, per intermediate channel j, act(g_j)^2 (how far an error in up_proj's row j moves
+    act(g) * u) and (u_j act'(g_j))^2 (the same for gate_proj's row j) over the calibration tokens, while
+    `active()` holds."""
+    gate = {}
+
+    @torch.autocast("cpu", enabled=False)
+    def record_gate(_mod, _args, out):
+        if active():
+            gate["g"] = out.detach().reshape(-1, out.shape[-1]).float()
+
+    @torch.autocast("cpu", enabled=False)
+    def record_up(_mod, _args, out):
+        if not active():
+            return
+        with torch.enable_grad():  # act_fn is elementwise: its slope is the gradient of its sum
+            g = gate.pop("g").requires_grad_()
+            act = mlp.act_fn(g)
+            (slope,) = torch.autograd.grad(act, g, torch.ones_like(act))
+        u = out.detach().reshape(-1, out.shape[-1]).float()
+        for name, w in (("mlp.up_proj", act.detach()), ("mlp.gate_proj", u * slope)):
+            sums[name] = sums.get(name, 0) + w.pow(2).sum(0).double()
+
+    return [mlp.gate_proj.register_forward_hook(record_gate), mlp.up_proj.register_forward_hook(record_up)]
 
 
 class _Capture(nn.Module):
@@ -383,6 +422,9 @@ class LayerwiseCompressor:
         for name, source in LINEARS.items():
             readers.setdefault(source, name)
         handles = [layer.get_submodule(name).register_forward_hook(hook(source)) for source, name in readers.items()]
+        sensitivity = {}
+        if self.settings.uses_hessian and self.settings.mlp_row_weights:
+            handles += _mlp_sensitivity_hooks(layer.mlp, sensitivity, lambda: not dense_pass)
         outputs, dense_outputs = [], []
         try:
             with self._phase("gram"), self._calib_matmuls():
@@ -395,11 +437,15 @@ class LayerwiseCompressor:
         finally:
             for handle in handles:
                 handle.remove()
+        if sensitivity:  # each row's weight: its sensitivity times the squared norm of down_proj's column it feeds
+            columns = layer.mlp.down_proj.weight.float().pow(2).sum(0)
+            stats["row_weights"] = {name: (w.float() * columns).clamp_min(1e-30) for name, w in sensitivity.items()}
         if same_inputs:
             return stats, outputs, outputs
         return stats, outputs, dense_outputs if dense_hidden is not None else None
 
-    def _compress_matrix(self, i: int, name: str, linear: nn.Linear, stats: dict, bar) -> tuple[nn.Module, dict]:
+    def _compress_matrix(self, i: int, name: str, linear: nn.Linear, stats: dict, bar,
+                         row_weights: torch.Tensor | None = None) -> tuple[nn.Module, dict]:
         s = self.settings
         weight, bias = linear.weight.data, linear.bias.data if linear.bias is not None else None
         h = stats["h"].float()
@@ -424,12 +470,14 @@ class LayerwiseCompressor:
                 # A ridge on H keeps BCD from fitting the few calibration tokens (docs/algorithm.md).
                 gram = baselines.ridge(gram, s.hessian_damp)
             with self._phase("bcd"):
-                res = armor(target, gram, cfg, seed=seed, progress=progress, start=start)
+                res = armor(target, gram, cfg, seed=seed, progress=progress, start=start, row_weights=row_weights)
             module = ArmorLinear.from_factors(res.a_blocks, res.core, res.mask, res.b_blocks, bias, dtype=weight.dtype,
                                               kernel=CALIB_KERNEL)
             record.update(loss_start=res.start_loss, loss_final=res.final_loss, iters=res.iters,
                           loss_stored=proxy_loss(target, module.dense_weight(), gram), bytes=module.packed_bytes(),
                           dense_bytes=module.dense_bytes())
+            if row_weights is not None:  # loss_start / loss_final are of the row-weighted loss, loss_stored is not
+                record["row_weighted"] = True
         else:
             with self._phase("pruning"):
                 if s.method == "magnitude":
@@ -455,7 +503,8 @@ class LayerwiseCompressor:
         stats, dense_outputs, dense_path = self._statistics(layer, hidden, kwargs, dense_hidden)
         records = []
         for name in LINEARS:
-            module, record = self._compress_matrix(i, name, layer.get_submodule(name), stats[LINEARS[name]], bar)
+            module, record = self._compress_matrix(i, name, layer.get_submodule(name), stats[LINEARS[name]], bar,
+                                                   stats.get("row_weights", {}).get(name))
             layer.set_submodule(name, module)
             records.append(record)
         if s.method == "armor" and s.tune_epochs > 0:
@@ -492,6 +541,25 @@ class LayerwiseCompressor:
         return hidden, dense_hidden
 
     # ---- the whole run ----
+    def _with_generated(self, calib: torch.Tensor, tokenizer) -> torch.Tensor:
+        """`calib` with the share `calib_generated` of its samples replaced by the dense model's own text (sampled
+        once and kept in the output directory, so a resumed run calibrates on the same tokens), shuffled in a seeded
+        order (the tuning holds out the last samples: either kind)."""
+        from safetensors.torch import load_file
+
+        from compress.generated_text import generated_samples
+
+        s = self.settings
+        k = max(1, round(s.calib_samples * s.calib_generated))
+        path = self.out_dir / GENERATED
+        if path.is_file():
+            generated = load_file(path)["input_ids"]
+        else:
+            generated = generated_samples(self.model_dir, tokenizer, k, s.seq_len, s.seed)
+            _atomic_write(path, lambda tmp: save_file({"input_ids": generated}, tmp))
+        mixed = torch.cat([calib[: s.calib_samples - k], generated])
+        return mixed[torch.randperm(len(mixed), generator=torch.Generator().manual_seed(s.seed))]
+
     def run(self) -> dict:
         from transformers import AutoTokenizer
 
@@ -505,6 +573,9 @@ class LayerwiseCompressor:
         tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
         calib = calibration_samples(tokenizer, s.calib_samples, s.seq_len, s.seed)
         started = time.time()
+        if s.calib_generated > 0:
+            with self._phase("generate"):
+                calib = self._with_generated(calib, tokenizer)
         with self._phase("load"):
             body = self._skeleton()
         with self._phase("calibration_forward"):

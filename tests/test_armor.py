@@ -168,3 +168,30 @@ def test_a_update_is_the_exact_minimiser_for_fixed_core_and_b(real_layers, name)
         assert prob.loss_of(a.detach() + 1e-3 * torch.randn(a.shape, generator=g), blockdiag.right(core, prob.b))[0].item() > loss.item()
     # A (P Hc) - Wn Hc against (A P - Wn) Hc: equal up to float32 cancellation
     torch.testing.assert_close(resid_w, measured, rtol=1e-3, atol=1e-3 * measured.abs().max().item())
+
+
+def test_row_weights_move_the_error_off_the_rows_that_count(real_layers):
+    # the loss sum_i w_i e_i H e_i^T: ARMOR's guarantee holds in it, the stored factors reproduce it, and the rows
+    # weighted up end with less error than the unweighted run leaves them
+    w, _, gram = real_layers["model.layers.2.self_attn.q_proj"]
+    rows = torch.ones(w.shape[0])
+    rows[::32] = 100.0  # one row of every A-block counts 100x
+    start_w = sparsegpt(w, gram)
+    cfg = ArmorConfig(block_size=32, iters=20)
+    plain = armor(w, gram, cfg, seed=0, start=start_w)
+    weighted = armor(w, gram, cfg, seed=0, start=start_w, row_weights=rows)
+
+    def row_errors(what):
+        e = (w - what).double()
+        return ((e @ gram.double()) * e).sum(1)
+
+    total = ((w.double() @ gram.double()) * w.double()).sum(1)
+    assert weighted.start_loss == pytest.approx(float((row_errors(start_w) * rows).sum() / (total * rows).sum()), rel=1e-4)
+    assert float((row_errors(weighted.reconstruct()) * rows).sum() / (total * rows).sum()) == pytest.approx(
+        weighted.final_loss, rel=1e-4)
+    assert weighted.final_loss < 0.9 * weighted.start_loss
+    heavy = rows > 1
+    assert row_errors(weighted.reconstruct())[heavy].sum() < 0.9 * row_errors(plain.reconstruct())[heavy].sum()
+    assert weighted.a_blocks.shape == plain.a_blocks.shape and sparsity.is_24(weighted.core)
+    with pytest.raises(ValueError, match="positive"):
+        armor(w, gram, cfg, start=start_w, row_weights=torch.zeros(w.shape[0]))

@@ -74,9 +74,10 @@ def _shards(path):
 
 def test_resume_after_kill_gives_an_identical_checkpoint(dense_model, tmp_path):
     # the block-wise tuning and the input correction, which must give the same result on the replayed
-    # activations: the compressed model's and the dense model's
+    # activations: the compressed model's and the dense model's; the model's own calibration text, which the
+    # resumed run reads back; the MLP row weights
     args = ["compress", "--model", str(dense_model), *SMALL, "--method", "armor", "--iters", "3",
-            "--tune-epochs", "1", "--input-correction", "0.25"]
+            "--tune-epochs", "1", "--input-correction", "0.25", "--calib-generated", "0.5", "--mlp-row-weights"]
     whole = tmp_path / "whole"
     assert run_cli(*args, "--out", str(whole)).returncode == 0
     killed = tmp_path / "killed"
@@ -109,6 +110,9 @@ def test_resume_after_kill_gives_an_identical_checkpoint(dense_model, tmp_path):
     assert len(tuning) == 210 and all(t["holdout_error_final"] <= t["holdout_error_start"] for t in tuning)
     assert sum(t["epochs_kept"] for t in tuning) > 0  # it did tune somewhere
     assert (killed / "model-base.safetensors").read_bytes() == (whole / "model-base.safetensors").read_bytes()
+    generated = (killed / "armor_calibration_generated.safetensors").read_bytes()
+    assert generated == (whole / "armor_calibration_generated.safetensors").read_bytes()
+    assert sum(rec.get("row_weighted", False) for rec in matrices) == 60  # gate_proj and up_proj of 30 layers
     # a finished run is not redone
     again = run_cli(*args, "--out", str(killed))
     assert again.returncode == 0 and "already complete" in again.stderr
@@ -137,13 +141,14 @@ def test_bad_inputs_fail_before_heavy_work(dense_model, armor_ckpt, tmp_path):
     correction = run_cli("compress", "--model", str(dense_model), "--out", str(tmp_path / "g"), "--input-correction", "2")
     dtype = run_cli("compress", "--model", str(dense_model), "--out", str(tmp_path / "h"), "--calib-dtype", "float16")
     micro = run_cli("compress", "--model", str(dense_model), "--out", str(tmp_path / "i"), "--tune-micro-batch", "0")
+    share = run_cli("compress", "--model", str(dense_model), "--out", str(tmp_path / "j"), "--calib-generated", "1.5")
     cases = ((block, "block size 128 does not divide"), (correction, "--input-correction must be between 0"),
              (other, "holds a different run"),
              (short, "fewer than the 100000 asked for"), (compressed_input, "already quantized"),
              (not_empty, "holds no compression run"), (arch, "no known decoder-layer layout"),
              (damp, "--hessian-damp must be >= 0"), (steps, "--discrete-steps must be >= 1"),
              (few, "pass --calib-samples 6 or more"), (dtype, "invalid choice: 'float16'"),
-             (micro, "and --tune-micro-batch >= 1, got "))
+             (micro, "and --tune-micro-batch >= 1, got "), (share, "between 0 and 1, got 1.5"))
     for proc, text in cases:
         assert proc.returncode == 2, (text, proc.stderr[-2000:])
         assert text in proc.stderr and "Traceback" not in proc.stderr
@@ -226,3 +231,49 @@ def test_bfloat16_calibration_forwards_keep_the_statistics(dense_model, tmp_path
         torch.linalg.cholesky(ridge(approx["H"].float(), 0.01))  # what SparseGPT factors
     out_gap = max(float((a - e).norm() / e.norm()) for a, e in zip(outputs["bfloat16"], outputs["float32"]))
     assert 1e-6 < out_gap < 0.03 and outputs["bfloat16"][0].dtype == torch.float32  # the residual stream stays float32
+
+
+def test_mlp_row_weights_are_each_rows_first_order_share_of_the_mlp_output(dense_model, tmp_path):
+    # gate_proj's row j counts (u_j act'(g_j))^2, up_proj's act(g_j)^2, each times |down_proj[:, j]|^2, summed over
+    # the calibration tokens of the layer's own inputs (not again over the dense model's, which the input correction
+    # runs through the same layer)
+    import torch.nn.functional as F
+    from transformers import AutoTokenizer
+
+    from compress.datasets import calibration_samples
+    from compress.pipeline import LayerwiseCompressor, Settings
+
+    calib = calibration_samples(AutoTokenizer.from_pretrained(dense_model), 2, 64, 0)
+    comp = LayerwiseCompressor(dense_model, tmp_path / "out", Settings(calib_samples=2, seq_len=64, calib_dtype="float32",
+                                                                       mlp_row_weights=True))
+    comp.dtype = torch.float32
+    body = comp._skeleton()
+    hidden, kwargs = comp._layer_inputs(body, calib)
+    layer = comp._load_layer(body, 0)
+    mlp_inputs = []
+    handle = layer.mlp.register_forward_pre_hook(lambda _m, args: mlp_inputs.append(args[0].reshape(-1, args[0].shape[-1])))
+    stats, _, _ = comp._statistics(layer, hidden, kwargs[0], [h.clone() for h in hidden])
+    handle.remove()
+    x = torch.cat(mlp_inputs[: len(hidden)])  # the first pass's inputs (the dense pass repeats them here)
+    g, u = x @ layer.mlp.gate_proj.weight.T, x @ layer.mlp.up_proj.weight.T
+    sig = torch.sigmoid(g)
+    columns = layer.mlp.down_proj.weight.pow(2).sum(0)
+    want = {"mlp.up_proj": F.silu(g).pow(2).sum(0) * columns,
+            "mlp.gate_proj": (u * sig * (1 + g * (1 - sig))).pow(2).sum(0) * columns}
+    for name, expected in want.items():
+        assert torch.allclose(stats["row_weights"][name], expected, rtol=1e-3), name
+    assert set(stats["row_weights"]) == set(want)
+
+
+def test_generated_calibration_text_continues_wikipedia_prefixes(dense_model):
+    from transformers import AutoTokenizer
+
+    from compress.datasets import calibration_samples
+    from compress.generated_text import PREFIX_TOKENS, generated_samples
+
+    tokenizer = AutoTokenizer.from_pretrained(dense_model)
+    first, again, other = (generated_samples(dense_model, tokenizer, 2, 40, seed) for seed in (0, 0, 1))
+    assert first.shape == (2, 40) and torch.equal(first, again) and not torch.equal(first, other)
+    # prefixes from other windows than the run's Wikipedia samples (seed + 1), then the model's own tokens
+    assert torch.equal(first[:, :PREFIX_TOKENS], calibration_samples(tokenizer, 2, 40, 1)[:, :PREFIX_TOKENS])
+    assert not torch.equal(first, calibration_samples(tokenizer, 2, 40, 1))
