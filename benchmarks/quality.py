@@ -37,7 +37,7 @@ def configs(blocks: list[int]) -> list[tuple[str, list[str]]]:
     tuned64 = [("sparsegpt-c64", ["--method", "sparsegpt", "--calib-samples", "64"]),
                ("armor-b32-c64-i40-tuned-ic", c64_tuned),
                # a quarter of the calibration samples written by the dense model itself (2026-12-04): keeps the
-               # tuning's LAMBADA and zero-shot accuracy; row-weighted gate/up (Qwen's MLP test bed)
+               # zero-shot accuracy the Wikipedia-only tuning loses; row-weighted gate/up (Qwen's MLP test bed)
                ("armor-b32-c64-i40-tuned-gen25", [*c64_tuned, "--calib-generated", "0.25"]),
                ("armor-b32-mlp-rows", [*b32, "--mlp-row-weights"])]
     # the input correction's runs (2026-12-03, 32 samples): without it, and with 40 iterations + tuning, the latter
