@@ -10,21 +10,18 @@ from pathlib import Path
 
 import torch
 
-from compress.errors import UserError
-
 PREFIX_TOKENS = 8  # Wikipedia tokens each sample starts from: varied topics without a chat prompt
 
 
 @torch.no_grad()
 def generated_samples(model_dir: Path, tokenizer, n_samples: int, seq_len: int, seed: int) -> torch.Tensor:
     """(n_samples, seq_len) token ids sampled from the dense model (temperature 1, no truncation of the
-    distribution, no early end), each after a Wikipedia prefix of PREFIX_TOKENS tokens; seeded."""
+    distribution, no early end), each after a Wikipedia prefix of PREFIX_TOKENS tokens (seq_len must exceed it:
+    pipeline.check_model says so before any work); seeded."""
     from transformers import AutoModelForCausalLM
 
     from compress.datasets import calibration_samples
 
-    if seq_len <= PREFIX_TOKENS:
-        raise UserError(f"--seq-len {seq_len} leaves nothing to generate after the {PREFIX_TOKENS}-token prefix")
     # prefixes from other windows than the Wikipedia samples of the same run (seed + 1)
     prompts = calibration_samples(tokenizer, n_samples, seq_len, seed + 1)[:, :PREFIX_TOKENS]
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()

@@ -31,6 +31,7 @@ from compress import baselines, block_tuning
 from compress.armor import PROXIES, ArmorConfig, armor, proxy_loss
 from compress.weights import CheckpointWeights
 from compress.errors import UserError
+from compress.generated_text import PREFIX_TOKENS
 from model_executors import format as fmt
 from model_executors.armor_linear import ArmorLinear
 from model_executors.convert import armor_names_in, swap_in_armor
@@ -176,6 +177,9 @@ def check_model(config, settings: Settings) -> None:
     if not 0 <= settings.calib_generated <= 1:
         raise UserError(f"--calib-generated is the share of calibration samples the model writes itself, between 0 "
                         f"and 1, got {settings.calib_generated}")
+    if settings.calib_generated and settings.seq_len <= PREFIX_TOKENS:
+        raise UserError(f"--calib-generated needs --seq-len above the {PREFIX_TOKENS}-token Wikipedia prefix each "
+                        f"generated sample starts from, got {settings.seq_len}")
     if settings.tune_epochs < 0 or settings.tune_lr <= 0 or settings.tune_micro_batch < 1:
         raise UserError(f"--tune-epochs must be >= 0, --tune-lr > 0 and --tune-micro-batch >= 1, got "
                         f"{settings.tune_epochs}, {settings.tune_lr} and {settings.tune_micro_batch}")

@@ -142,13 +142,16 @@ def test_bad_inputs_fail_before_heavy_work(dense_model, armor_ckpt, tmp_path):
     dtype = run_cli("compress", "--model", str(dense_model), "--out", str(tmp_path / "h"), "--calib-dtype", "float16")
     micro = run_cli("compress", "--model", str(dense_model), "--out", str(tmp_path / "i"), "--tune-micro-batch", "0")
     share = run_cli("compress", "--model", str(dense_model), "--out", str(tmp_path / "j"), "--calib-generated", "1.5")
+    prefix = run_cli("compress", "--model", str(dense_model), "--out", str(tmp_path / "k"), "--calib-generated", "0.5",
+                     "--seq-len", "8")
     cases = ((block, "block size 128 does not divide"), (correction, "--input-correction must be between 0"),
              (other, "holds a different run"),
              (short, "fewer than the 100000 asked for"), (compressed_input, "already quantized"),
              (not_empty, "holds no compression run"), (arch, "no known decoder-layer layout"),
              (damp, "--hessian-damp must be >= 0"), (steps, "--discrete-steps must be >= 1"),
              (few, "pass --calib-samples 6 or more"), (dtype, "invalid choice: 'float16'"),
-             (micro, "and --tune-micro-batch >= 1, got "), (share, "between 0 and 1, got 1.5"))
+             (micro, "and --tune-micro-batch >= 1, got "), (share, "between 0 and 1, got 1.5"),
+             (prefix, "needs --seq-len above the 8-token Wikipedia prefix"))
     for proc, text in cases:
         assert proc.returncode == 2, (text, proc.stderr[-2000:])
         assert text in proc.stderr and "Traceback" not in proc.stderr
