@@ -179,7 +179,7 @@ def write(rows: list[dict], args) -> None:
     lines += gap_closed(rows)
     phased = [r for r in rows if r.get("phase_seconds")]
     if phased:
-        names = list(phased[0]["phase_seconds"])
+        names = list(dict.fromkeys(n for r in phased for n in r["phase_seconds"]))  # older runs lack newer phases
         lines += ["", "Compression time per phase (s): " + ", ".join(names), ""]
         lines += [f"* {r['config']}: " + ", ".join(f"{r['phase_seconds'].get(n, 0):.0f}" for n in names) +
                   f" (total {r['compress_seconds']:.0f})" for r in phased]
