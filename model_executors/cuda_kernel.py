@@ -111,17 +111,41 @@ def _cutlass_mm(u: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, shard
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
 
+def _unpacked_mm(u: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, shard_sizes: list[int]) -> torch.Tensor:
+    """[S_s u_s]_s through a dense GEMM on S unpacked into a scratch buffer for this call only (one Triton
+    launch, freed after): the prefill path where torch's CUTLASS 2:4 GEMM does not run (it is built for sm8x)."""
+    from model_executors.triton_decode import unpack24
+
+    dense = unpack24(values, meta.view(torch.int16), shard_sizes)
+    parts, start = [], 0
+    for s, rows in enumerate(shard_sizes):
+        parts.append(u[s] @ dense[start : start + rows].t())
+        start += rows
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+
+@functools.cache
+def has_cutlass_24(device: str) -> bool:
+    """torch's CUTLASS 2:4 GEMM runs on compute capability 8.x only (Ampere, Ada); Hopper takes the unpacked path."""
+    return torch.cuda.get_device_capability(device)[0] == 8
+
+
+def _prefill_mm(u, values, meta, shard_sizes):
+    return (_cutlass_mm if has_cutlass_24(str(u.device)) else _unpacked_mm)(u, values, meta, shard_sizes)
+
+
 # One opaque op: the choice by token count happens inside it, so torch.compile (vLLM compiles with a dynamic
 # token dimension) sees no branch to guard on, and CUDA graphs capture whichever kernel the size picks.
 @torch.library.custom_op("armor_cuda::sparse24_mm", mutates_args=())
 def sparse_mm(u: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, shard_sizes: list[int],
               decode_limit: int) -> torch.Tensor:
-    """[S_s u_s]_s as (tokens, rows): the Triton decode kernel up to `decode_limit` tokens, CUTLASS beyond."""
+    """[S_s u_s]_s as (tokens, rows): the Triton decode kernel up to `decode_limit` tokens, the prefill path
+    (CUTLASS 2:4 on sm8x, else unpacked + dense GEMM) beyond."""
     if u.shape[1] <= decode_limit:
         from model_executors.triton_decode import sparse24_decode
 
         return sparse24_decode(u, values, meta.view(torch.int16), shard_sizes)
-    return _cutlass_mm(u, values, meta, shard_sizes)
+    return _prefill_mm(u, values, meta, shard_sizes)
 
 
 @sparse_mm.register_fake
@@ -163,12 +187,12 @@ def _measured_limit(rows: tuple[int, ...], d_in: int, dtype: torch.dtype, device
     while tokens <= MAX_TOKENS:
         u = torch.randn(shards, tokens, d_in, dtype=dtype, device=device)
         triton_ms = _time_ms(lambda: sparse_mm(u, values, meta, list(rows), MAX_TOKENS))
-        cutlass_ms = _time_ms(lambda: _cutlass_mm(u, values, meta, list(rows)))
-        if triton_ms >= cutlass_ms:
+        prefill_ms = _time_ms(lambda: _prefill_mm(u, values, meta, list(rows)))
+        if triton_ms >= prefill_ms:
             break
         limit, tokens = tokens, tokens * 2
-    log.info("ARMOR 2:4 layer %s x %d (%s): Triton decode kernel up to %d tokens, CUTLASS beyond",
-             list(rows), d_in, dtype, limit)
+    log.info("ARMOR 2:4 layer %s x %d (%s): Triton decode kernel up to %d tokens, %s beyond", list(rows), d_in,
+             dtype, limit, "CUTLASS 2:4" if has_cutlass_24(device) else "S unpacked per call + dense GEMM")
     return limit
 
 

@@ -19,36 +19,46 @@ MAX_TOKENS = 64  # the token tile is held whole in registers
 
 
 @triton.jit
+def _shard_of(row0, N, end0, end1):
+    """(first row, row count) of the shard this row tile belongs to (tiles never straddle shards: BLOCK_N
+    divides every shard's rows)."""
+    s = (row0 >= end0).to(tl.int32) + (row0 >= end1).to(tl.int32)
+    start = tl.where(s == 0, 0, tl.where(s == 1, end0, end1))
+    return s, start, tl.where(s == 0, end0, tl.where(s == 1, end1, N)) - start
+
+
+@triton.jit
+def _decode_tile(values_ptr, meta_ptr, rows, start, m, K, g0, BLOCK_G: tl.constexpr):
+    """The kept values (v0, v1) and their positions (first, second, 0-3) in the groups g0 .. g0 + BLOCK_G of
+    these rows, read from the CUTLASS layout; also the group indices."""
+    # CUTLASS meta reordering (torch.sparse._semi_structured_conversions): row interleave within groups of
+    # 32 rows, 2x2 swizzle, then column-major interleaved by 2 -- per shard, whose buffer starts at start*K/16
+    local = rows - start
+    dst_r = (local // 32) * 32 + (local % 8) * 4 + (local % 32) // 8
+    groups = g0 + tl.arange(0, BLOCK_G)
+    col = groups // 4  # the int16 meta element holding this group's 4-bit code
+    top_right = ((dst_r[:, None] % 2 == 0) & (col[None, :] % 2 == 1)).to(tl.int32)
+    bottom_left = ((dst_r[:, None] % 2 == 1) & (col[None, :] % 2 == 0)).to(tl.int32)
+    r = dst_r[:, None] + top_right - bottom_left
+    c = col[None, :] - top_right + bottom_left
+    meta = tl.load(meta_ptr + start * (K // 16) + (c // 2) * m * 2 + r * 2 + c % 2).to(tl.int32) & 0xFFFF
+    code = (meta >> ((groups % 4) * 4)[None, :]) & 0xF
+    vals = values_ptr + rows[:, None] * (K // 2) + groups[None, :] * 2
+    return tl.load(vals), tl.load(vals + 1), code & 3, code >> 2, groups
+
+
+@triton.jit
 def _sparse24_kernel(values_ptr, meta_ptr, u_ptr, out_ptr, T, N, K, end0, end1,
                      BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_T: tl.constexpr, DOT_FP32: tl.constexpr):
     row0 = tl.program_id(0) * BLOCK_N
-    # the shard this row tile belongs to (tiles never straddle shards: BLOCK_N divides every shard's rows)
-    s = (row0 >= end0).to(tl.int32) + (row0 >= end1).to(tl.int32)
-    start = tl.where(s == 0, 0, tl.where(s == 1, end0, end1))
-    m = tl.where(s == 0, end0, tl.where(s == 1, end1, N)) - start
+    s, start, m = _shard_of(row0, N, end0, end1)
     rows = row0 + tl.arange(0, BLOCK_N)
-    local = rows - start
-    # CUTLASS meta reordering (torch.sparse._semi_structured_conversions): row interleave within groups of
-    # 32 rows, 2x2 swizzle, then column-major interleaved by 2 -- per shard, whose buffer starts at start*K/16
-    dst_r = (local // 32) * 32 + (local % 8) * 4 + (local % 32) // 8
-    meta_base = meta_ptr + start * (K // 16)
     toks = tl.arange(0, BLOCK_T)
     tok_ok = toks[None, :] < T
     u_base = u_ptr + s * T * K + toks[None, :] * K
     acc = tl.zeros((BLOCK_N, BLOCK_T), dtype=tl.float32)
     for g0 in range(0, K // 4, BLOCK_G):
-        groups = g0 + tl.arange(0, BLOCK_G)
-        col = groups // 4  # the int16 meta element holding this group's 4-bit code
-        top_right = ((dst_r[:, None] % 2 == 0) & (col[None, :] % 2 == 1)).to(tl.int32)
-        bottom_left = ((dst_r[:, None] % 2 == 1) & (col[None, :] % 2 == 0)).to(tl.int32)
-        r = dst_r[:, None] + top_right - bottom_left
-        c = col[None, :] - top_right + bottom_left
-        meta = tl.load(meta_base + (c // 2) * m * 2 + r * 2 + c % 2).to(tl.int32) & 0xFFFF
-        code = (meta >> ((groups % 4) * 4)[None, :]) & 0xF
-        first, second = code & 3, code >> 2
-        vals = values_ptr + rows[:, None] * (K // 2) + groups[None, :] * 2
-        v0 = tl.load(vals)
-        v1 = tl.load(vals + 1)
+        v0, v1, first, second, groups = _decode_tile(values_ptr, meta_ptr, rows, start, m, K, g0, BLOCK_G)
         zero = tl.zeros((BLOCK_N, BLOCK_G), dtype=v0.dtype)
         for j in tl.static_range(4):
             w = tl.where(first == j, v0, tl.where(second == j, v1, zero))
@@ -58,6 +68,20 @@ def _sparse24_kernel(values_ptr, meta_ptr, u_ptr, out_ptr, T, N, K, end0, end1,
             else:
                 acc += tl.dot(w, x)
     tl.store(out_ptr + toks[None, :] * N + rows[:, None], acc.to(out_ptr.dtype.element_ty), mask=tok_ok)
+
+
+@triton.jit
+def _unpack24_kernel(values_ptr, meta_ptr, out_ptr, N, K, end0, end1, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr):
+    """The dense (zeros included) S of a row tile and BLOCK_G groups, from the CUTLASS layout."""
+    row0 = tl.program_id(0) * BLOCK_N
+    _, start, m = _shard_of(row0, N, end0, end1)
+    rows = row0 + tl.arange(0, BLOCK_N)
+    v0, v1, first, second, groups = _decode_tile(values_ptr, meta_ptr, rows, start, m, K,
+                                                 tl.program_id(1) * BLOCK_G, BLOCK_G)
+    zero = tl.zeros((BLOCK_N, BLOCK_G), dtype=v0.dtype)
+    for j in tl.static_range(4):
+        tl.store(out_ptr + rows[:, None] * K + groups[None, :] * 4 + j,
+                 tl.where(first == j, v0, tl.where(second == j, v1, zero)))
 
 
 def tile_rows(shard_sizes: list[int]) -> int:
@@ -85,4 +109,15 @@ def sparse24_decode(u: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, s
     _sparse24_kernel[(n // block_n,)](values, meta, u.contiguous(), out, tokens, n, k, ends[0], ends[1],
                                       BLOCK_N=block_n, BLOCK_G=block_g, BLOCK_T=block_t,
                                       DOT_FP32=u.device.type == "cpu" and u.dtype == torch.bfloat16)
+    return out
+
+
+def unpack24(values: torch.Tensor, meta: torch.Tensor, shard_sizes: list[int]) -> torch.Tensor:
+    """(rows, d_in): the dense (zeros included) S from the CUTLASS layout, every shard's rows, in one launch."""
+    n, k = values.shape[0], values.shape[1] * 2
+    ends = [sum(shard_sizes[: i + 1]) for i in range(len(shard_sizes))] + [n] * (3 - len(shard_sizes))
+    out = torch.empty(n, k, dtype=values.dtype, device=values.device)
+    block_n, block_g = tile_rows(shard_sizes), next(g for g in (64, 32, 16) if (k // 4) % g == 0)
+    _unpack24_kernel[(n // block_n, k // 4 // block_g)](values, meta, out, n, k, ends[0], ends[1],
+                                                         BLOCK_N=block_n, BLOCK_G=block_g)
     return out

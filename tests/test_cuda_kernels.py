@@ -22,7 +22,7 @@ def layer(dtype, d_out=1024, d_in=512, block=64, kernel="sparse"):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("tokens", [1, 7, 32, 33, 2048])
-@pytest.mark.parametrize("decode_limit", [0, 64])  # 0: CUTLASS for every token count; 64: Triton up to 64
+@pytest.mark.parametrize("decode_limit", [0, 64])  # 0: the prefill path for every token count; 64: Triton up to 64
 def test_sparse_kernels_match_the_reference(dtype, tokens, decode_limit):
     ref, fast = layer(dtype, kernel="reference"), layer(dtype)
     x = torch.randn(tokens, 512, device="cuda", dtype=dtype)

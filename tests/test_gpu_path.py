@@ -58,6 +58,22 @@ def test_triton_decode_kernel_matches_reference(dtype, tokens, shards, cols):
     torch.testing.assert_close(out.float().cpu(), reference(u, dense, shards), rtol=2e-2, atol=3e-2 * cols ** 0.5)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shards,cols", [([32], 64), ([64, 32, 32], 128), ([96, 96], 256)])
+def test_unpacked_prefill_path_matches_reference(dtype, shards, cols):
+    """Where torch's CUTLASS 2:4 GEMM does not run (Hopper): S unpacked from the CUTLASS layout by one Triton
+    launch, then a dense GEMM per shard."""
+    values, codes, dense = core(sum(shards), cols, dtype, seed=3)
+    meta = codes.clone()
+    cuda_kernel.to_cutlass_layout(meta, shards)
+    on = lambda t: t.to(DEVICE)
+    assert torch.equal(triton_decode.unpack24(on(values), on(meta.view(torch.int16)), shards).cpu(), dense)
+    u = torch.randn(len(shards), 70, cols, generator=torch.Generator().manual_seed(2)).to(dtype)
+    out = cuda_kernel._unpacked_mm(on(u), on(values), on(meta), shards)
+    assert out.shape == (70, sum(shards)) and out.dtype == dtype
+    torch.testing.assert_close(out.float().cpu(), reference(u, dense, shards), rtol=2e-2, atol=3e-2 * cols ** 0.5)
+
+
 def test_triton_decode_kernel_refuses_what_it_cannot_take():
     values, codes, _ = core(64, 64, torch.float16)
     u = torch.randn(1, 65, 64, dtype=torch.float16)
