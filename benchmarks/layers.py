@@ -15,8 +15,9 @@ Kernels per device:
   the 2:4 tensor-core path (model_executors/cuda_kernel.py: B as one batched transform, the Triton decode
   kernel up to the token count measured at load, CUTLASS's 2:4 GEMM beyond, A as one batched transform).
 Weights are random (never zeros), outputs are checked against the dense product A.S.B; timings are
-medians of repeated calls (CUDA events via triton.testing.do_bench on GPU; on CPU perf_counter, dense and
-ARMOR called in turn within every repetition).
+medians of repeated calls (on GPU CUDA-graph replays timed by triton.testing.do_bench_cudagraph, eager
+do_bench for a call that cannot be captured, listed in the row's `timed_eager`; on CPU perf_counter, dense
+and ARMOR called in turn within every repetition).
 """
 from __future__ import annotations
 
@@ -44,19 +45,16 @@ SHAPES = {
 }
 
 
-def time_call(fn, device: str, reps: int) -> float:
-    """Median seconds of one call."""
-    if device == "cuda":
-        from triton.testing import do_bench
+def time_cuda(fn) -> tuple[float, bool]:
+    """(median seconds of one call, whether it was a CUDA graph replay): the call captured as a CUDA graph, as
+    vLLM and torch.compile's reduce-overhead run decode, so Python's launch overhead does not hide the kernels'
+    time; eager where the call cannot be captured."""
+    from triton.testing import do_bench, do_bench_cudagraph
 
-        return do_bench(fn, warmup=25, rep=100, return_mode="median") / 1e3
-    fn()
-    samples = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
+    try:
+        return do_bench_cudagraph(fn, rep=100, return_mode="median") / 1e3, True
+    except RuntimeError:
+        return do_bench(fn, warmup=25, rep=100, return_mode="median") / 1e3, False
 
 
 def time_calls(fns: dict, reps: int) -> dict:
@@ -139,7 +137,10 @@ def bench_shape(d_out, d_in, tokens, blocks, dtype, device, reps) -> dict:
     if device == "cpu":  # in turn within every repetition: the shared VM's slow spells hit dense and ARMOR alike
         row.update(time_calls(calls, reps))
     else:
-        row.update({name: time_call(fn, device, reps) for name, fn in calls.items()})
+        for name, fn in calls.items():
+            row[name], graphed = time_cuda(fn)
+            if not graphed:
+                row.setdefault("timed_eager", []).append(name)
     row["dense_bytes"] = d_out * d_in * dense_w.element_size()
     return row
 
