@@ -4,10 +4,15 @@ so decode and prefill share one copy of the weights and decode reads ~0.56x the 
 
 One launch covers a fused layer (qkv: 3 shards, gate_up: 2): shard s's rows read their own input u_s
 (u has shape (shards, tokens, d_in): every shard's B x, made by one batched transform). A program owns
-BLOCK_N output rows of one shard and all tokens; per step it decompresses a (BLOCK_N, 4 * BLOCK_G) tile
-of S in registers as four (BLOCK_N, BLOCK_G) column phases (the j-th input of every group of 4) and runs
-four tensor-core dots against the matching strided rows of u; the sum over inputs does not care about
-their order. Runs on CPU under TRITON_INTERPRET=1, which is how CI tests it.
+BLOCK_N output rows of one shard and all tokens; per step it decodes a (BLOCK_N, 4 * BLOCK_G) tile of S in
+registers (each metadata word loaded once for its 4 groups, the kept values as contiguous pairs) and runs
+one tensor-core dot against the matching contiguous rows of u. `unpack24` writes the same tiles out: the
+prefill path where torch's CUTLASS 2:4 GEMM does not run. Runs on CPU under TRITON_INTERPRET=1, which is
+how CI tests it.
+
+History: the first version (measured on an H200, 2026-12-04) decoded four column phases per step, each
+with its own metadata address math per (row, group), strided value loads and a dot each: 0.35 TB/s, 0.15x
+dense at 1 token. This one has not run on a GPU yet (scripts/gpu_probe.py times it).
 """
 from __future__ import annotations
 
@@ -28,23 +33,28 @@ def _shard_of(row0, N, end0, end1):
 
 
 @triton.jit
-def _decode_tile(values_ptr, meta_ptr, rows, start, m, K, g0, BLOCK_G: tl.constexpr):
-    """The kept values (v0, v1) and their positions (first, second, 0-3) in the groups g0 .. g0 + BLOCK_G of
-    these rows, read from the CUTLASS layout; also the group indices."""
+def _dense_tile(values_ptr, meta_ptr, rows, start, m, K, g0, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr):
+    """The dense (zeros included) (BLOCK_N, 4 * BLOCK_G) tile of S at inputs 4*g0 .. of these rows, decoded in
+    registers from the CUTLASS layout: one 2-byte metadata load per row and 4 groups, the kept values loaded
+    as contiguous pairs."""
     # CUTLASS meta reordering (torch.sparse._semi_structured_conversions): row interleave within groups of
     # 32 rows, 2x2 swizzle, then column-major interleaved by 2 -- per shard, whose buffer starts at start*K/16
     local = rows - start
     dst_r = (local // 32) * 32 + (local % 8) * 4 + (local % 32) // 8
-    groups = g0 + tl.arange(0, BLOCK_G)
-    col = groups // 4  # the int16 meta element holding this group's 4-bit code
+    col = g0 // 4 + tl.arange(0, BLOCK_G // 4)  # the int16 meta elements holding these groups' 4-bit codes
     top_right = ((dst_r[:, None] % 2 == 0) & (col[None, :] % 2 == 1)).to(tl.int32)
     bottom_left = ((dst_r[:, None] % 2 == 1) & (col[None, :] % 2 == 0)).to(tl.int32)
     r = dst_r[:, None] + top_right - bottom_left
     c = col[None, :] - top_right + bottom_left
     meta = tl.load(meta_ptr + start * (K // 16) + (c // 2) * m * 2 + r * 2 + c % 2).to(tl.int32) & 0xFFFF
-    code = (meta >> ((groups % 4) * 4)[None, :]) & 0xF
-    vals = values_ptr + rows[:, None] * (K // 2) + groups[None, :] * 2
-    return tl.load(vals), tl.load(vals + 1), code & 3, code >> 2, groups
+    nibble = tl.arange(0, 4) * 4
+    code = tl.reshape((meta[:, :, None] >> nibble[None, None, :]) & 0xF, (BLOCK_N, BLOCK_G))
+    pairs = tl.load(values_ptr + rows[:, None] * (K // 2) + g0 * 2 + tl.arange(0, 2 * BLOCK_G)[None, :])
+    v0, v1 = tl.split(tl.reshape(pairs, (BLOCK_N, BLOCK_G, 2)))
+    j = tl.arange(0, 4)[None, None, :]  # the input within each group of 4
+    tile = tl.where((code & 3)[:, :, None] == j, v0[:, :, None],
+                    tl.where((code >> 2)[:, :, None] == j, v1[:, :, None], tl.zeros_like(v0)[:, :, None]))
+    return tl.reshape(tile, (BLOCK_N, 4 * BLOCK_G))
 
 
 @triton.jit
@@ -55,18 +65,16 @@ def _sparse24_kernel(values_ptr, meta_ptr, u_ptr, out_ptr, T, N, K, end0, end1,
     rows = row0 + tl.arange(0, BLOCK_N)
     toks = tl.arange(0, BLOCK_T)
     tok_ok = toks[None, :] < T
-    u_base = u_ptr + s * T * K + toks[None, :] * K
+    inputs = tl.arange(0, 4 * BLOCK_G)
+    u_base = u_ptr + s * T * K + toks[None, :] * K + inputs[:, None]
     acc = tl.zeros((BLOCK_N, BLOCK_T), dtype=tl.float32)
     for g0 in range(0, K // 4, BLOCK_G):
-        v0, v1, first, second, groups = _decode_tile(values_ptr, meta_ptr, rows, start, m, K, g0, BLOCK_G)
-        zero = tl.zeros((BLOCK_N, BLOCK_G), dtype=v0.dtype)
-        for j in tl.static_range(4):
-            w = tl.where(first == j, v0, tl.where(second == j, v1, zero))
-            x = tl.load(u_base + groups[:, None] * 4 + j, mask=tok_ok, other=0.0)
-            if DOT_FP32:  # Triton's CPU interpreter computes bfloat16 tl.dot wrongly (triton 3.x); GPUs never take this
-                acc += tl.dot(w.to(tl.float32), x.to(tl.float32))
-            else:
-                acc += tl.dot(w, x)
+        w = _dense_tile(values_ptr, meta_ptr, rows, start, m, K, g0, BLOCK_N, BLOCK_G)
+        x = tl.load(u_base + g0 * 4, mask=tok_ok, other=0.0)
+        if DOT_FP32:  # Triton's CPU interpreter computes bfloat16 tl.dot wrongly (triton 3.x); GPUs never take this
+            acc += tl.dot(w.to(tl.float32), x.to(tl.float32))
+        else:
+            acc += tl.dot(w, x)
     tl.store(out_ptr + toks[None, :] * N + rows[:, None], acc.to(out_ptr.dtype.element_ty), mask=tok_ok)
 
 
@@ -76,12 +84,9 @@ def _unpack24_kernel(values_ptr, meta_ptr, out_ptr, N, K, end0, end1, BLOCK_N: t
     row0 = tl.program_id(0) * BLOCK_N
     _, start, m = _shard_of(row0, N, end0, end1)
     rows = row0 + tl.arange(0, BLOCK_N)
-    v0, v1, first, second, groups = _decode_tile(values_ptr, meta_ptr, rows, start, m, K,
-                                                 tl.program_id(1) * BLOCK_G, BLOCK_G)
-    zero = tl.zeros((BLOCK_N, BLOCK_G), dtype=v0.dtype)
-    for j in tl.static_range(4):
-        tl.store(out_ptr + rows[:, None] * K + groups[None, :] * 4 + j,
-                 tl.where(first == j, v0, tl.where(second == j, v1, zero)))
+    g0 = tl.program_id(1) * BLOCK_G
+    tile = _dense_tile(values_ptr, meta_ptr, rows, start, m, K, g0, BLOCK_N, BLOCK_G)
+    tl.store(out_ptr + rows[:, None] * K + g0 * 4 + tl.arange(0, 4 * BLOCK_G)[None, :], tile)
 
 
 def tile_rows(shard_sizes: list[int]) -> int:
