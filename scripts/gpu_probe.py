@@ -1,7 +1,12 @@
 """GPU time of the ARMOR layer's pieces (CUDA graph replays, so no CPU launch overhead), and a sweep of the
-Triton decode kernel's tile sizes, on a Llama-3-8B gate/up shape. python scripts/gpu_probe.py"""
+Triton decode kernel's tile sizes, on a Llama-3-8B gate/up shape: `python scripts/gpu_probe.py` -> $OUT/probe.json."""
 import itertools
 import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: run from anywhere
 
 import torch
 import triton
@@ -58,5 +63,4 @@ best = sorted((s for s in sweep if s["us"]), key=lambda s: (s["tokens"], s["us"]
 for tokens in (1, 16):
     print("best", tokens, [s for s in best if s["tokens"] == tokens][:5], flush=True)
 res["sweep"] = sweep
-import os
 open(os.path.join(os.environ.get("OUT", "/tmp"), "probe.json"), "w").write(json.dumps(res, indent=1))
