@@ -8,7 +8,8 @@ Kernels, picked by device (`kernel="auto"`) or by name:
   copy of S is ever held;
 * sparse (CUDA, sm80+, float16/bfloat16): 2:4 sparse tensor cores (model_executors/cuda_kernel.py): the
   metadata permuted in place once, at load time, into CUTLASS's order (the same bytes); a Triton kernel
-  up to a measured token count, CUTLASS's 2:4 GEMM beyond; otherwise the reference path, reason logged;
+  up to a measured token count, CUTLASS's 2:4 GEMM beyond (sm8x; on sm9x S unpacked per call + cuBLAS);
+  otherwise the reference path, reason logged;
 * reference (any device): S unpacked to dense-with-zeros inside each call (and dropped after it), the
   block-diagonal transforms as batched matmuls; the semantics every other kernel is tested against;
 * fold (explicit opt-in): A S B multiplied into one dense weight, held (for hosts where sparsity brings nothing).

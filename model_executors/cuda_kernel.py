@@ -6,7 +6,9 @@
 
 y = A [S_s (B_s x)]_s + bias: B as one batched block-diagonal transform giving every shard's input, then
 * up to `limit` tokens: the Triton decode kernel (model_executors/triton_decode.py), one launch per fused layer;
-* beyond: CUTLASS's 2:4 GEMM (`torch._sparse_semi_structured_mm`), one per shard, tokens padded to 8;
+* beyond: CUTLASS's 2:4 GEMM (`torch._sparse_semi_structured_mm`), one per shard, tokens padded to 8, on
+  sm8x; torch builds it for sm8x only, so on sm9x (Hopper) S is unpacked from the same bytes into a scratch
+  buffer for the call (one Triton launch) and multiplied by cuBLAS;
 then A as one batched transform over the concatenated shards.
 
 Why CUTLASS and not cuSPARSELt: the CUTLASS format *is* the checkpoint's: the kept values are byte-identical
@@ -57,6 +59,11 @@ def unusable_reason(device: torch.device, dtype: torch.dtype, shard_sizes: list[
         return (f"CUTLASS 2:4 needs output rows per shard in multiples of {ROW_MULTIPLE} and inputs in multiples "
                 f"of {COL_MULTIPLE}; this layer has outputs {shard_sizes}, input {in_features}")
     return triton_unavailable_reason()
+
+
+def describe(device: torch.device) -> str:
+    prefill = "CUTLASS 2:4 GEMM" if has_cutlass_24(str(device)) else "S unpacked per call + cuBLAS (no CUTLASS 2:4 on sm9x)"
+    return f"2:4 packed on the GPU (Triton decode kernel, {prefill} beyond)"
 
 
 def _offsets(rows: int, in_features: int, device) -> torch.Tensor:
@@ -124,7 +131,6 @@ def _unpacked_mm(u: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, shar
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
 
-@functools.cache
 def has_cutlass_24(device: str) -> bool:
     """torch's CUTLASS 2:4 GEMM runs on compute capability 8.x only (Ampere, Ada); Hopper takes the unpacked path."""
     return torch.cuda.get_device_capability(device)[0] == 8

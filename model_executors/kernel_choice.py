@@ -19,7 +19,7 @@ def choose(device, dtype: torch.dtype, in_features: int, shard_sizes: list[int],
     device = torch.device(device)
     if device.type == "cuda":
         reason = cuda_kernel.unusable_reason(device, dtype, shard_sizes, in_features)
-        return (REFERENCE, reason) if reason else (SPARSE, "2:4 sparse tensor cores (Triton decode, CUTLASS GEMM)")
+        return (REFERENCE, reason) if reason else (SPARSE, cuda_kernel.describe(device))
     if device.type == "cpu":
         reason = cpu_kernel.unusable_reason(dtype, block)
         return (REFERENCE, reason) if reason else (PACKED, f"packed 2:4 CPU kernel ({cpu_kernel.isa()} path)")

@@ -11,7 +11,8 @@ Kernels, chosen once at load time (`process_weights_after_loading`) and logged o
   shard's B x); its tensors turned into the kernel layout in place (position bitmask or codes, interleaved values, transposed A/B blocks);
 * CUDA sm80+, float16/bfloat16: 2:4 sparse tensor cores (model_executors/cuda_kernel.py): the metadata
   permuted in place into CUTLASS's order; one Triton launch per fused layer up to the token count where it
-  was measured to beat CUTLASS (timed once per shape at load), CUTLASS's 2:4 GEMM per shard beyond;
+  was measured to beat the prefill path (timed once per shape at load), beyond it CUTLASS's 2:4 GEMM per
+  shard on sm8x, S unpacked per call + cuBLAS on sm9x;
 * elsewhere (no extension, float16 on CPU, float32 on GPU, a GPU before sm80, shapes CUTLASS cannot take):
   the reference kernel, S held dense-with-zeros per shard, with the reason in the log.
 All paths keep exactly the checkpoint's bytes except the reference one.
