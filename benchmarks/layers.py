@@ -13,7 +13,8 @@ Kernels per device:
 * ARMOR: ArmorLinear with the kernel that device gets (`auto`): on CPU the packed 2:4 kernel
   (torch.ops.armor.linear: B transform, sparse product from the packed core, A transform, one op); on CUDA
   the 2:4 tensor-core path (model_executors/cuda_kernel.py: B as one batched transform, the Triton decode
-  kernel up to the token count measured at load, CUTLASS's 2:4 GEMM beyond, A as one batched transform).
+  kernel up to the token count measured at load, CUTLASS's 2:4 GEMM beyond on sm8x (on sm9x S unpacked per
+  call + cuBLAS: torch's CUTLASS 2:4 is built for sm8x only), A as one batched transform).
 Weights are random (never zeros), outputs are checked against the dense product A.S.B; timings are
 medians of repeated calls (on GPU CUDA-graph replays timed by triton.testing.do_bench_cudagraph, eager
 do_bench for a call that cannot be captured, listed in the row's `timed_eager`; on CPU perf_counter, dense

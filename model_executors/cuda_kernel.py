@@ -62,7 +62,9 @@ def unusable_reason(device: torch.device, dtype: torch.dtype, shard_sizes: list[
 
 
 def describe(device: torch.device) -> str:
-    prefill = "CUTLASS 2:4 GEMM" if has_cutlass_24(str(device)) else "S unpacked per call + cuBLAS (no CUTLASS 2:4 on sm9x)"
+    """The path a usable GPU layer runs, for the kernel choice's log line."""
+    prefill = ("CUTLASS 2:4 GEMM" if has_cutlass_24(str(device))
+               else "S unpacked per call + cuBLAS (no CUTLASS 2:4 on sm9x)")
     return f"2:4 packed on the GPU (Triton decode kernel, {prefill} beyond)"
 
 

@@ -25,7 +25,7 @@ MAX_TOKENS = 64  # the token tile is held whole in registers
 
 @triton.jit
 def _shard_of(row0, N, end0, end1):
-    """(first row, row count) of the shard this row tile belongs to (tiles never straddle shards: BLOCK_N
+    """(index, first row, row count) of the shard this row tile belongs to (tiles never straddle shards: BLOCK_N
     divides every shard's rows)."""
     s = (row0 >= end0).to(tl.int32) + (row0 >= end1).to(tl.int32)
     start = tl.where(s == 0, 0, tl.where(s == 1, end0, end1))
