@@ -33,10 +33,10 @@ def _shard_of(row0, N, end0, end1):
 
 
 @triton.jit
-def _dense_tile(values_ptr, meta_ptr, rows, start, m, K, g0, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr):
-    """The dense (zeros included) (BLOCK_N, 4 * BLOCK_G) tile of S at inputs 4*g0 .. of these rows, decoded in
-    registers from the CUTLASS layout: one 2-byte metadata load per row and 4 groups, the kept values loaded
-    as contiguous pairs."""
+def _kept(values_ptr, meta_ptr, rows, start, m, K, g0, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr):
+    """(codes, v0, v1), each (BLOCK_N, BLOCK_G): the 4-bit position codes of the groups g0 .. g0 + BLOCK_G of these
+    rows and their two kept values, read from the CUTLASS layout: one 2-byte metadata load per row and 4 groups,
+    the kept values as contiguous pairs."""
     # CUTLASS meta reordering (torch.sparse._semi_structured_conversions): row interleave within groups of
     # 32 rows, 2x2 swizzle, then column-major interleaved by 2 -- per shard, whose buffer starts at start*K/16
     local = rows - start
@@ -51,6 +51,13 @@ def _dense_tile(values_ptr, meta_ptr, rows, start, m, K, g0, BLOCK_N: tl.constex
     code = tl.reshape((meta[:, :, None] >> nibble[None, None, :]) & 0xF, (BLOCK_N, BLOCK_G))
     pairs = tl.load(values_ptr + rows[:, None] * (K // 2) + g0 * 2 + tl.arange(0, 2 * BLOCK_G)[None, :])
     v0, v1 = tl.split(tl.reshape(pairs, (BLOCK_N, BLOCK_G, 2)))
+    return code, v0, v1
+
+
+@triton.jit
+def _dense_tile(values_ptr, meta_ptr, rows, start, m, K, g0, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr):
+    """The dense (zeros included) (BLOCK_N, 4 * BLOCK_G) tile of S at inputs 4*g0 .. of these rows, in registers."""
+    code, v0, v1 = _kept(values_ptr, meta_ptr, rows, start, m, K, g0, BLOCK_N, BLOCK_G)
     j = tl.arange(0, 4)[None, None, :]  # the input within each group of 4
     tile = tl.where((code & 3)[:, :, None] == j, v0[:, :, None],
                     tl.where((code >> 2)[:, :, None] == j, v1[:, :, None], tl.zeros_like(v0)[:, :, None]))
