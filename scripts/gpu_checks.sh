@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks in one call on a lent GPU machine (the device tool, docs/executors.md): the CUDA tests, the layer
+# The GPU checks on a lent GPU machine (the device tool, docs/executors.md): the CUDA tests, the layer
 # benchmark, the end-to-end decode benchmark and the kernel probe, each under its own time limit so one overrun
 # keeps the others. Logs and results go to $OUT (the device tool brings back 8 files); from the repository root:
 #   bash scripts/gpu_checks.sh [TEST_S LAYERS_S DECODE_S PROBE_S]   (LAYERS_ARGS, DECODE_ARGS: the benchmarks' options)

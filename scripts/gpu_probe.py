@@ -31,7 +31,8 @@ def gemv24_kernel(values_ptr, meta_ptr, u_ptr, out_ptr, T, N, K, BLOCK_N: tl.con
         at = ((g0 + tl.arange(0, BLOCK_G)) * 4)[None, :]
         x0 = tl.load(u_ptr + toks * K + (at + (code & 3))[:, :, None], mask=toks < T, other=0.0)
         x1 = tl.load(u_ptr + toks * K + (at + (code >> 2))[:, :, None], mask=toks < T, other=0.0)
-        acc += tl.sum(v0[:, :, None].to(tl.float32) * x0.to(tl.float32) + v1[:, :, None].to(tl.float32) * x1.to(tl.float32), axis=1)
+        kept = v0[:, :, None].to(tl.float32) * x0.to(tl.float32) + v1[:, :, None].to(tl.float32) * x1.to(tl.float32)
+        acc += tl.sum(kept, axis=1)
     tok = tl.arange(0, BLOCK_T)[None, :]
     tl.store(out_ptr + tok * N + rows[:, None], acc.to(out_ptr.dtype.element_ty), mask=tok < T)
 
