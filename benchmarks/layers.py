@@ -129,10 +129,10 @@ def bench_shape(d_out, d_in, tokens, blocks, dtype, device, reps) -> dict:
         row[f"armor_b{block}_kernel"] = mod._mode
         row[f"armor_b{block}_bytes"] = mod.resident_bytes()
         if mod._mode == "sparse":
-            from model_executors.cuda_kernel import has_cutlass_24
+            from model_executors.cuda_kernel import prefill_path
 
             row[f"armor_b{block}_triton_up_to_tokens"] = mod._decode_limit
-            row["armor_beyond_that"] = "CUTLASS 2:4" if has_cutlass_24(str(x.device)) else "S unpacked + dense GEMM"
+            row["armor_beyond_that"] = prefill_path(x.device)
         del ref
         calls[f"armor_b{block}_s"] = lambda mod=mod: mod(x)
     if device == "cpu":  # in turn within every repetition: the shared VM's slow spells hit dense and ARMOR alike

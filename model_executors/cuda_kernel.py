@@ -61,11 +61,14 @@ def unusable_reason(device: torch.device, dtype: torch.dtype, shard_sizes: list[
     return triton_unavailable_reason()
 
 
+def prefill_path(device) -> str:
+    """What runs beyond the decode kernel's token count on this GPU (log lines, benchmark rows)."""
+    return "CUTLASS 2:4 GEMM" if has_cutlass_24(str(device)) else "S unpacked per call + cuBLAS (no CUTLASS 2:4 on sm9x)"
+
+
 def describe(device: torch.device) -> str:
     """The path a usable GPU layer runs, for the kernel choice's log line."""
-    prefill = ("CUTLASS 2:4 GEMM" if has_cutlass_24(str(device))
-               else "S unpacked per call + cuBLAS (no CUTLASS 2:4 on sm9x)")
-    return f"2:4 packed on the GPU (Triton decode kernel, {prefill} beyond)"
+    return f"2:4 packed on the GPU (Triton decode kernel, {prefill_path(device)} beyond)"
 
 
 def _offsets(rows: int, in_features: int, device) -> torch.Tensor:
@@ -200,7 +203,7 @@ def _measured_limit(rows: tuple[int, ...], d_in: int, dtype: torch.dtype, device
             break
         limit, tokens = tokens, tokens * 2
     log.info("ARMOR 2:4 layer %s x %d (%s): Triton decode kernel up to %d tokens, %s beyond", list(rows), d_in,
-             dtype, limit, "CUTLASS 2:4" if has_cutlass_24(device) else "S unpacked per call + dense GEMM")
+             dtype, limit, prefill_path(device))
     return limit
 
 
