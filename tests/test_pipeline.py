@@ -280,3 +280,16 @@ def test_generated_calibration_text_continues_wikipedia_prefixes(dense_model):
     # prefixes from other windows than the run's Wikipedia samples (seed + 1), then the model's own tokens
     assert torch.equal(first[:, :PREFIX_TOKENS], calibration_samples(tokenizer, 2, 40, 1)[:, :PREFIX_TOKENS])
     assert not torch.equal(first, calibration_samples(tokenizer, 2, 40, 1))
+
+
+def test_sampling_linears_run_through_onednn_with_the_same_outputs():
+    from compress.generated_text import _onednn_linears
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(48, 64), torch.nn.Linear(64, 40, bias=False))
+    x = torch.randn(3, 5, 48)
+    expected = model(x)
+    _onednn_linears(model)
+    if torch.backends.mkldnn.is_available():
+        assert all("forward" in vars(m) for m in model)  # the instances' own forward replaced F.linear's
+    torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
