@@ -131,7 +131,7 @@ def bench_shape(d_out, d_in, tokens, blocks, dtype, device, reps) -> dict:
         if mod._mode == "sparse":
             from model_executors.cuda_kernel import prefill_path
 
-            row[f"armor_b{block}_triton_up_to_tokens"] = mod._decode_limit
+            row[f"armor_b{block}_triton_gemv_dot_up_to_tokens"] = mod._decode_limits
             row["armor_beyond_that"] = prefill_path(x.device)
         del ref
         calls[f"armor_b{block}_s"] = lambda mod=mod: mod(x)

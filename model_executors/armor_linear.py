@@ -66,7 +66,7 @@ class ArmorLinear(nn.Module):
             raise ValueError(f"kernel must be one of {KERNELS}, got {name!r}")
         self._kernel = name
         self._mode, self._core = None, None  # (re)prepared on the next call; _core: A S B for the fold kernel
-        self._decode_limit = cuda_kernel.DEFAULT_DECODE_LIMIT  # sparse kernel: Triton up to this many tokens
+        self._decode_limits = list(cuda_kernel.DEFAULT_DECODE_LIMITS)  # sparse kernel: [Triton GEMV, dot] up to
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
@@ -145,7 +145,7 @@ class ArmorLinear(nn.Module):
         if mode == "fold":
             self._core = self.dense_weight()
         elif mode == "sparse":
-            self._decode_limit = cuda_kernel.decode_token_limit(self.sparse_values, [self.out_features])
+            self._decode_limits = cuda_kernel.decode_token_limits(self.sparse_values, [self.out_features])
         self._mode, self._device = mode, device
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -156,7 +156,7 @@ class ArmorLinear(nn.Module):
                                      [self.out_features], self.bias)  # kernel layout (prepare)
         if self._mode == "sparse":
             return cuda_kernel.linear(x, self.sparse_values, self.sparse_meta, self.a_blocks, self.b_blocks,
-                                      [self.out_features], self.bias, self._decode_limit)  # CUTLASS layout (prepare)
+                                      [self.out_features], self.bias, self._decode_limits)  # CUTLASS layout (prepare)
         if self._mode == "fold":
             return nn.functional.linear(x, self._core, self.bias)
         y = blockdiag.apply(self.b_blocks, x)

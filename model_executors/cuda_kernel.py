@@ -1,15 +1,17 @@
 """ARMOR layers on NVIDIA 2:4 sparse tensor cores (sm80+, float16/bfloat16).
 
-    to_cutlass_layout(meta, shard_sizes)                       # once, at load time, in place
-    limit = decode_token_limit(values, meta, a, b, shard_sizes)  # once per shape, at load time (measured)
-    y = cuda_kernel.linear(x, values, meta, a, b, shard_sizes, bias, limit)
+    to_cutlass_layout(meta, shard_sizes)                 # once, at load time, in place
+    limits = decode_token_limits(values, shard_sizes)    # once per shape, at load time (measured)
+    y = cuda_kernel.linear(x, values, meta, a, b, shard_sizes, bias, limits)
 
-y = A [S_s (B_s x)]_s + bias: B as one batched block-diagonal transform giving every shard's input, then
-* up to `limit` tokens: the Triton decode kernel (model_executors/triton_decode.py), one launch per fused layer;
+y = A [S_s (B_s x)]_s + bias: B as one block-diagonal transform giving every shard's input (one Triton launch,
+model_executors/triton_blockdiag.py), then, with limits = [gemv, dot]:
+* up to `gemv` tokens the Triton 2:4 GEMV, up to `dot` tokens the Triton tensor-core decode kernel
+  (model_executors/triton_decode.py), one launch per fused layer;
 * beyond: CUTLASS's 2:4 GEMM (`torch._sparse_semi_structured_mm`), one per shard, tokens padded to 8, on
   sm8x; torch builds it for sm8x only, so on sm9x (Hopper) S is unpacked from the same bytes into a scratch
   buffer for the call (one Triton launch) and multiplied by cuBLAS;
-then A as one batched transform over the concatenated shards.
+then A as one block-diagonal transform over the concatenated shards (one Triton launch).
 
 Why CUTLASS and not cuSPARSELt: the CUTLASS format *is* the checkpoint's: the kept values are byte-identical
 and the metadata holds the same 4-bit position codes (4 to an int16), only permuted into the tensor cores'
@@ -26,14 +28,14 @@ import logging
 import torch
 from torch.sparse._semi_structured_conversions import _calculate_meta_reordering_scatter_offsets
 
-from model_executors import blockdiag
+from model_executors import blockdiag, triton_blockdiag
 
 log = logging.getLogger(__name__)
 
 DTYPES = (torch.float16, torch.bfloat16)
 ROW_MULTIPLE, COL_MULTIPLE = 32, 64  # CUTLASS 2:4 (16-bit) constraints on the sparse operand, per shard
 TOKEN_MULTIPLE = 8                   # ... and on the dense operand's columns (tokens)
-DEFAULT_DECODE_LIMIT = 16            # used where it cannot be measured (no CUDA: the Triton interpreter)
+DEFAULT_DECODE_LIMITS = [1, 16]      # [GEMV, dot kernel] where they cannot be measured (no CUDA: the interpreter)
 
 
 def triton_unavailable_reason() -> str:
@@ -102,10 +104,12 @@ def checkpoint_layout(meta: torch.Tensor, shard_sizes: list[int]) -> torch.Tenso
 
 
 def _shard_inputs(x2d: torch.Tensor, b_blocks: torch.Tensor, shards: int) -> torch.Tensor:
-    """(shards, tokens, d_in): every shard's B_s x in one batched block-diagonal transform."""
+    """(shards, tokens, d_in): every shard's B_s x in one block-diagonal transform."""
     tokens, d_in = x2d.shape
     b = b_blocks.shape[-1]
     blocks = b_blocks.reshape(shards, d_in // b, b, b)
+    if triton_blockdiag.supported(b):
+        return block_transform(blocks, x2d)
     return torch.einsum("tnj,snij->stni", x2d.reshape(tokens, d_in // b, b), blocks).reshape(shards, tokens, d_in)
 
 
@@ -149,27 +153,49 @@ def _prefill_mm(u, values, meta, shard_sizes):
 # token dimension) sees no branch to guard on, and CUDA graphs capture whichever kernel the size picks.
 @torch.library.custom_op("armor_cuda::sparse24_mm", mutates_args=())
 def sparse_mm(u: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, shard_sizes: list[int],
-              decode_limit: int) -> torch.Tensor:
-    """[S_s u_s]_s as (tokens, rows): the Triton decode kernel up to `decode_limit` tokens, the prefill path
-    (CUTLASS 2:4 on sm8x, else unpacked + dense GEMM) beyond."""
-    if u.shape[1] <= decode_limit:
-        from model_executors.triton_decode import sparse24_decode
+              limits: list[int]) -> torch.Tensor:
+    """[S_s u_s]_s as (tokens, rows): with limits = [gemv, dot], the Triton 2:4 GEMV up to `gemv` tokens, the
+    Triton tensor-core decode kernel up to `dot` tokens, the prefill path (CUTLASS 2:4 on sm8x, else unpacked
+    + dense GEMM) beyond."""
+    from model_executors import triton_decode
 
-        return sparse24_decode(u, values, meta.view(torch.int16), shard_sizes)
+    tokens = u.shape[1]
+    if tokens <= limits[0]:
+        return triton_decode.sparse24_gemv(u, values, meta.view(torch.int16), shard_sizes)
+    if tokens <= limits[1]:
+        return triton_decode.sparse24_decode(u, values, meta.view(torch.int16), shard_sizes)
     return _prefill_mm(u, values, meta, shard_sizes)
 
 
 @sparse_mm.register_fake
-def _(u, values, meta, shard_sizes, decode_limit):
+def _(u, values, meta, shard_sizes, limits):
     return u.new_empty(u.shape[1], values.shape[0])
 
 
+# The block-diagonal transforms' Triton launch as an opaque op too, so torch.compile never traces the launch.
+@torch.library.custom_op("armor_cuda::block_transform", mutates_args=())
+def block_transform(blocks: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """triton_blockdiag.apply: (tokens, d) for blocks (n, b, b), (shards, tokens, d) for (shards, n, b, b)."""
+    return triton_blockdiag.apply(blocks, x)
+
+
+@block_transform.register_fake
+def _(blocks, x):
+    return x.new_empty(x.shape if blocks.dim() == 3 else (blocks.shape[0], *x.shape))
+
+
+def _output_transform(a_blocks: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    if triton_blockdiag.supported(a_blocks.shape[-1]):
+        return block_transform(a_blocks, z)
+    return blockdiag.apply(a_blocks, z)
+
+
 def linear(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, a_blocks: torch.Tensor, b_blocks: torch.Tensor,
-           shard_sizes: list[int], bias: torch.Tensor | None = None, decode_limit: int = DEFAULT_DECODE_LIMIT):
+           shard_sizes: list[int], bias: torch.Tensor | None = None, limits: list[int] | None = None):
     """y = A [S_s (B_s x)]_s + bias on tensors in the CUTLASS layout (`to_cutlass_layout`)."""
     flat = x.reshape(-1, x.shape[-1])
     u = _shard_inputs(flat, b_blocks, len(shard_sizes))
-    y = blockdiag.apply(a_blocks, sparse_mm(u, values, meta, shard_sizes, decode_limit))
+    y = _output_transform(a_blocks, sparse_mm(u, values, meta, shard_sizes, limits or DEFAULT_DECODE_LIMITS))
     if bias is not None:
         y = y + bias
     return y.reshape(*x.shape[:-1], y.shape[-1])
@@ -187,29 +213,36 @@ def _time_ms(fn, repeats: int = 20) -> float:
 
 
 @functools.cache
-def _measured_limit(rows: tuple[int, ...], d_in: int, dtype: torch.dtype, device: str) -> int:
-    from model_executors.triton_decode import MAX_TOKENS
+def _measured_limits(rows: tuple[int, ...], d_in: int, dtype: torch.dtype, device: str) -> tuple[int, int]:
+    """[gemv, dot]: per power-of-two token count the fastest of the GEMV, the dot kernel and the prefill
+    path; each Triton kernel runs up to the last count of the unbroken run, from 1 token, that it (or, for
+    the dot kernel, the GEMV) wins."""
+    from model_executors import triton_decode
 
     shards = len(rows)
     values = torch.randn(sum(rows), d_in // 2, dtype=dtype, device=device)
     meta = torch.full((sum(rows), d_in // 8), 0x44, dtype=torch.uint8, device=device)  # positions (0, 1) everywhere
     to_cutlass_layout(meta, list(rows))
-    limit, tokens = 0, 1
-    while tokens <= MAX_TOKENS:
+    meta16, limits, tokens = meta.view(torch.int16), [0, 0], 1
+    while tokens <= triton_decode.MAX_TOKENS:
         u = torch.randn(shards, tokens, d_in, dtype=dtype, device=device)
-        triton_ms = _time_ms(lambda: sparse_mm(u, values, meta, list(rows), MAX_TOKENS))
-        prefill_ms = _time_ms(lambda: _prefill_mm(u, values, meta, list(rows)))
-        if triton_ms >= prefill_ms:
+        ms = {"dot": _time_ms(lambda: triton_decode.sparse24_decode(u, values, meta16, list(rows))),
+              "prefill": _time_ms(lambda: _prefill_mm(u, values, meta, list(rows)))}
+        if tokens <= triton_decode.GEMV_MAX_TOKENS and limits[0] == limits[1]:  # GEMV only while it has won so far
+            ms["gemv"] = _time_ms(lambda: triton_decode.sparse24_gemv(u, values, meta16, list(rows)))
+        best = min(ms, key=ms.get)
+        if best == "prefill":
             break
-        limit, tokens = tokens, tokens * 2
-    log.info("ARMOR 2:4 layer %s x %d (%s): Triton decode kernel up to %d tokens, %s beyond", list(rows), d_in,
-             dtype, limit, prefill_path(device))
-    return limit
+        limits = [tokens if best == "gemv" else limits[0], tokens]
+        tokens *= 2
+    log.info("ARMOR 2:4 layer %s x %d (%s): Triton GEMV up to %d tokens, Triton dot kernel up to %d, %s beyond",
+             list(rows), d_in, dtype, limits[0], limits[1], prefill_path(device))
+    return tuple(limits)
 
 
-def decode_token_limit(values: torch.Tensor, shard_sizes: list[int]) -> int:
-    """Up to how many tokens the Triton decode kernel beats CUTLASS on this shape: timed once per shape and
-    dtype on this GPU (the crossover), at load time; DEFAULT_DECODE_LIMIT off CUDA."""
+def decode_token_limits(values: torch.Tensor, shard_sizes: list[int]) -> list[int]:
+    """[gemv, dot]: up to how many tokens the Triton GEMV, then the Triton dot kernel, beat the prefill path on
+    this shape: timed once per shape and dtype on this GPU, at load time; DEFAULT_DECODE_LIMITS off CUDA."""
     if values.device.type != "cuda":
-        return DEFAULT_DECODE_LIMIT
-    return _measured_limit(tuple(shard_sizes), values.shape[1] * 2, values.dtype, str(values.device))
+        return list(DEFAULT_DECODE_LIMITS)
+    return list(_measured_limits(tuple(shard_sizes), values.shape[1] * 2, values.dtype, str(values.device)))

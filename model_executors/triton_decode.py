@@ -1,18 +1,23 @@
-"""Triton decode kernel for the 2:4 core on GPU: z_s = S_s u_s for 1-64 tokens, straight from the bytes the
+"""Triton decode kernels for the 2:4 core on GPU: z_s = S_s u_s for 1-64 tokens, straight from the bytes the
 CUTLASS 2:4 kernel reads (kept values + CUTLASS-reordered 4-bit position codes, model_executors/cuda_kernel.py),
 so decode and prefill share one copy of the weights and decode reads ~0.56x the bytes of dense.
 
 One launch covers a fused layer (qkv: 3 shards, gate_up: 2): shard s's rows read their own input u_s
 (u has shape (shards, tokens, d_in): every shard's B x, made by one batched transform). A program owns
-BLOCK_N output rows of one shard and all tokens; per step it decodes a (BLOCK_N, 4 * BLOCK_G) tile of S in
-registers (each metadata word loaded once for its 4 groups, the kept values as contiguous pairs) and runs
-one tensor-core dot against the matching contiguous rows of u. `unpack24` writes the same tiles out: the
-prefill path where torch's CUTLASS 2:4 GEMM does not run. Runs on CPU under TRITON_INTERPRET=1, which is
-how CI tests it.
+BLOCK_N output rows of one shard, all tokens and 1/SPLIT of the inputs (split-K: a layer with few row tiles
+still fills the GPU; the SPLIT partial sums, float32, are added after). Two kernels:
+* `sparse24_gemv` (a few tokens): no tensor cores. Each kept value multiplies the input it sits at, gathered
+  by its position code: FMAs on the kept values only, and no operand layout conversion.
+* `sparse24_decode` (up to 64 tokens): per step it decodes a (BLOCK_N, 4 * BLOCK_G) tile of S in registers
+  (each metadata word loaded once for its 4 groups, the kept values as contiguous pairs) and runs one
+  tensor-core dot against the matching contiguous rows of u.
+cuda_kernel measures, per shape at load time, up to how many tokens each one beats the prefill path.
+`unpack24` writes the same tiles out: the prefill path where torch's CUTLASS 2:4 GEMM does not run. Runs on CPU
+under TRITON_INTERPRET=1, which is how CI tests it.
 
-History: the first version (measured on an H200, 2026-12-04) decoded four column phases per step, each
-with its own metadata address math per (row, group), strided value loads and a dot each: 0.35 TB/s, 0.15x
-dense at 1 token. This one has not run on a GPU yet (scripts/gpu_probe.py times it).
+History, H200 (2026-12-04), Llama-3-8B gate (14336 x 4096), 1 token, dense 30.5 us: the first dot kernel (four
+column phases per step, metadata address math per (row, group), strided value loads) 206 us; this dot kernel
+without split-K 80 us; the GEMV without split-K 33 us (scripts/gpu_probe.py, benchmarks/results/gpu-probe.json).
 """
 from __future__ import annotations
 
@@ -20,7 +25,9 @@ import torch
 import triton
 import triton.language as tl
 
-MAX_TOKENS = 64  # the token tile is held whole in registers
+MAX_TOKENS = 64       # the dot kernel holds the token tile whole in registers
+GEMV_MAX_TOKENS = 8   # the GEMV gathers the input once per token: beyond a few tokens the dots win
+SPLIT_PROGRAMS_PER_SM = 4
 
 
 @triton.jit
@@ -65,8 +72,20 @@ def _dense_tile(values_ptr, meta_ptr, rows, start, m, K, g0, BLOCK_N: tl.constex
 
 
 @triton.jit
-def _sparse24_kernel(values_ptr, meta_ptr, u_ptr, out_ptr, T, N, K, end0, end1,
-                     BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_T: tl.constexpr, DOT_FP32: tl.constexpr):
+def _store_rows(out_ptr, acc, rows, T, N, BLOCK_T: tl.constexpr, SPLIT: tl.constexpr):
+    """acc (BLOCK_N, BLOCK_T) -> out (tokens, N); with split-K into this program's float32 slice of
+    out (SPLIT, tokens, N), summed after."""
+    toks = tl.arange(0, BLOCK_T)[None, :]
+    at = out_ptr + toks * N + rows[:, None]
+    if SPLIT == 1:
+        tl.store(at, acc.to(out_ptr.dtype.element_ty), mask=toks < T)
+    else:
+        tl.store(at + tl.program_id(1) * T * N, acc, mask=toks < T)
+
+
+@triton.jit
+def _sparse24_kernel(values_ptr, meta_ptr, u_ptr, out_ptr, T, N, K, end0, end1, BLOCK_N: tl.constexpr,
+                     BLOCK_G: tl.constexpr, BLOCK_T: tl.constexpr, SPLIT: tl.constexpr, DOT_FP32: tl.constexpr):
     row0 = tl.program_id(0) * BLOCK_N
     s, start, m = _shard_of(row0, N, end0, end1)
     rows = row0 + tl.arange(0, BLOCK_N)
@@ -75,14 +94,34 @@ def _sparse24_kernel(values_ptr, meta_ptr, u_ptr, out_ptr, T, N, K, end0, end1,
     inputs = tl.arange(0, 4 * BLOCK_G)
     u_base = u_ptr + s * T * K + toks[None, :] * K + inputs[:, None]
     acc = tl.zeros((BLOCK_N, BLOCK_T), dtype=tl.float32)
-    for g0 in range(0, K // 4, BLOCK_G):
+    groups = K // 4 // SPLIT  # this program's groups of 4 inputs
+    for g0 in range(tl.program_id(1) * groups, (tl.program_id(1) + 1) * groups, BLOCK_G):
         w = _dense_tile(values_ptr, meta_ptr, rows, start, m, K, g0, BLOCK_N, BLOCK_G)
         x = tl.load(u_base + g0 * 4, mask=tok_ok, other=0.0)
         if DOT_FP32:  # Triton's CPU interpreter computes bfloat16 tl.dot wrongly (triton 3.x); GPUs never take this
             acc += tl.dot(w.to(tl.float32), x.to(tl.float32))
         else:
             acc += tl.dot(w, x)
-    tl.store(out_ptr + toks[None, :] * N + rows[:, None], acc.to(out_ptr.dtype.element_ty), mask=tok_ok)
+    _store_rows(out_ptr, acc, rows, T, N, BLOCK_T, SPLIT)
+
+
+@triton.jit
+def _gemv24_kernel(values_ptr, meta_ptr, u_ptr, out_ptr, T, N, K, end0, end1, BLOCK_N: tl.constexpr,
+                   BLOCK_G: tl.constexpr, BLOCK_T: tl.constexpr, SPLIT: tl.constexpr):
+    row0 = tl.program_id(0) * BLOCK_N
+    s, start, m = _shard_of(row0, N, end0, end1)
+    rows = row0 + tl.arange(0, BLOCK_N)
+    toks = tl.arange(0, BLOCK_T)[None, None, :]
+    u_base = u_ptr + s * T * K + toks * K
+    acc = tl.zeros((BLOCK_N, BLOCK_T), dtype=tl.float32)
+    groups = K // 4 // SPLIT
+    for g0 in range(tl.program_id(1) * groups, (tl.program_id(1) + 1) * groups, BLOCK_G):
+        code, v0, v1 = _kept(values_ptr, meta_ptr, rows, start, m, K, g0, BLOCK_N, BLOCK_G)
+        at = ((g0 + tl.arange(0, BLOCK_G)) * 4)[None, :]
+        x0 = tl.load(u_base + (at + (code & 3))[:, :, None], mask=toks < T, other=0.0).to(tl.float32)
+        x1 = tl.load(u_base + (at + (code >> 2))[:, :, None], mask=toks < T, other=0.0).to(tl.float32)
+        acc += tl.sum(v0[:, :, None].to(tl.float32) * x0 + v1[:, :, None].to(tl.float32) * x1, axis=1)
+    _store_rows(out_ptr, acc, rows, T, N, BLOCK_T, SPLIT)
 
 
 @triton.jit
@@ -104,24 +143,57 @@ def tile_rows(shard_sizes: list[int]) -> int:
     raise ValueError(f"shard sizes {shard_sizes} are not multiples of 16")
 
 
-def sparse24_decode(u: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, shard_sizes: list[int]) -> torch.Tensor:
-    """(tokens, sum(shard_sizes)): [S_s u_s]_s with u (shards, tokens, d_in) and S in the CUTLASS layout
-    (`meta`: every shard's reordered int16 metadata, shard after shard: the layer's uint8 buffer viewed as int16)."""
+def _check(u: torch.Tensor, values: torch.Tensor, shard_sizes: list[int], max_tokens: int) -> None:
+    shards, tokens, _ = u.shape
+    if len(shard_sizes) != shards or shards > 3 or sum(shard_sizes) != values.shape[0]:
+        raise ValueError(f"shard sizes {shard_sizes} do not match {shards} input shard(s) and {values.shape[0]} rows")
+    if tokens > max_tokens:
+        raise ValueError(f"this decode kernel takes at most {max_tokens} tokens, got {tokens}")
+
+
+def _split_k(row_tiles: int, steps: int, device: torch.device) -> int:
+    """How many programs share a row tile's inputs: enough programs for SPLIT_PROGRAMS_PER_SM on every
+    multiprocessor, at most 8, each with a whole number of steps (1 off CUDA)."""
+    if device.type != "cuda":
+        return 1
+    want = SPLIT_PROGRAMS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count
+    split = 1
+    while row_tiles * split < want and split < 8 and steps % (2 * split) == 0:
+        split *= 2
+    return split
+
+
+def _launch(kernel, u, values, meta, shard_sizes, split, block_t, **consts) -> torch.Tensor:
+    """Run one of the decode kernels over every row tile (and split-K slice); (tokens, rows) in u's dtype."""
     shards, tokens, k = u.shape
     n = values.shape[0]
-    if len(shard_sizes) != shards or shards > 3 or sum(shard_sizes) != n:
-        raise ValueError(f"shard sizes {shard_sizes} do not match {shards} input shard(s) and {n} rows")
-    if tokens > MAX_TOKENS:
-        raise ValueError(f"the decode kernel takes at most {MAX_TOKENS} tokens, got {tokens}")
     ends = [sum(shard_sizes[: i + 1]) for i in range(shards)] + [n] * (3 - shards)
-    out = torch.empty(tokens, n, dtype=u.dtype, device=u.device)
     block_n = tile_rows(shard_sizes)
     block_g = next(g for g in (64, 32, 16) if (k // 4) % g == 0)
-    block_t = max(16, triton.next_power_of_2(tokens))
-    _sparse24_kernel[(n // block_n,)](values, meta, u.contiguous(), out, tokens, n, k, ends[0], ends[1],
-                                      BLOCK_N=block_n, BLOCK_G=block_g, BLOCK_T=block_t,
-                                      DOT_FP32=u.device.type == "cpu" and u.dtype == torch.bfloat16)
-    return out
+    split = split or _split_k(n // block_n, k // 4 // block_g, u.device)
+    if (k // 4) % (split * block_g):
+        raise ValueError(f"split-K {split} does not divide the {k // 4 // block_g} steps of {block_g} groups")
+    out = u.new_empty(tokens, n) if split == 1 else torch.empty(split, tokens, n, dtype=torch.float32, device=u.device)
+    kernel[(n // block_n, split)](values, meta, u.contiguous(), out, tokens, n, k, ends[0], ends[1], BLOCK_N=block_n,
+                                  BLOCK_G=block_g, BLOCK_T=block_t, SPLIT=split, **consts)
+    return out if split == 1 else out.sum(0).to(u.dtype)
+
+
+def sparse24_decode(u: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, shard_sizes: list[int],
+                    split: int | None = None) -> torch.Tensor:
+    """(tokens, sum(shard_sizes)): [S_s u_s]_s through tensor-core dots, with u (shards, tokens, d_in) and S in
+    the CUTLASS layout (`meta`: every shard's reordered int16 metadata, shard after shard: the layer's uint8
+    buffer viewed as int16). `split`: split-K factor (default: enough programs to fill the GPU)."""
+    _check(u, values, shard_sizes, MAX_TOKENS)
+    return _launch(_sparse24_kernel, u, values, meta, shard_sizes, split, max(16, triton.next_power_of_2(u.shape[1])),
+                   DOT_FP32=u.device.type == "cpu" and u.dtype == torch.bfloat16)
+
+
+def sparse24_gemv(u: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, shard_sizes: list[int],
+                  split: int | None = None) -> torch.Tensor:
+    """The same product on CUDA cores, FMAs on the kept values only: for up to GEMV_MAX_TOKENS tokens."""
+    _check(u, values, shard_sizes, GEMV_MAX_TOKENS)
+    return _launch(_gemv24_kernel, u, values, meta, shard_sizes, split, triton.next_power_of_2(u.shape[1]))
 
 
 def unpack24(values: torch.Tensor, meta: torch.Tensor, shard_sizes: list[int]) -> torch.Tensor:

@@ -150,7 +150,7 @@ class ArmorLinearMethod(LinearMethodBase):
         if kernel == kernel_choice.SPARSE:
             log.info_once(f"ARMOR layers run on {why}")
             cuda_kernel.to_cutlass_layout(layer.sparse_meta.data, shards)
-            layer.armor_decode_limit = cuda_kernel.decode_token_limit(values, shards)
+            layer.armor_decode_limits = cuda_kernel.decode_token_limits(values, shards)
             return
         log.warning_once(f"ARMOR layers run the reference kernel (S held dense-with-zeros): {why}")
         # Reference kernel: S dense-with-zeros, one matrix per shard; the packed copies are freed.
@@ -165,6 +165,6 @@ class ArmorLinearMethod(LinearMethodBase):
                                      layer.armor_shard_sizes, bias)
         if layer.armor_kernel == kernel_choice.SPARSE:
             return cuda_kernel.linear(x, layer.sparse_values, layer.sparse_meta, layer.a_blocks, layer.b_blocks,
-                                      layer.armor_shard_sizes, bias, layer.armor_decode_limit)
+                                      layer.armor_shard_sizes, bias, layer.armor_decode_limits)
         return armor_apply(x, layer.a_blocks, layer.armor_cores, layer.b_blocks, bias)
 

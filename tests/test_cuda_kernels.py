@@ -22,23 +22,26 @@ def layer(dtype, d_out=1024, d_in=512, block=64, kernel="sparse"):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("tokens", [1, 7, 32, 33, 2048])
-@pytest.mark.parametrize("decode_limit", [0, 64])  # 0: the prefill path for every token count; 64: Triton up to 64
-def test_sparse_kernels_match_the_reference(dtype, tokens, decode_limit):
+@pytest.mark.parametrize("tokens", [1, 3, 7, 32, 33, 2048])
+# [GEMV, dot kernel] up to: [0, 0] the prefill path for every token count; [0, 64] the dot kernel up to 64 tokens;
+# [8, 64] the GEMV up to 8, then the dot kernel
+@pytest.mark.parametrize("limits", [[0, 0], [0, 64], [8, 64]])
+def test_sparse_kernels_match_the_reference(dtype, tokens, limits):
     ref, fast = layer(dtype, kernel="reference"), layer(dtype)
     x = torch.randn(tokens, 512, device="cuda", dtype=dtype)
     expected = ref(x)
     fast.prepare()
-    fast._decode_limit = decode_limit
+    fast._decode_limits = limits
     torch.testing.assert_close(fast(x), expected, rtol=2e-2, atol=5e-2)
     assert fast._mode == "sparse" and fast.resident_bytes() == fast.packed_bytes()  # no dense copy held
 
 
-def test_decode_limit_is_measured_once_per_shape():
+def test_decode_limits_are_measured_once_per_shape():
     mod = layer(torch.bfloat16)
     mod.prepare()
-    assert 0 <= mod._decode_limit <= 64
-    assert cuda_kernel._measured_limit.cache_info().currsize >= 1
+    gemv, dot = mod._decode_limits
+    assert 0 <= gemv <= 8 and gemv <= dot <= 64
+    assert cuda_kernel._measured_limits.cache_info().currsize >= 1
 
 
 def test_cuda_graph_and_torch_compile():

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.sparse._semi_structured_conversions import sparse_semi_structured_from_dense_cutlass
 
-from model_executors import cpu_kernel, cuda_kernel, kernel_choice, sparsity, triton_decode
+from model_executors import blockdiag, cpu_kernel, cuda_kernel, kernel_choice, sparsity, triton_blockdiag, triton_decode
 from model_executors.armor_linear import ArmorLinear
 
 DTYPES = [torch.float16, torch.bfloat16]
@@ -74,11 +74,66 @@ def test_unpacked_prefill_path_matches_reference(dtype, shards, cols):
     torch.testing.assert_close(out.float().cpu(), reference(u, dense, shards), rtol=2e-2, atol=3e-2 * cols ** 0.5)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("tokens", [1, 3, 8])
+@pytest.mark.parametrize("shards,cols", [([32], 64), ([64, 32, 32], 128), ([96, 96], 512)])
+def test_triton_gemv_matches_reference(dtype, tokens, shards, cols):
+    values, codes, dense = core(sum(shards), cols, dtype, seed=tokens)
+    meta = codes.clone()
+    cuda_kernel.to_cutlass_layout(meta, shards)
+    u = torch.randn(len(shards), tokens, cols, generator=torch.Generator().manual_seed(1)).to(dtype)
+    out = triton_decode.sparse24_gemv(u.to(DEVICE), values.to(DEVICE), meta.view(torch.int16).to(DEVICE), shards)
+    assert out.shape == (tokens, sum(shards)) and out.dtype == dtype
+    torch.testing.assert_close(out.float().cpu(), reference(u, dense, shards), rtol=2e-2, atol=3e-2 * cols ** 0.5)
+
+
+@pytest.mark.parametrize("kernel", ["sparse24_gemv", "sparse24_decode"])
+@pytest.mark.parametrize("split", [2, 4])
+def test_split_k_sums_the_same_product(kernel, split):
+    """Split-K (several programs per row tile, float32 partial sums added after) gives the unsplit result."""
+    shards, cols, dtype = [64, 32], 1024, torch.bfloat16  # 4 steps of 64 groups
+    values, codes, dense = core(sum(shards), cols, dtype, seed=9)
+    meta = codes.clone()
+    cuda_kernel.to_cutlass_layout(meta, shards)
+    u = torch.randn(len(shards), 3, cols, generator=torch.Generator().manual_seed(4)).to(dtype)
+    run = getattr(triton_decode, kernel)
+    args = u.to(DEVICE), values.to(DEVICE), meta.view(torch.int16).to(DEVICE), shards
+    out = run(*args, split=split)
+    torch.testing.assert_close(out.float().cpu(), reference(u, dense, shards), rtol=2e-2, atol=3e-2 * cols ** 0.5)
+    torch.testing.assert_close(out, run(*args, split=1), rtol=1e-2, atol=2e-2)
+    with pytest.raises(ValueError, match="does not divide"):
+        run(*args, split=3)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("block", [16, 64, 128])
+@pytest.mark.parametrize("tokens", [1, 17, 70])
+@pytest.mark.parametrize("shards", [0, 1, 3])  # 0: blocks (n, b, b), the A transform; else (shards, n, b, b), B
+def test_triton_blockdiag_matches_batched_matmul(dtype, block, tokens, shards):
+    g = torch.Generator().manual_seed(block + tokens)
+    d = 2 * block
+    blocks = torch.randn(*([shards] if shards else []), 2, block, block, generator=g).to(dtype)
+    wide = torch.randn(tokens, d + 8, generator=g).to(dtype)
+    x = wide[:, 3 : 3 + d]  # rows strided, as a slice of a wider activation
+    out = triton_blockdiag.apply(blocks.to(DEVICE), x.to(DEVICE)).cpu()
+    ref = torch.stack([blockdiag.apply(b.float(), x.float()) for b in (blocks if shards else [blocks])])
+    assert out.dtype == dtype and out.shape == (ref.shape if shards else ref.shape[1:])
+    torch.testing.assert_close(out.float(), ref if shards else ref[0], rtol=2e-2, atol=2e-2 * block ** 0.5)
+
+
+def test_triton_blockdiag_refuses_blocks_that_do_not_fit():
+    assert not triton_blockdiag.supported(48) and not triton_blockdiag.supported(8)
+    with pytest.raises(ValueError, match="do not fit"):
+        triton_blockdiag.apply(torch.randn(2, 32, 32), torch.randn(3, 96))
+
+
 def test_triton_decode_kernel_refuses_what_it_cannot_take():
     values, codes, _ = core(64, 64, torch.float16)
     u = torch.randn(1, 65, 64, dtype=torch.float16)
     with pytest.raises(ValueError, match="at most 64 tokens"):
         triton_decode.sparse24_decode(u, values, codes.view(torch.int16), [64])
+    with pytest.raises(ValueError, match="at most 8 tokens"):
+        triton_decode.sparse24_gemv(u[:, :9], values, codes.view(torch.int16), [64])
     with pytest.raises(ValueError, match="do not match"):
         triton_decode.sparse24_decode(u[:, :2], values, codes.view(torch.int16), [32, 16])
 
@@ -104,11 +159,11 @@ def test_fused_layer_through_the_decode_path_matches_armor_reference(dtype):
     cuda_kernel.to_cutlass_layout(meta, shards)
     x = torch.randn(2, 3, cols, generator=g).to(dtype)  # batched input: any leading dims
     on = lambda t: t.to(DEVICE)
-    y = cuda_kernel.linear(on(x), on(values), on(meta), on(a_blocks), on(b_blocks), shards, on(bias), decode_limit=64)
-    y = y.cpu()
     ref = torch.cat([x.float() @ m.dense_weight().float().T + m.bias.float() for m in mods], dim=-1)
-    assert y.shape == (2, 3, 128)
-    torch.testing.assert_close(y.float(), ref, rtol=3e-2, atol=0.25)
+    for limits in ([0, 64], [8, 64]):  # the dot kernel, the GEMV
+        y = cuda_kernel.linear(on(x), on(values), on(meta), on(a_blocks), on(b_blocks), shards, on(bias), limits)
+        assert y.shape == (2, 3, 128)
+        torch.testing.assert_close(y.float().cpu(), ref, rtol=3e-2, atol=0.25)
 
 
 def test_armor_linear_saves_the_checkpoint_layout_from_the_cutlass_layout():
@@ -156,13 +211,20 @@ AOT_COMPILE = """
 import re, sys, triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from model_executors.triton_decode import _sparse24_kernel
-arch, dtype = int(sys.argv[1]), sys.argv[2]
-ptr = "*" + dtype
-src = ASTSource(fn=_sparse24_kernel, signature={"values_ptr": ptr, "meta_ptr": "*i16", "u_ptr": ptr, "out_ptr": ptr,
-    "T": "i32", "N": "i32", "K": "i32", "end0": "i32", "end1": "i32", "BLOCK_N": "constexpr", "BLOCK_G": "constexpr",
-    "BLOCK_T": "constexpr", "DOT_FP32": "constexpr"},
-    constexprs={"BLOCK_N": 32, "BLOCK_G": 64, "BLOCK_T": 32, "DOT_FP32": False})
+from model_executors import triton_blockdiag, triton_decode
+arch, dtype, name = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+ptr, i32 = "*" + dtype, "i32"
+decode = {"values_ptr": ptr, "meta_ptr": "*i16", "u_ptr": ptr, "out_ptr": ptr, "T": i32, "N": i32, "K": i32,
+          "end0": i32, "end1": i32}
+fn, signature, constexprs = {
+    "sparse24": (triton_decode._sparse24_kernel, decode,
+                 {"BLOCK_N": 32, "BLOCK_G": 64, "BLOCK_T": 32, "SPLIT": 1, "DOT_FP32": False}),
+    "gemv24": (triton_decode._gemv24_kernel, {**decode, "out_ptr": "*fp32"},
+               {"BLOCK_N": 32, "BLOCK_G": 64, "BLOCK_T": 2, "SPLIT": 4}),
+    "blockdiag": (triton_blockdiag._blockdiag_kernel, {"x_ptr": ptr, "blocks_ptr": ptr, "out_ptr": ptr, "T": i32,
+                  "D": i32, "x_stride": i32}, {"B": 128, "BLOCK_T": 64, "BLOCK_I": 128, "BLOCK_J": 64, "DOT_FP32": False}),
+}[name]
+src = ASTSource(fn=fn, signature={**signature, **{k: "constexpr" for k in constexprs}}, constexprs=constexprs)
 kernel = triton.compile(src, target=GPUTarget("cuda", arch, 32))
 print(len(kernel.asm["cubin"]), sorted(set(re.findall(r"mma[.][.\\w]*", kernel.asm["ptx"]))))
 """
@@ -170,20 +232,21 @@ print(len(kernel.asm["cubin"]), sorted(set(re.findall(r"mma[.][.\\w]*", kernel.a
 
 @pytest.mark.parametrize("arch", [80, 90])
 @pytest.mark.parametrize("dtype", ["fp16", "bf16"])
-def test_triton_decode_kernel_compiles_to_tensor_core_code_without_a_gpu(arch, dtype):
-    """The GPU build of the kernel (not the interpreter's): Triton compiles it ahead of time to a cubin for
-    sm80/sm90 here, and its PTX multiplies on tensor cores (mma) in the weights' dtype."""
+@pytest.mark.parametrize("kernel,tensor_cores", [("sparse24", True), ("gemv24", False), ("blockdiag", True)])
+def test_triton_kernels_compile_for_gpus_without_a_gpu(arch, dtype, kernel, tensor_cores):
+    """The GPU build of the kernels (not the interpreter's): Triton compiles them ahead of time to a cubin for
+    sm80/sm90 here; the dot kernels' PTX multiplies on tensor cores (mma) in the weights' dtype, the GEMV's does not."""
     import os
     import subprocess
     import sys
 
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-c", AOT_COMPILE, str(arch), dtype], capture_output=True, text=True,
-                          env={**env, "TRITON_DEFAULT_FP_FUSION": "1"}, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", AOT_COMPILE, str(arch), dtype, kernel], capture_output=True,
+                          text=True, env={**env, "TRITON_DEFAULT_FP_FUSION": "1"}, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     size, mma = proc.stdout.split(" ", 1)
     ptx_type = {"fp16": "f16", "bf16": "bf16"}[dtype]
-    assert int(size) > 10_000 and f"f32.{ptx_type}.{ptx_type}.f32" in mma
+    assert int(size) > 5_000 and (f".{ptx_type}." in mma) == tensor_cores, mma
 
 
 def test_vllm_method_wires_a_fused_layer_onto_the_gpu_path(monkeypatch):
@@ -213,7 +276,7 @@ def test_vllm_method_wires_a_fused_layer_onto_the_gpu_path(monkeypatch):
     layer.armor_loaded = {(kind, s) for kind in ("sparse_values", "sparse_meta", "a_blocks", "b_blocks") for s in (0, 1)}
     monkeypatch.setattr(kernel_choice, "choose", lambda *a: (kernel_choice.SPARSE, "forced by the test"))
     method.process_weights_after_loading(layer)
-    assert layer.armor_kernel == "sparse" and layer.armor_decode_limit == cuda_kernel.DEFAULT_DECODE_LIMIT
+    assert layer.armor_kernel == "sparse" and layer.armor_decode_limits == cuda_kernel.DEFAULT_DECODE_LIMITS
     x = torch.randn(5, cols, generator=g).to(dtype)
     y = method.apply(layer, x)
     ref = torch.cat([x.float() @ p.dense_weight().float().T for p in parts], dim=-1)
