@@ -21,13 +21,14 @@ without split-K 80 us; the GEMV without split-K 33 us (scripts/gpu_probe.py, ben
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
 
 MAX_TOKENS = 64       # the dot kernel holds the token tile whole in registers
-GEMV_MAX_TOKENS = 8   # the GEMV gathers the input once per token: beyond a few tokens the dots win
-SPLIT_PROGRAMS_PER_SM = 4
+GEMV_MAX_TOKENS = 8   # the GEMV's FMAs grow with the tokens: beyond a few the dots win
 
 
 @triton.jit
@@ -107,7 +108,9 @@ def _sparse24_kernel(values_ptr, meta_ptr, u_ptr, out_ptr, T, N, K, end0, end1, 
 
 @triton.jit
 def _gemv24_kernel(values_ptr, meta_ptr, u_ptr, out_ptr, T, N, K, end0, end1, BLOCK_N: tl.constexpr,
-                   BLOCK_G: tl.constexpr, BLOCK_T: tl.constexpr, SPLIT: tl.constexpr):
+                   BLOCK_G: tl.constexpr, BLOCK_T: tl.constexpr, SPLIT: tl.constexpr, EXPAND: tl.constexpr):
+    """EXPAND: the (BLOCK_N, 4 * BLOCK_G) tile of S, zeros included, times contiguous inputs (twice the FMAs,
+    no gathers); else each kept value times the input its position code names (gathered)."""
     row0 = tl.program_id(0) * BLOCK_N
     s, start, m = _shard_of(row0, N, end0, end1)
     rows = row0 + tl.arange(0, BLOCK_N)
@@ -116,11 +119,17 @@ def _gemv24_kernel(values_ptr, meta_ptr, u_ptr, out_ptr, T, N, K, end0, end1, BL
     acc = tl.zeros((BLOCK_N, BLOCK_T), dtype=tl.float32)
     groups = K // 4 // SPLIT
     for g0 in range(tl.program_id(1) * groups, (tl.program_id(1) + 1) * groups, BLOCK_G):
-        code, v0, v1 = _kept(values_ptr, meta_ptr, rows, start, m, K, g0, BLOCK_N, BLOCK_G)
-        at = ((g0 + tl.arange(0, BLOCK_G)) * 4)[None, :]
-        x0 = tl.load(u_base + (at + (code & 3))[:, :, None], mask=toks < T, other=0.0).to(tl.float32)
-        x1 = tl.load(u_base + (at + (code >> 2))[:, :, None], mask=toks < T, other=0.0).to(tl.float32)
-        acc += tl.sum(v0[:, :, None].to(tl.float32) * x0 + v1[:, :, None].to(tl.float32) * x1, axis=1)
+        if EXPAND:
+            w = _dense_tile(values_ptr, meta_ptr, rows, start, m, K, g0, BLOCK_N, BLOCK_G).to(tl.float32)
+            inputs = (g0 * 4 + tl.arange(0, 4 * BLOCK_G))[None, :, None]
+            x = tl.load(u_base + inputs, mask=toks < T, other=0.0).to(tl.float32)
+            acc += tl.sum(w[:, :, None] * x, axis=1)
+        else:
+            code, v0, v1 = _kept(values_ptr, meta_ptr, rows, start, m, K, g0, BLOCK_N, BLOCK_G)
+            at = ((g0 + tl.arange(0, BLOCK_G)) * 4)[None, :]
+            x0 = tl.load(u_base + (at + (code & 3))[:, :, None], mask=toks < T, other=0.0).to(tl.float32)
+            x1 = tl.load(u_base + (at + (code >> 2))[:, :, None], mask=toks < T, other=0.0).to(tl.float32)
+            acc += tl.sum(v0[:, :, None].to(tl.float32) * x0 + v1[:, :, None].to(tl.float32) * x1, axis=1)
     _store_rows(out_ptr, acc, rows, T, N, BLOCK_T, SPLIT)
 
 
@@ -151,26 +160,33 @@ def _check(u: torch.Tensor, values: torch.Tensor, shard_sizes: list[int], max_to
         raise ValueError(f"this decode kernel takes at most {max_tokens} tokens, got {tokens}")
 
 
-def _split_k(row_tiles: int, steps: int, device: torch.device) -> int:
-    """How many programs share a row tile's inputs: enough programs for SPLIT_PROGRAMS_PER_SM on every
-    multiprocessor, at most 8, each with a whole number of steps (1 off CUDA)."""
+@functools.cache
+def _multiprocessors(device: str) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _split_k(row_tiles: int, steps: int, k: int, max_inputs: int, device: torch.device) -> int:
+    """How many programs share a row tile's inputs (split-K): the fewest that give each program at most
+    `max_inputs` inputs and every multiprocessor a program, at most 8, each with a whole number of steps
+    (1 off CUDA). Measured on an H200 (scripts/gpu_probe.py): the GEMV is fastest at ~4096 inputs per program,
+    the dot kernel at ~2048, on Llama-3-8B's gate (4096 inputs) and down (14336)."""
     if device.type != "cuda":
         return 1
-    want = SPLIT_PROGRAMS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count
     split = 1
-    while row_tiles * split < want and split < 8 and steps % (2 * split) == 0:
+    while split < 8 and steps % (2 * split) == 0 and (
+            k // split > max_inputs or row_tiles * split < _multiprocessors(str(device))):
         split *= 2
     return split
 
 
-def _launch(kernel, u, values, meta, shard_sizes, split, block_t, **consts) -> torch.Tensor:
+def _launch(kernel, u, values, meta, shard_sizes, split, max_inputs, block_t, **consts) -> torch.Tensor:
     """Run one of the decode kernels over every row tile (and split-K slice); (tokens, rows) in u's dtype."""
     shards, tokens, k = u.shape
     n = values.shape[0]
     ends = [sum(shard_sizes[: i + 1]) for i in range(shards)] + [n] * (3 - shards)
     block_n = tile_rows(shard_sizes)
     block_g = next(g for g in (64, 32, 16) if (k // 4) % g == 0)
-    split = split or _split_k(n // block_n, k // 4 // block_g, u.device)
+    split = split or _split_k(n // block_n, k // 4 // block_g, k, max_inputs, u.device)
     if (k // 4) % (split * block_g):
         raise ValueError(f"split-K {split} does not divide the {k // 4 // block_g} steps of {block_g} groups")
     out = u.new_empty(tokens, n) if split == 1 else torch.empty(split, tokens, n, dtype=torch.float32, device=u.device)
@@ -183,17 +199,19 @@ def sparse24_decode(u: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, s
                     split: int | None = None) -> torch.Tensor:
     """(tokens, sum(shard_sizes)): [S_s u_s]_s through tensor-core dots, with u (shards, tokens, d_in) and S in
     the CUTLASS layout (`meta`: every shard's reordered int16 metadata, shard after shard: the layer's uint8
-    buffer viewed as int16). `split`: split-K factor (default: enough programs to fill the GPU)."""
+    buffer viewed as int16). `split`: split-K factor (default: `_split_k`)."""
     _check(u, values, shard_sizes, MAX_TOKENS)
-    return _launch(_sparse24_kernel, u, values, meta, shard_sizes, split, max(16, triton.next_power_of_2(u.shape[1])),
-                   DOT_FP32=u.device.type == "cpu" and u.dtype == torch.bfloat16)
+    return _launch(_sparse24_kernel, u, values, meta, shard_sizes, split, 2048,
+                   max(16, triton.next_power_of_2(u.shape[1])), DOT_FP32=u.device.type == "cpu" and u.dtype == torch.bfloat16)
 
 
 def sparse24_gemv(u: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, shard_sizes: list[int],
-                  split: int | None = None) -> torch.Tensor:
-    """The same product on CUDA cores, FMAs on the kept values only: for up to GEMV_MAX_TOKENS tokens."""
+                  split: int | None = None, expand: bool = False) -> torch.Tensor:
+    """The same product on CUDA cores, for up to GEMV_MAX_TOKENS tokens: FMAs on the kept values only, each
+    with its input gathered, or (`expand`) on the tile of S with its zeros, against contiguous inputs."""
     _check(u, values, shard_sizes, GEMV_MAX_TOKENS)
-    return _launch(_gemv24_kernel, u, values, meta, shard_sizes, split, triton.next_power_of_2(u.shape[1]))
+    return _launch(_gemv24_kernel, u, values, meta, shard_sizes, split, 4096, triton.next_power_of_2(u.shape[1]),
+                   EXPAND=expand)
 
 
 def unpack24(values: torch.Tensor, meta: torch.Tensor, shard_sizes: list[int]) -> torch.Tensor:
