@@ -167,14 +167,15 @@ def _multiprocessors(device: str) -> int:
 
 def _split_k(row_tiles: int, steps: int, k: int, max_inputs: int, device: torch.device) -> int:
     """How many programs share a row tile's inputs (split-K): the fewest that give each program at most
-    `max_inputs` inputs and every multiprocessor a program, at most 8, each with a whole number of steps
-    (1 off CUDA). Measured on an H200 (scripts/gpu_probe.py): the GEMV is fastest at ~4096 inputs per program,
-    the dot kernel at ~2048, on Llama-3-8B's gate (4096 inputs) and down (14336)."""
+    `max_inputs` inputs and every multiprocessor two programs, at most 8, each with a whole number of steps
+    (1 off CUDA). The H200 split-K sweep (benchmarks/results/gpu-probe.json, Llama-3-8B, 1 token for the GEMV,
+    16 for the dot kernel, microseconds for split 1/2/4/8): gate (448 row tiles, 4096 inputs) GEMV 36/38/37/38,
+    dots 80/75/83/88; down (128 row tiles, 14336 inputs) GEMV 91/54/41/41, dots 112/87/84/81."""
     if device.type != "cuda":
         return 1
     split = 1
     while split < 8 and steps % (2 * split) == 0 and (
-            k // split > max_inputs or row_tiles * split < _multiprocessors(str(device))):
+            k // split > max_inputs or row_tiles * split < 2 * _multiprocessors(str(device))):
         split *= 2
     return split
 

@@ -9,7 +9,7 @@ OUT=${OUT:-/tmp/gpu-checks}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 PY=${PY:-python3}
-TEST_S=${1:-110}; LAYERS_S=${2:-300}; DECODE_S=${3:-230}; PROBE_S=${4:-250}
+TEST_S=${1:-180}; LAYERS_S=${2:-300}; DECODE_S=${3:-230}; PROBE_S=${4:-250}
 STEPS=" ${STEPS:-tests layers decode probe} "
 LAYERS_ARGS=${LAYERS_ARGS:---models smollm2-135m,llama3-8b --blocks 32,64,128}
 DECODE_ARGS=${DECODE_ARGS:---layers 16 --batches 1,32}
