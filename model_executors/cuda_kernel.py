@@ -5,7 +5,7 @@
     y = cuda_kernel.linear(x, values, meta, a, b, shard_sizes, bias, limits)
 
 y = A [S_s (B_s x)]_s + bias: B as one block-diagonal transform giving every shard's input (one Triton launch,
-model_executors/triton_blockdiag.py), then, with limits = [gemv, dot, expand]:
+model_executors/triton_blockdiag.py), then, with limits = [gemv, dot]:
 * up to `gemv` tokens the Triton 2:4 GEMV, up to `dot` tokens the Triton tensor-core decode kernel
   (model_executors/triton_decode.py), one launch per fused layer;
 * beyond: CUTLASS's 2:4 GEMM (`torch._sparse_semi_structured_mm`), one per shard, tokens padded to 8, on
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 DTYPES = (torch.float16, torch.bfloat16)
 ROW_MULTIPLE, COL_MULTIPLE = 32, 64  # CUTLASS 2:4 (16-bit) constraints on the sparse operand, per shard
 TOKEN_MULTIPLE = 8                   # ... and on the dense operand's columns (tokens)
-DEFAULT_DECODE_LIMITS = [1, 16, 0]   # [GEMV, dot kernel, GEMV expands S] where not measured (no CUDA: the interpreter)
+DEFAULT_DECODE_LIMITS = [1, 16]      # [GEMV, dot kernel] where they cannot be measured (no CUDA: the interpreter)
 
 
 def triton_unavailable_reason() -> str:
@@ -154,14 +154,14 @@ def _prefill_mm(u, values, meta, shard_sizes):
 @torch.library.custom_op("armor_cuda::sparse24_mm", mutates_args=())
 def sparse_mm(u: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, shard_sizes: list[int],
               limits: list[int]) -> torch.Tensor:
-    """[S_s u_s]_s as (tokens, rows): with limits = [gemv, dot, expand], the Triton 2:4 GEMV up to `gemv` tokens
-    (expanding S's tiles with their zeros when `expand` is 1), the Triton tensor-core decode kernel up to `dot`
-    tokens, the prefill path (CUTLASS 2:4 on sm8x, else unpacked + dense GEMM) beyond."""
+    """[S_s u_s]_s as (tokens, rows): with limits = [gemv, dot], the Triton 2:4 GEMV up to `gemv` tokens, the
+    Triton tensor-core decode kernel up to `dot` tokens, the prefill path (CUTLASS 2:4 on sm8x, else unpacked
+    + dense GEMM) beyond."""
     from model_executors import triton_decode
 
     tokens = u.shape[1]
     if tokens <= limits[0]:
-        return triton_decode.sparse24_gemv(u, values, meta.view(torch.int16), shard_sizes, expand=bool(limits[2]))
+        return triton_decode.sparse24_gemv(u, values, meta.view(torch.int16), shard_sizes)
     if tokens <= limits[1]:
         return triton_decode.sparse24_decode(u, values, meta.view(torch.int16), shard_sizes)
     return _prefill_mm(u, values, meta, shard_sizes)
@@ -210,41 +210,36 @@ def _time_ms(fn) -> float:
 
 
 @functools.cache
-def _measured_limits(rows: tuple[int, ...], d_in: int, dtype: torch.dtype, device: str) -> tuple[int, int, int]:
-    """[gemv, dot, expand]: per power-of-two token count the fastest of the GEMV, the dot kernel and the prefill
-    path; each Triton kernel runs up to the last count of the unbroken run, from 1 token, that it (or, for
-    the dot kernel, the GEMV) wins. The GEMV's variant (expand) is the faster at 1 token."""
+def _measured_limits(rows: tuple[int, ...], d_in: int, dtype: torch.dtype, device: str) -> tuple[int, int]:
+    """[gemv, dot]: per power-of-two token count the fastest of the GEMV, the dot kernel and the prefill path;
+    each Triton kernel runs up to the last count of the unbroken run, from 1 token, that it (or, for the dot
+    kernel, the GEMV) wins."""
     from model_executors import triton_decode
 
     shards = len(rows)
     values = torch.randn(sum(rows), d_in // 2, dtype=dtype, device=device)
     meta = torch.full((sum(rows), d_in // 8), 0x44, dtype=torch.uint8, device=device)  # positions (0, 1) everywhere
     to_cutlass_layout(meta, list(rows))
-    meta16, limits, tokens = meta.view(torch.int16), [0, 0, 0], 1
-    gemv = lambda u, expand: triton_decode.sparse24_gemv(u, values, meta16, list(rows), expand=expand)
+    meta16, limits, tokens = meta.view(torch.int16), [0, 0], 1
     while tokens <= triton_decode.MAX_TOKENS:
         u = torch.randn(shards, tokens, d_in, dtype=dtype, device=device)
-        if tokens == 1:
-            limits[2] = int(_time_ms(lambda: gemv(u, True)) < _time_ms(lambda: gemv(u, False)))
         ms = {"dot": _time_ms(lambda: triton_decode.sparse24_decode(u, values, meta16, list(rows))),
               "prefill": _time_ms(lambda: _prefill_mm(u, values, meta, list(rows)))}
         if tokens <= triton_decode.GEMV_MAX_TOKENS and limits[0] == limits[1]:  # GEMV only while it has won so far
-            ms["gemv"] = _time_ms(lambda: gemv(u, bool(limits[2])))
+            ms["gemv"] = _time_ms(lambda: triton_decode.sparse24_gemv(u, values, meta16, list(rows)))
         best = min(ms, key=ms.get)
         if best == "prefill":
             break
-        limits[:2] = [tokens if best == "gemv" else limits[0], tokens]
+        limits = [tokens if best == "gemv" else limits[0], tokens]
         tokens *= 2
-    log.info("ARMOR 2:4 layer %s x %d (%s): Triton GEMV (%s) up to %d tokens, Triton dot kernel up to %d, %s beyond",
-             list(rows), d_in, dtype, "S expanded" if limits[2] else "inputs gathered", limits[0], limits[1],
-             prefill_path(device))
+    log.info("ARMOR 2:4 layer %s x %d (%s): Triton GEMV up to %d tokens, Triton dot kernel up to %d, %s beyond",
+             list(rows), d_in, dtype, limits[0], limits[1], prefill_path(device))
     return tuple(limits)
 
 
 def decode_token_limits(values: torch.Tensor, shard_sizes: list[int]) -> list[int]:
-    """[gemv, dot, expand]: up to how many tokens the Triton GEMV, then the Triton dot kernel, beat the prefill
-    path on this shape, and the GEMV's variant: timed once per shape and dtype on this GPU, at load time;
-    DEFAULT_DECODE_LIMITS off CUDA."""
+    """[gemv, dot]: up to how many tokens the Triton GEMV, then the Triton dot kernel, beat the prefill path on
+    this shape: timed once per shape and dtype on this GPU, at load time; DEFAULT_DECODE_LIMITS off CUDA."""
     if values.device.type != "cuda":
         return list(DEFAULT_DECODE_LIMITS)
     return list(_measured_limits(tuple(shard_sizes), values.shape[1] * 2, values.dtype, str(values.device)))

@@ -17,7 +17,9 @@ under TRITON_INTERPRET=1, which is how CI tests it.
 
 History, H200 (2026-12-04), Llama-3-8B gate (14336 x 4096), 1 token, dense 30.5 us: the first dot kernel (four
 column phases per step, metadata address math per (row, group), strided value loads) 206 us; this dot kernel
-without split-K 80 us; the GEMV without split-K 33 us (scripts/gpu_probe.py, benchmarks/results/gpu-probe.json).
+without split-K 80 us; the GEMV without split-K 33 us (scripts/gpu_probe.py, benchmarks/results/gpu-probe*.json).
+A GEMV variant that expanded S's tiles with their zeros against contiguous inputs (no gathers, twice the
+FMAs) lost to this one on all four Llama-3-8B layer types and was removed.
 """
 from __future__ import annotations
 
@@ -108,9 +110,7 @@ def _sparse24_kernel(values_ptr, meta_ptr, u_ptr, out_ptr, T, N, K, end0, end1, 
 
 @triton.jit
 def _gemv24_kernel(values_ptr, meta_ptr, u_ptr, out_ptr, T, N, K, end0, end1, BLOCK_N: tl.constexpr,
-                   BLOCK_G: tl.constexpr, BLOCK_T: tl.constexpr, SPLIT: tl.constexpr, EXPAND: tl.constexpr):
-    """EXPAND: the (BLOCK_N, 4 * BLOCK_G) tile of S, zeros included, times contiguous inputs (twice the FMAs,
-    no gathers); else each kept value times the input its position code names (gathered)."""
+                   BLOCK_G: tl.constexpr, BLOCK_T: tl.constexpr, SPLIT: tl.constexpr):
     row0 = tl.program_id(0) * BLOCK_N
     s, start, m = _shard_of(row0, N, end0, end1)
     rows = row0 + tl.arange(0, BLOCK_N)
@@ -119,17 +119,11 @@ def _gemv24_kernel(values_ptr, meta_ptr, u_ptr, out_ptr, T, N, K, end0, end1, BL
     acc = tl.zeros((BLOCK_N, BLOCK_T), dtype=tl.float32)
     groups = K // 4 // SPLIT
     for g0 in range(tl.program_id(1) * groups, (tl.program_id(1) + 1) * groups, BLOCK_G):
-        if EXPAND:
-            w = _dense_tile(values_ptr, meta_ptr, rows, start, m, K, g0, BLOCK_N, BLOCK_G).to(tl.float32)
-            inputs = (g0 * 4 + tl.arange(0, 4 * BLOCK_G))[None, :, None]
-            x = tl.load(u_base + inputs, mask=toks < T, other=0.0).to(tl.float32)
-            acc += tl.sum(w[:, :, None] * x, axis=1)
-        else:
-            code, v0, v1 = _kept(values_ptr, meta_ptr, rows, start, m, K, g0, BLOCK_N, BLOCK_G)
-            at = ((g0 + tl.arange(0, BLOCK_G)) * 4)[None, :]
-            x0 = tl.load(u_base + (at + (code & 3))[:, :, None], mask=toks < T, other=0.0).to(tl.float32)
-            x1 = tl.load(u_base + (at + (code >> 2))[:, :, None], mask=toks < T, other=0.0).to(tl.float32)
-            acc += tl.sum(v0[:, :, None].to(tl.float32) * x0 + v1[:, :, None].to(tl.float32) * x1, axis=1)
+        code, v0, v1 = _kept(values_ptr, meta_ptr, rows, start, m, K, g0, BLOCK_N, BLOCK_G)
+        at = ((g0 + tl.arange(0, BLOCK_G)) * 4)[None, :]
+        x0 = tl.load(u_base + (at + (code & 3))[:, :, None], mask=toks < T, other=0.0).to(tl.float32)
+        x1 = tl.load(u_base + (at + (code >> 2))[:, :, None], mask=toks < T, other=0.0).to(tl.float32)
+        acc += tl.sum(v0[:, :, None].to(tl.float32) * x0 + v1[:, :, None].to(tl.float32) * x1, axis=1)
     _store_rows(out_ptr, acc, rows, T, N, BLOCK_T, SPLIT)
 
 
@@ -207,12 +201,10 @@ def sparse24_decode(u: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, s
 
 
 def sparse24_gemv(u: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, shard_sizes: list[int],
-                  split: int | None = None, expand: bool = False) -> torch.Tensor:
-    """The same product on CUDA cores, for up to GEMV_MAX_TOKENS tokens: FMAs on the kept values only, each
-    with its input gathered, or (`expand`) on the tile of S with its zeros, against contiguous inputs."""
+                  split: int | None = None) -> torch.Tensor:
+    """The same product on CUDA cores, FMAs on the kept values only, for up to GEMV_MAX_TOKENS tokens."""
     _check(u, values, shard_sizes, GEMV_MAX_TOKENS)
-    return _launch(_gemv24_kernel, u, values, meta, shard_sizes, split, 4096, triton.next_power_of_2(u.shape[1]),
-                   EXPAND=expand)
+    return _launch(_gemv24_kernel, u, values, meta, shard_sizes, split, 4096, triton.next_power_of_2(u.shape[1]))
 
 
 def unpack24(values: torch.Tensor, meta: torch.Tensor, shard_sizes: list[int]) -> torch.Tensor:

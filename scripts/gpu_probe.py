@@ -43,7 +43,6 @@ def pieces(mod, dense, d_in, d_out) -> dict:
                "a_torch_us": t(lambda: blockdiag.apply(mod.a_blocks, z))}
         if tokens <= triton_decode.GEMV_MAX_TOKENS:
             row["gemv_us"] = t(lambda: triton_decode.sparse24_gemv(u, vals, meta16, [d_out]))
-            row["gemv_expand_us"] = t(lambda: triton_decode.sparse24_gemv(u, vals, meta16, [d_out], expand=True))
         if tokens <= triton_decode.MAX_TOKENS:
             row["dot_us"] = t(lambda: triton_decode.sparse24_decode(u, vals, meta16, [d_out]))
         if tokens > 8:

@@ -24,9 +24,9 @@ def layer(dtype, d_out=1024, d_in=512, block=64, kernel="sparse"):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("tokens", [1, 3, 7, 32, 33, 2048])
-# [GEMV, dot kernel, GEMV expands S]: [0, 0, 0] the prefill path for every token count; [0, 64, 0] the dot kernel up
-# to 64 tokens; [8, 64, x] the GEMV (gathering inputs or expanding S) up to 8, then the dot kernel
-@pytest.mark.parametrize("limits", [[0, 0, 0], [0, 64, 0], [8, 64, 0], [8, 64, 1]])
+# [GEMV, dot kernel] up to: [0, 0] the prefill path for every token count; [0, 64] the dot kernel up to 64 tokens;
+# [8, 64] the GEMV up to 8, then the dot kernel
+@pytest.mark.parametrize("limits", [[0, 0], [0, 64], [8, 64]])
 def test_sparse_kernels_match_the_reference(dtype, tokens, limits):
     ref, fast = layer(dtype, kernel="reference"), layer(dtype)
     x = torch.randn(tokens, 512, device="cuda", dtype=dtype)
@@ -40,8 +40,8 @@ def test_sparse_kernels_match_the_reference(dtype, tokens, limits):
 def test_decode_limits_are_measured_once_per_shape():
     mod = layer(torch.bfloat16)
     mod.prepare()
-    gemv, dot, expand = mod._decode_limits
-    assert 0 <= gemv <= 8 and gemv <= dot <= 64 and expand in (0, 1)
+    gemv, dot = mod._decode_limits
+    assert 0 <= gemv <= 8 and gemv <= dot <= 64
     assert cuda_kernel._measured_limits.cache_info().currsize >= 1
 
 

@@ -77,14 +77,12 @@ def test_unpacked_prefill_path_matches_reference(dtype, shards, cols):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("tokens", [1, 3, 8])
 @pytest.mark.parametrize("shards,cols", [([32], 64), ([64, 32, 32], 128), ([96, 96], 512)])
-@pytest.mark.parametrize("expand", [False, True])
-def test_triton_gemv_matches_reference(dtype, tokens, shards, cols, expand):
+def test_triton_gemv_matches_reference(dtype, tokens, shards, cols):
     values, codes, dense = core(sum(shards), cols, dtype, seed=tokens)
     meta = codes.clone()
     cuda_kernel.to_cutlass_layout(meta, shards)
     u = torch.randn(len(shards), tokens, cols, generator=torch.Generator().manual_seed(1)).to(dtype)
-    out = triton_decode.sparse24_gemv(u.to(DEVICE), values.to(DEVICE), meta.view(torch.int16).to(DEVICE), shards,
-                                      expand=expand)
+    out = triton_decode.sparse24_gemv(u.to(DEVICE), values.to(DEVICE), meta.view(torch.int16).to(DEVICE), shards)
     assert out.shape == (tokens, sum(shards)) and out.dtype == dtype
     torch.testing.assert_close(out.float().cpu(), reference(u, dense, shards), rtol=2e-2, atol=3e-2 * cols ** 0.5)
 
@@ -162,7 +160,7 @@ def test_fused_layer_through_the_decode_path_matches_armor_reference(dtype):
     x = torch.randn(2, 3, cols, generator=g).to(dtype)  # batched input: any leading dims
     on = lambda t: t.to(DEVICE)
     ref = torch.cat([x.float() @ m.dense_weight().float().T + m.bias.float() for m in mods], dim=-1)
-    for limits in ([0, 64, 0], [8, 64, 0], [8, 64, 1]):  # the dot kernel, the GEMV gathering inputs, expanding S
+    for limits in ([0, 64], [8, 64]):  # the dot kernel, the GEMV
         y = cuda_kernel.linear(on(x), on(values), on(meta), on(a_blocks), on(b_blocks), shards, on(bias), limits)
         assert y.shape == (2, 3, 128)
         torch.testing.assert_close(y.float().cpu(), ref, rtol=3e-2, atol=0.25)
@@ -222,9 +220,7 @@ fn, signature, constexprs = {
     "sparse24": (triton_decode._sparse24_kernel, decode,
                  {"BLOCK_N": 32, "BLOCK_G": 64, "BLOCK_T": 32, "SPLIT": 1, "DOT_FP32": False}),
     "gemv24": (triton_decode._gemv24_kernel, {**decode, "out_ptr": "*fp32"},
-               {"BLOCK_N": 32, "BLOCK_G": 64, "BLOCK_T": 2, "SPLIT": 4, "EXPAND": False}),
-    "gemv24-expand": (triton_decode._gemv24_kernel, {**decode, "out_ptr": "*fp32"},
-                      {"BLOCK_N": 32, "BLOCK_G": 64, "BLOCK_T": 1, "SPLIT": 1, "EXPAND": True}),
+               {"BLOCK_N": 32, "BLOCK_G": 64, "BLOCK_T": 2, "SPLIT": 4}),
     "blockdiag": (triton_blockdiag._blockdiag_kernel, {"x_ptr": ptr, "blocks_ptr": ptr, "out_ptr": ptr, "T": i32,
                   "D": i32, "x_stride": i32}, {"B": 128, "BLOCK_T": 64, "BLOCK_I": 128, "BLOCK_J": 64, "DOT_FP32": False}),
 }[name]
@@ -236,8 +232,7 @@ print(len(kernel.asm["cubin"]), sorted(set(re.findall(r"mma[.][.\\w]*", kernel.a
 
 @pytest.mark.parametrize("arch", [80, 90])
 @pytest.mark.parametrize("dtype", ["fp16", "bf16"])
-@pytest.mark.parametrize("kernel,tensor_cores", [("sparse24", True), ("gemv24", False), ("gemv24-expand", False),
-                                                  ("blockdiag", True)])
+@pytest.mark.parametrize("kernel,tensor_cores", [("sparse24", True), ("gemv24", False), ("blockdiag", True)])
 def test_triton_kernels_compile_for_gpus_without_a_gpu(arch, dtype, kernel, tensor_cores):
     """The GPU build of the kernels (not the interpreter's): Triton compiles them ahead of time to a cubin for
     sm80/sm90 here; the dot kernels' PTX multiplies on tensor cores (mma) in the weights' dtype, the GEMV's does not."""
