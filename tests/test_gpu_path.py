@@ -46,14 +46,16 @@ def reference(u, dense, shards):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("tokens", [1, 3, 16, 33])
-@pytest.mark.parametrize("shards,cols", [([32], 64), ([64, 32, 32], 128), ([96, 96], 256)])
-def test_triton_decode_kernel_matches_reference(dtype, tokens, shards, cols):
+@pytest.mark.parametrize("kernel,tokens", [("sparse24_decode", t) for t in (1, 3, 16, 33)] +
+                         [("sparse24_gemv", t) for t in (1, 3, 8)])  # the GEMV takes up to 8 tokens
+@pytest.mark.parametrize("shards,cols", [([32], 64), ([64, 32, 32], 128), ([96, 96], 512)])
+def test_triton_decode_kernels_match_reference(dtype, kernel, tokens, shards, cols):
     values, codes, dense = core(sum(shards), cols, dtype, seed=tokens)
     meta = codes.clone()
     cuda_kernel.to_cutlass_layout(meta, shards)
     u = torch.randn(len(shards), tokens, cols, generator=torch.Generator().manual_seed(1)).to(dtype)
-    out = triton_decode.sparse24_decode(u.to(DEVICE), values.to(DEVICE), meta.view(torch.int16).to(DEVICE), shards)
+    run = getattr(triton_decode, kernel)
+    out = run(u.to(DEVICE), values.to(DEVICE), meta.view(torch.int16).to(DEVICE), shards)
     assert out.shape == (tokens, sum(shards)) and out.dtype == dtype
     torch.testing.assert_close(out.float().cpu(), reference(u, dense, shards), rtol=2e-2, atol=3e-2 * cols ** 0.5)
 
@@ -71,19 +73,6 @@ def test_unpacked_prefill_path_matches_reference(dtype, shards, cols):
     u = torch.randn(len(shards), 70, cols, generator=torch.Generator().manual_seed(2)).to(dtype)
     out = cuda_kernel._unpacked_mm(on(u), on(values), on(meta), shards)
     assert out.shape == (70, sum(shards)) and out.dtype == dtype
-    torch.testing.assert_close(out.float().cpu(), reference(u, dense, shards), rtol=2e-2, atol=3e-2 * cols ** 0.5)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("tokens", [1, 3, 8])
-@pytest.mark.parametrize("shards,cols", [([32], 64), ([64, 32, 32], 128), ([96, 96], 512)])
-def test_triton_gemv_matches_reference(dtype, tokens, shards, cols):
-    values, codes, dense = core(sum(shards), cols, dtype, seed=tokens)
-    meta = codes.clone()
-    cuda_kernel.to_cutlass_layout(meta, shards)
-    u = torch.randn(len(shards), tokens, cols, generator=torch.Generator().manual_seed(1)).to(dtype)
-    out = triton_decode.sparse24_gemv(u.to(DEVICE), values.to(DEVICE), meta.view(torch.int16).to(DEVICE), shards)
-    assert out.shape == (tokens, sum(shards)) and out.dtype == dtype
     torch.testing.assert_close(out.float().cpu(), reference(u, dense, shards), rtol=2e-2, atol=3e-2 * cols ** 0.5)
 
 
