@@ -146,6 +146,12 @@ def tile_rows(shard_sizes: list[int]) -> int:
     raise ValueError(f"shard sizes {shard_sizes} are not multiples of 16")
 
 
+def _tiling(shard_sizes: list[int], n: int, k: int) -> tuple[list[int], int, int]:
+    """(the shards' end rows padded to 3, rows per tile, groups of 4 inputs per step) for every 2:4 kernel here."""
+    ends = [sum(shard_sizes[: i + 1]) for i in range(len(shard_sizes))] + [n] * (3 - len(shard_sizes))
+    return ends, tile_rows(shard_sizes), next(g for g in (64, 32, 16) if (k // 4) % g == 0)
+
+
 def _check(u: torch.Tensor, values: torch.Tensor, shard_sizes: list[int], max_tokens: int) -> None:
     shards, tokens, _ = u.shape
     if len(shard_sizes) != shards or shards > 3 or sum(shard_sizes) != values.shape[0]:
@@ -178,9 +184,7 @@ def _launch(kernel, u, values, meta, shard_sizes, split, max_inputs, block_t, **
     """Run one of the decode kernels over every row tile (and split-K slice); (tokens, rows) in u's dtype."""
     shards, tokens, k = u.shape
     n = values.shape[0]
-    ends = [sum(shard_sizes[: i + 1]) for i in range(shards)] + [n] * (3 - shards)
-    block_n = tile_rows(shard_sizes)
-    block_g = next(g for g in (64, 32, 16) if (k // 4) % g == 0)
+    ends, block_n, block_g = _tiling(shard_sizes, n, k)
     split = split or _split_k(n // block_n, k // 4 // block_g, k, max_inputs, u.device)
     if (k // 4) % (split * block_g):
         raise ValueError(f"split-K {split} does not divide the {k // 4 // block_g} steps of {block_g} groups")
@@ -210,9 +214,8 @@ def sparse24_gemv(u: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, sha
 def unpack24(values: torch.Tensor, meta: torch.Tensor, shard_sizes: list[int]) -> torch.Tensor:
     """(rows, d_in): the dense (zeros included) S from the CUTLASS layout, every shard's rows, in one launch."""
     n, k = values.shape[0], values.shape[1] * 2
-    ends = [sum(shard_sizes[: i + 1]) for i in range(len(shard_sizes))] + [n] * (3 - len(shard_sizes))
+    ends, block_n, block_g = _tiling(shard_sizes, n, k)
     out = torch.empty(n, k, dtype=values.dtype, device=values.device)
-    block_n, block_g = tile_rows(shard_sizes), next(g for g in (64, 32, 16) if (k // 4) % g == 0)
     _unpack24_kernel[(n // block_n, k // 4 // block_g)](values, meta, out, n, k, ends[0], ends[1],
                                                          BLOCK_N=block_n, BLOCK_G=block_g)
     return out
