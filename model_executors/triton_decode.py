@@ -182,7 +182,7 @@ def _split_k(row_tiles: int, steps: int, k: int, max_inputs: int, device: torch.
 
 def _launch(kernel, u, values, meta, shard_sizes, split, max_inputs, block_t, **consts) -> torch.Tensor:
     """Run one of the decode kernels over every row tile (and split-K slice); (tokens, rows) in u's dtype."""
-    shards, tokens, k = u.shape
+    _, tokens, k = u.shape
     n = values.shape[0]
     ends, block_n, block_g = _tiling(shard_sizes, n, k)
     split = split or _split_k(n // block_n, k // 4 // block_g, k, max_inputs, u.device)
