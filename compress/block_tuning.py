@@ -65,18 +65,26 @@ def _output(layer, h, kwargs):
     return out[0] if isinstance(out, tuple) else out
 
 
-def _error(layer, inputs, targets, kwargs) -> float:
+def _squared_error(out: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    err = (out - target).pow(2)
+    return err if weights is None else err * weights
+
+
+def _error(layer, inputs, targets, kwargs, weights=None) -> float:
     with torch.no_grad():
-        total = sum(float((_output(layer, h, kwargs) - t).pow(2).sum()) for h, t in zip(inputs, targets))
+        total = sum(float(_squared_error(_output(layer, h, kwargs), t, weights).sum()) for h, t in zip(inputs, targets))
     return total / sum(t.numel() for t in targets)
 
 
 def tune_layer(layer: nn.Module, names: list[str], inputs: list[torch.Tensor], targets: list[torch.Tensor],
-               kwargs: dict, epochs: int, lr: float, holdout: int, micro_batch: int = 2) -> dict:
+               kwargs: dict, epochs: int, lr: float, holdout: int, micro_batch: int = 2,
+               channel_weights: torch.Tensor | None = None) -> dict:
     """Tune the ArmorLinear modules `names` of `layer` towards `targets`; they are replaced by tuned ones.
 
     inputs/targets: the calibration batches (samples, seq, hidden) and the dense layer's outputs on them.
+    channel_weights (hidden,): how much each output channel's error counts (default: all alike).
     The last `holdout` samples only measure. Returns the held-out errors before and after, and epochs kept."""
+    weights = None if channel_weights is None else (channel_weights / channel_weights.mean()).float()
     xs, ys = _micro_batches(inputs, micro_batch), _micro_batches(targets, micro_batch)
     n_val = max(1, holdout // micro_batch)
     (train_x, val_x), (train_y, val_y) = (xs[:-n_val], xs[-n_val:]), (ys[:-n_val], ys[-n_val:])
@@ -89,14 +97,14 @@ def tune_layer(layer: nn.Module, names: list[str], inputs: list[torch.Tensor], t
         layer.set_submodule(name, tunable)
     params = [p for t in tunables.values() for p in t.parameters()]
     opt = torch.optim.Adam(params, lr=lr, fused=True)
-    start = best = _error(layer, val_x, val_y, kwargs)
+    start = best = _error(layer, val_x, val_y, kwargs, weights)
     best_state, best_epoch = {n: t.state() for n, t in tunables.items()}, 0
     for epoch in range(1, epochs + 1):
         for h, y in zip(train_x, train_y):
             opt.zero_grad(set_to_none=True)
-            (_output(layer, h, kwargs) - y).pow(2).mean().backward()
+            _squared_error(_output(layer, h, kwargs), y, weights).mean().backward()
             opt.step()
-        error = _error(layer, val_x, val_y, kwargs)
+        error = _error(layer, val_x, val_y, kwargs, weights)
         if error < best:
             best, best_epoch, best_state = error, epoch, {n: t.state() for n, t in tunables.items()}
     for name, tunable in tunables.items():

@@ -36,6 +36,11 @@ def add_compress_arguments(parser) -> None:
     parser.add_argument("--mlp-row-weights", action=argparse.BooleanOptionalAction, default=d.mlp_row_weights,
                         help="ARMOR with --proxy hessian: weigh gate_proj's and up_proj's output rows by how far each "
                              "moves the MLP's output, instead of alike")
+    parser.add_argument("--residual-row-weights", action=argparse.BooleanOptionalAction,
+                        default=d.residual_row_weights,
+                        help="ARMOR: weigh o_proj's and down_proj's output rows (and the block-wise tuning's output "
+                             "channels) by how much the later layers' RMSNorms read each residual channel, "
+                             "instead of alike")
     parser.add_argument("--calib-samples", type=int, default=d.calib_samples, help="calibration sequences")
     parser.add_argument("--calib-generated", type=float, default=d.calib_generated,
                         help="share of the calibration samples the dense model writes itself (sampled after short "
@@ -58,6 +63,7 @@ def run_compress(args) -> None:
                         discrete_steps=args.discrete_steps, tune_epochs=args.tune_epochs, tune_lr=args.tune_lr,
                         tune_micro_batch=args.tune_micro_batch,
                         input_correction=args.input_correction, mlp_row_weights=args.mlp_row_weights,
+                        residual_row_weights=args.residual_row_weights,
                         calib_samples=args.calib_samples, calib_generated=args.calib_generated,
                         seq_len=args.seq_len, calib_dtype=args.calib_dtype,
                         seed=args.seed, batch_size=args.batch_size)

@@ -31,6 +31,7 @@ from compress import baselines, block_tuning
 from compress.armor import PROXIES, ArmorConfig, armor, proxy_loss
 from compress.weights import CheckpointWeights
 from compress.errors import UserError
+from compress.residual_weights import residual_row_weights
 from compress.generated_text import PREFIX_TOKENS
 from model_executors import format as fmt
 from model_executors.armor_linear import ArmorLinear
@@ -46,7 +47,8 @@ LINEARS = {  # module path inside a decoder layer -> which calibration statistic
     "self_attn.o_proj": "o_in", "mlp.gate_proj": "mlp_in", "mlp.up_proj": "mlp_in", "mlp.down_proj": "down_in",
 }
 ARMOR_ONLY = ("block_size", "proxy", "hessian_damp", "iters", "lr", "patience", "discrete_steps", "tune_epochs",
-              "tune_lr", "tune_holdout", "tune_micro_batch", "input_correction", "mlp_row_weights")
+              "tune_lr", "tune_holdout", "tune_micro_batch", "input_correction", "mlp_row_weights",
+              "residual_row_weights")
 PROGRESS = "armor_progress.json"
 # Where a run's time goes (summary["phase_seconds"]): reading weights, sampling calibration text from the dense
 # model (--calib-generated), running calibration tokens through the layers, gathering Gram matrices, the 2:4
@@ -91,6 +93,10 @@ class Settings:
     # down_proj) instead of alike: A mixes rows, and with equal weights it moves error into the few intermediate
     # channels that carry the most (docs/algorithm.md)
     mlp_row_weights: bool = False
+    # Weigh o_proj's and down_proj's output rows (residual-stream channels), and the block-wise tuning's output
+    # channels, by how much the later layers' norms read each channel: A mixes rows, and with equal weights it
+    # trades error into the channels that count from the large ones no norm reads (compress/residual_weights.py)
+    residual_row_weights: bool = False
     calib_samples: int = 32
     # Share of the calibration samples the dense model writes itself (compress/generated_text.py), the rest
     # Wikipedia: keeps the block-wise tuning from fitting Wikipedia's domain (docs/algorithm.md)
@@ -271,6 +277,9 @@ class LayerwiseCompressor:
         self.fingerprint = settings.fingerprint(model_dir)
         self.progress = self._open_output(overwrite)
         self.calib_dtype = calibration_dtype(settings.calib_dtype)
+        # per layer, o_proj's and down_proj's row weights where asked for (read from the norms, no calibration)
+        self.residual_rows = (residual_row_weights(self.weights, self.n_layers)
+                              if settings.method == "armor" and settings.residual_row_weights else None)
 
     @property
     def start_method(self) -> str:
@@ -506,10 +515,12 @@ class LayerwiseCompressor:
         `dense_hidden` (its inputs) is given."""
         s = self.settings
         stats, dense_outputs, dense_path = self._statistics(layer, hidden, kwargs, dense_hidden)
+        residual = self.residual_rows[i] if self.residual_rows else {}
+        row_weights = {**stats.get("row_weights", {}), **residual}
         records = []
         for name in LINEARS:
             module, record = self._compress_matrix(i, name, layer.get_submodule(name), stats[LINEARS[name]], bar,
-                                                   stats.get("row_weights", {}).get(name))
+                                                   row_weights.get(name))
             layer.set_submodule(name, module)
             records.append(record)
         if s.method == "armor" and s.tune_epochs > 0:
@@ -518,7 +529,8 @@ class LayerwiseCompressor:
                 if dense_path is not None:  # the dense model's output, by the same share as the matrices' targets
                     targets = [o + s.input_correction * (d - o) for o, d in zip(dense_outputs, dense_path)]
                 result = block_tuning.tune_layer(layer, list(LINEARS), hidden, targets, kwargs, s.tune_epochs,
-                                                 s.tune_lr, s.tune_holdout, s.tune_micro_batch)
+                                                 s.tune_lr, s.tune_holdout, s.tune_micro_batch,
+                                                 residual.get("mlp.down_proj"))
             log.info("layer %d: held-out layer-output error %.4g -> %.4g (tuning, %d epochs kept)", i,
                      result["holdout_error_start"], result["holdout_error_final"], result["epochs_kept"])
             for record in records:  # its loss_* fields describe the BCD result, `tuning` what was stored

@@ -1,5 +1,7 @@
 """Block-wise tuning on a real decoder layer of the real model: it lowers the held-out layer error, keeps the 2:4
 positions, writes what it measured into the ArmorLinear buffers, and never ends above where it started."""
+import copy
+
 import pytest
 import torch
 
@@ -65,3 +67,23 @@ def test_a_diverging_run_keeps_the_start(decoder):
     assert result["epochs_kept"] == 0 and result["holdout_error_final"] == result["holdout_error_start"]
     for name, factors in _buffers(layer).items():
         assert all(torch.equal(x, y) for x, y in zip(factors, before[name])), name
+
+
+def test_channel_weights_steer_the_tuning_to_the_channels_that_count(decoder):
+    layer, inputs, targets, kwargs = decoder
+    half = targets[0].shape[-1] // 2
+    weights = torch.ones(targets[0].shape[-1])
+    weights[half:] = 1e-3  # only the first half of the output channels counts
+
+    def first_half_error(tuned):  # on the held-out sample
+        with torch.no_grad():
+            return float((block_tuning._output(tuned, inputs[1], kwargs) - targets[1])[..., :half].pow(2).mean())
+
+    plain, steered = copy.deepcopy(layer), copy.deepcopy(layer)
+    args = (list(LINEARS), inputs, targets, kwargs, 2, 1e-4, 3, 1)
+    block_tuning.tune_layer(plain, *args)
+    result = block_tuning.tune_layer(steered, *args, channel_weights=weights)
+    normalised = weights / weights.mean()
+    assert result["holdout_error_start"] == pytest.approx(
+        block_tuning._error(layer, inputs[1:], targets[1:], kwargs, normalised), rel=1e-5)
+    assert first_half_error(steered) < first_half_error(plain) < first_half_error(layer)

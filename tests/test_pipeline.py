@@ -75,9 +75,10 @@ def _shards(path):
 def test_resume_after_kill_gives_an_identical_checkpoint(dense_model, tmp_path):
     # the block-wise tuning and the input correction, which must give the same result on the replayed
     # activations: the compressed model's and the dense model's; the model's own calibration text, which the
-    # resumed run reads back; the MLP row weights
+    # resumed run reads back; the MLP and residual row weights
     args = ["compress", "--model", str(dense_model), *SMALL, "--method", "armor", "--iters", "3",
-            "--tune-epochs", "1", "--input-correction", "0.25", "--calib-generated", "0.5", "--mlp-row-weights"]
+            "--tune-epochs", "1", "--input-correction", "0.25", "--calib-generated", "0.5", "--mlp-row-weights",
+            "--residual-row-weights"]
     whole = tmp_path / "whole"
     assert run_cli(*args, "--out", str(whole)).returncode == 0
     killed = tmp_path / "killed"
@@ -266,6 +267,37 @@ def test_mlp_row_weights_are_each_rows_first_order_share_of_the_mlp_output(dense
     for name, expected in want.items():
         assert torch.allclose(stats["row_weights"][name], expected, rtol=1e-3), name
     assert set(stats["row_weights"]) == set(want)
+
+
+def test_residual_row_weights_reach_o_proj_down_proj_and_the_tuning(dense_model, tmp_path, monkeypatch):
+    from transformers import AutoTokenizer
+
+    from compress import block_tuning, pipeline
+    from compress.datasets import calibration_samples
+    from compress.residual_weights import residual_row_weights
+
+    seen, tuned = [], []
+    real_armor, real_tune = pipeline.armor, block_tuning.tune_layer
+    monkeypatch.setattr(pipeline, "armor", lambda *a, row_weights=None, **k: seen.append(row_weights) or real_armor(
+        *a, row_weights=row_weights, **k))
+    monkeypatch.setattr(block_tuning, "tune_layer", lambda *a: tuned.append(a[-1]) or real_tune(*a))
+    settings = pipeline.Settings(calib_samples=6, seq_len=32, iters=1, tune_epochs=1, calib_dtype="float32",
+                                 residual_row_weights=True)
+    comp = pipeline.LayerwiseCompressor(dense_model, tmp_path / "out", settings)
+    comp.dtype = torch.float32
+    body = comp._skeleton()
+    hidden, kwargs = comp._layer_inputs(body, calibration_samples(AutoTokenizer.from_pretrained(dense_model), 6, 32, 0))
+    records, _ = comp._compress_layer(3, comp._load_layer(body, 3), hidden, kwargs[3], tqdm_stub(), hidden)
+    want = residual_row_weights(comp.weights, comp.n_layers)[3]
+    for name, weights, record in zip(LINEARS, seen, records):
+        assert (weights is None) == (name not in want) == ("row_weighted" not in record), name
+        if weights is not None:
+            assert torch.equal(weights, want[name])
+    assert len(tuned) == 1 and torch.equal(tuned[0], want["mlp.down_proj"])  # the layer output is what down_proj writes
+
+
+def tqdm_stub():
+    return type("Bar", (), {"set_postfix_str": lambda self, text: None})()
 
 
 def test_generated_calibration_text_continues_wikipedia_prefixes(dense_model):
