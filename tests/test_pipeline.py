@@ -113,7 +113,8 @@ def test_resume_after_kill_gives_an_identical_checkpoint(dense_model, tmp_path):
     assert (killed / "model-base.safetensors").read_bytes() == (whole / "model-base.safetensors").read_bytes()
     generated = (killed / "armor_calibration_generated.safetensors").read_bytes()
     assert generated == (whole / "armor_calibration_generated.safetensors").read_bytes()
-    assert sum(rec.get("row_weighted", False) for rec in matrices) == 60  # gate_proj and up_proj of 30 layers
+    # gate_proj and up_proj (MLP row weights), o_proj and down_proj (residual row weights) of 30 layers
+    assert sum(rec.get("row_weighted", False) for rec in matrices) == 120
     # a finished run is not redone
     again = run_cli(*args, "--out", str(killed))
     assert again.returncode == 0 and "already complete" in again.stderr
