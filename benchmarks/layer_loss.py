@@ -27,6 +27,26 @@ MATRICES = ["model.layers.3.self_attn.q_proj", "model.layers.3.self_attn.v_proj"
             "model.layers.20.mlp.down_proj"]
 
 
+@torch.no_grad()
+def input_grams(model, names: list[str], windows: torch.Tensor, batch_size: int,
+                dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """X^T X of the inputs of each named submodule over `windows`, summed in `dtype`, returned in float32."""
+    grams: dict[str, torch.Tensor] = {}
+
+    def hook(name):
+        def add(_mod, args):
+            x = args[0].reshape(-1, args[0].shape[-1]).to(dtype)
+            grams[name] = grams.get(name, 0) + x.T @ x
+        return add
+
+    hooks = [model.get_submodule(name).register_forward_pre_hook(hook(name)) for name in names]
+    for batch in windows.split(batch_size):
+        model(batch)
+    for h in hooks:
+        h.remove()
+    return {name: g.float() for name, g in grams.items()}
+
+
 def gram_matrices(model_dir: Path, names: list[str], samples: int, seq_len: int):
     """Per matrix: its weight, the Gram matrix of `samples` windows and that of `samples` other windows."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -34,24 +54,10 @@ def gram_matrices(model_dir: Path, names: list[str], samples: int, seq_len: int)
     from compress.datasets import calibration_samples
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    grams: dict[str, list[torch.Tensor]] = {name: [0, 0] for name in names}
-    part = 0
-
-    def hook(name):
-        def add(_mod, args, _out):
-            x = args[0].reshape(-1, args[0].shape[-1]).double()
-            grams[name][part] = grams[name][part] + x.T @ x
-        return add
-
-    for name in names:
-        model.get_submodule(name).register_forward_hook(hook(name))
     calib = calibration_samples(AutoTokenizer.from_pretrained(model_dir), 2 * samples, seq_len, seed=0)
-    with torch.no_grad():
-        for part, windows in enumerate((calib[:samples], calib[samples:])):
-            for batch in windows.split(8):
-                model(batch)
-    return {name: (model.get_submodule(name).weight.data.float().clone(), *(g.float() for g in grams[name]))
-            for name in names}
+    fit, held_out = (input_grams(model, names, windows, 8, torch.float64)
+                     for windows in (calib[:samples], calib[samples:]))
+    return {name: (model.get_submodule(name).weight.data.float().clone(), fit[name], held_out[name]) for name in names}
 
 
 def main() -> None:

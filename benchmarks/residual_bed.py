@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from benchmarks.layer_loss import input_grams
 from benchmarks.layers import device_name
 from compress import baselines
 from compress.armor import ArmorConfig, armor, proxy_loss
@@ -40,25 +41,6 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def layer_range(spec: str) -> list[int]:
     first, _, last = spec.partition("-")
     return list(range(int(first), int(last or first) + 1))
-
-
-@torch.no_grad()
-def input_grams(model, layers: list[int], calib: torch.Tensor) -> dict[str, torch.Tensor]:
-    """X^T X of every replaced matrix's inputs over the calibration tokens, on the dense model."""
-    grams, hooks = {}, []
-    for i in layers:
-        for name in MATRICES:
-            key = f"{i}.{name}"
-
-            def hook(_mod, args, key=key):
-                x = args[0].reshape(-1, args[0].shape[-1]).float()
-                grams[key] = grams.get(key, 0) + x.T @ x
-            hooks.append(model.model.layers[i].get_submodule(name).register_forward_pre_hook(hook))
-    for sample in calib:
-        model(sample[None])
-    for h in hooks:
-        h.remove()
-    return grams
 
 
 def fit(weight: torch.Tensor, gram: torch.Tensor, rows: torch.Tensor, iters: int, settings: Settings) -> dict:
@@ -102,11 +84,11 @@ def score(model, originals: dict, fitted: dict, windows: torch.Tensor) -> dict:
                 "tokens": count} for m, s in sums.items()}
 
 
-def fitted_matrices(model, tokenizer, args) -> tuple[dict, dict]:
+def fitted_matrices(model, tokenizer, layers: list[int], args) -> tuple[dict, dict]:
     """The replaced linears (their dense weight kept) and each one's fitted variants, from --work where kept."""
     rows = residual_row_weights(CheckpointWeights(args.model), model.config.num_hidden_layers)
     originals, fitted, grams = {}, {}, None
-    for i in layer_range(args.layers):
+    for i in layers:
         for name in MATRICES:
             key = f"{i}.{name}"
             linear = model.model.layers[i].get_submodule(name)
@@ -114,11 +96,13 @@ def fitted_matrices(model, tokenizer, args) -> tuple[dict, dict]:
             originals[key] = linear
             path = args.work / f"{key}.pt"
             if not path.is_file():
-                if grams is None:  # only when some matrix is still to fit
+                if grams is None:  # only when some matrix is still to fit: every replaced matrix's, on the dense model
                     calib = calibration_samples(tokenizer, args.calib_samples, args.seq_len)
-                    grams = input_grams(model, layer_range(args.layers), calib)
+                    names = [f"model.layers.{j}.{m}" for j in layers for m in MATRICES]
+                    grams = input_grams(model, names, calib, 1, torch.float32)
                 t = time.time()
-                result = fit(linear.dense_weight, grams[key], rows[i][name], args.iters, Settings())
+                gram = grams[f"model.layers.{key}"]
+                result = fit(linear.dense_weight, gram, rows[i][name], args.iters, Settings())
                 result["seconds"] = time.time() - t
                 torch.save(result, path)
             fitted[key] = torch.load(path)
@@ -161,12 +145,13 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     tokenizer, model = load_model(args.model)
     t0 = time.time()
-    originals, fitted = fitted_matrices(model, tokenizer, args)
+    layers = layer_range(args.layers)
+    originals, fitted = fitted_matrices(model, tokenizer, layers, args)
     test_ids = tokenizer(wiki_text("test"), return_tensors="pt").input_ids[0]
     windows = test_ids[: args.eval_windows * args.seq_len].view(args.eval_windows, args.seq_len)
     report = {"command": "python -m benchmarks.residual_bed " + " ".join(sys.argv[1:]),
               "date": time.strftime("%Y-%m-%d"), "machine": device_name("cpu"), "model": str(args.model),
-              "layers": layer_range(args.layers), "iters": args.iters, "calib_samples": args.calib_samples,
+              "layers": layers, "iters": args.iters, "calib_samples": args.calib_samples,
               "seq_len": args.seq_len, "scores": score(model, originals, fitted, windows),
               "fit_seconds": sum(f["seconds"] for f in fitted.values()), "run_seconds": time.time() - t0,
               "losses": {k: f["losses"] for k, f in fitted.items()}}
