@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 SUPPORTS = torch.tensor(list(itertools.combinations(range(GROUP), 2)))  # the 6 two-of-four supports
 PROXIES = ("diag", "hessian")
 D_H_FLOATS = 1 << 25  # cap (128 MiB) on the discrete step's (A-blocks, B-blocks, d_in) temporary
+VALUE_LR_WIDTH = 576  # the input width at which the default lr was tuned (SmolLM2-135M's attention and MLP inputs)
 
 
 @dataclass
@@ -54,6 +55,12 @@ class ArmorConfig:
     patience: int = 100
     rtol: float = 1e-6
     discrete_steps: int = 1  # sparse-core updates per iteration
+    holdout_every: int = 5  # with a held-out Gram matrix: iterations between its measurements
+    # Adam moves every entry by about lr per step whatever its gradient, and a normalised row of unit norm has
+    # entries ~1/sqrt(d_in): the kept values' lr is scaled by sqrt(VALUE_LR_WIDTH / d_in), so that one lr moves
+    # them alike at every width. Unscaled, Qwen2.5-1.5B's down_proj (8960 inputs) spends its first ~30 iterations
+    # above its start. Opt-in: on SmolLM2 it cost 0.9 wiki perplexity (docs/algorithm.md)
+    scale_value_lr: bool = False
 
 
 @dataclass
@@ -65,6 +72,9 @@ class ArmorResult:
     start_loss: float
     final_loss: float
     iters: int
+    holdout_start: float | None = None  # with a held-out Gram matrix: its loss at the start and at the kept state
+    holdout_final: float | None = None
+    kept_iter: int = 0  # the iteration whose state was kept
 
     def reconstruct(self) -> torch.Tensor:
         return blockdiag.right(blockdiag.left(self.a_blocks, self.core), self.b_blocks)
@@ -276,10 +286,21 @@ class ArmorProblem:
         m_dot = torch.bmm(_pair_blocks(2 * resid_w + d_rw, na, nb, bsz), d_bg.reshape(-1, bsz, 1)).view(na, nb, bsz)
         return self.row.pow(2) * (a_mat * m_dot.transpose(1, 2)).sum(2).reshape(d_out), d_rw
 
-    def result(self, start_loss: float, final_loss: float, iters: int) -> ArmorResult:
+    @torch.no_grad()
+    def other_loss(self, hc_other: torch.Tensor, scale_other: torch.Tensor, b: torch.Tensor) -> float:
+        """The current state's loss under another (normalised) Gram matrix, e.g. held-out tokens'."""
+        resid = self.product(self.a, self.values * self.mask, b) - self.wn
+        return ((resid * (resid @ hc_other)).sum(1) @ self.row.pow(2) / scale_other).item()
+
+    def normalised(self, gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """diag(c) H diag(c) of another full Gram matrix H, and the loss's denominator under it."""
+        hc = self.col[:, None] * gram.float() * self.col[None, :]
+        return hc, (self.row[:, None].pow(2) * self.wn * (self.wn @ hc)).sum().clamp_min(1e-30)
+
+    def result(self, start_loss: float, final_loss: float, iters: int, **holdout) -> ArmorResult:
         a = self.a * self.row.reshape(-1, self.block, 1)  # diag(r) A
         b = self.b * self.col.reshape(-1, 1, self.block)  # B diag(c)
-        return ArmorResult(a, self.values * self.mask, self.mask.clone(), b, start_loss, final_loss, iters)
+        return ArmorResult(a, self.values * self.mask, self.mask.clone(), b, start_loss, final_loss, iters, **holdout)
 
 
 def proxy_loss(weight: torch.Tensor, what: torch.Tensor, gram: torch.Tensor) -> float:
@@ -290,22 +311,29 @@ def proxy_loss(weight: torch.Tensor, what: torch.Tensor, gram: torch.Tensor) -> 
 
 
 def armor(weight: torch.Tensor, gram: torch.Tensor, cfg: ArmorConfig, seed: int = 0, progress=None,
-          start: torch.Tensor | None = None, row_weights: torch.Tensor | None = None) -> ArmorResult:
+          start: torch.Tensor | None = None, row_weights: torch.Tensor | None = None,
+          holdout_gram: torch.Tensor | None = None) -> ArmorResult:
     """Factorise one weight matrix; `progress(iter, loss)` is called every iteration when given.
 
     `gram`: the calibration Gram matrix or its diagonal (which proxy); `start`: a 2:4 pruning to start from;
     `row_weights` (d_out,): how much each output row's error counts (default: all alike).
+    `holdout_gram`: the full Gram matrix of held-out calibration tokens. The state kept is then the one with the
+    lowest loss on those (measured every `cfg.holdout_every` iterations), not on the fitted ones, and `cfg.patience`
+    counts iterations without a held-out gain: where a matrix has more inputs than there are calibration tokens,
+    BCD's free parameters can fit the tokens' noise (docs/algorithm.md).
     """
     if row_weights is not None:
-        return _armor_row_weighted(weight, gram, cfg, seed, progress, start, row_weights)
+        return _armor_row_weighted(weight, gram, cfg, seed, progress, start, row_weights, holdout_gram)
     prob = ArmorProblem(weight, gram, cfg.block_size, start)
+    held = None if holdout_gram is None else prob.normalised(holdout_gram)
     gen = torch.Generator().manual_seed(seed)
     b = prob.b.requires_grad_()
     values = prob.values.requires_grad_()
-    opt = torch.optim.Adam([b, values], lr=cfg.lr, fused=True)
-    start_loss = best = float("inf")
+    value_lr = cfg.lr * (VALUE_LR_WIDTH / weight.shape[1]) ** 0.5 if cfg.scale_value_lr else cfg.lr
+    opt = torch.optim.Adam([{"params": [b]}, {"params": [values], "lr": value_lr}], lr=cfg.lr, fused=True)
+    start_loss = best = holdout_start = float("inf")
     best_state = None
-    since_best, it = 0, 0
+    last_gain = kept = it = 0
     for it in range(cfg.iters + 1):
         # measure the current state (kept if it is the best so far), then step from it
         core = values * prob.mask
@@ -320,13 +348,15 @@ def armor(weight: torch.Tensor, gram: torch.Tensor, cfg: ArmorConfig, seed: int 
             start_loss = loss
         elif progress:
             progress(it, loss)
-        if loss < best:
-            since_best = 0 if loss < best * (1 - cfg.rtol) else since_best + 1
-            best = loss
+        score = loss  # what picks the state kept: the fitted loss, or the held-out one where it is measured
+        if held is not None:
+            score = prob.other_loss(*held, b.detach()) if it % cfg.holdout_every == 0 or it == cfg.iters else best
+            holdout_start = score if it == 0 else holdout_start
+        if score < best:
+            last_gain = it if score < best * (1 - cfg.rtol) else last_gain
+            best, kept = score, it
             best_state = (prob.a.clone(), b.detach().clone(), values.detach().clone(), prob.mask.clone())
-        else:
-            since_best += 1
-        if it == cfg.iters or since_best >= cfg.patience:
+        if it == cfg.iters or it - last_gain >= cfg.patience:
             break
         opt.zero_grad(set_to_none=True)
         loss_t.backward()
@@ -338,16 +368,19 @@ def armor(weight: torch.Tensor, gram: torch.Tensor, cfg: ArmorConfig, seed: int 
     with torch.no_grad():
         prob.a, prob.b, prob.values, prob.mask = best_state
         final = prob.loss()
-    return prob.result(start_loss, final, it)
+    if held is None:
+        return prob.result(start_loss, final, it, kept_iter=kept)
+    return prob.result(start_loss, final, it, holdout_start=holdout_start, holdout_final=best, kept_iter=kept)
 
 
-def _armor_row_weighted(weight, gram, cfg, seed, progress, start, row_weights) -> ArmorResult:
+def _armor_row_weighted(weight, gram, cfg, seed, progress, start, row_weights, holdout_gram=None) -> ArmorResult:
     """ARMOR on the loss sum_i w_i e_i H e_i^T, exactly: it is the plain loss of diag(sqrt w) W, whose
     factorisation diag(sqrt w) A S B maps back by dividing A's rows (A stays block-diagonal). A given start's
     mask is unchanged (2:4 choices are per row, and a 2:4 pruning of a scaled row is the scaled pruning)."""
     if row_weights.shape != (weight.shape[0],) or not bool((row_weights > 0).all()):
         raise ValueError(f"row_weights must be {weight.shape[0]} positive numbers")
     s = (row_weights.float() / row_weights.float().mean()).sqrt()[:, None]
-    res = armor(weight.float() * s, gram, cfg, seed, progress, None if start is None else start.float() * s)
+    res = armor(weight.float() * s, gram, cfg, seed, progress, None if start is None else start.float() * s,
+                holdout_gram=holdout_gram)
     res.a_blocks = res.a_blocks / s.view(res.a_blocks.shape[0], -1, 1)
     return res

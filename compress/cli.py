@@ -24,6 +24,11 @@ def add_compress_arguments(parser) -> None:
     parser.add_argument("--patience", type=int, default=d.patience, help="stop after N iterations without improvement")
     parser.add_argument("--discrete-steps", type=int, default=d.discrete_steps,
                         help="ARMOR sparse-core (mask) updates per iteration; each costs a fraction of an iteration")
+    parser.add_argument("--scale-value-lr", action=argparse.BooleanOptionalAction, default=d.scale_value_lr,
+                        help="scale the kept values' Adam lr by sqrt(576 / d_in), so wide matrices do not overshoot")
+    parser.add_argument("--bcd-holdout", type=int, default=d.bcd_holdout,
+                        help="ARMOR with --proxy hessian: calibration samples held out of the fit; each matrix keeps "
+                             "the BCD state with the lowest loss on them (0: off, keep the lowest fitted loss)")
     parser.add_argument("--tune-epochs", type=int, default=d.tune_epochs,
                         help="epochs of block-wise tuning: each decoder layer's ARMOR factors fitted jointly to the "
                              "dense layer's output (0: off)")
@@ -60,7 +65,8 @@ def run_compress(args) -> None:
 
     settings = Settings(method=args.method, block_size=args.block_size, proxy=args.proxy,
                         hessian_damp=args.hessian_damp, iters=args.iters, lr=args.lr, patience=args.patience,
-                        discrete_steps=args.discrete_steps, tune_epochs=args.tune_epochs, tune_lr=args.tune_lr,
+                        discrete_steps=args.discrete_steps, bcd_holdout=args.bcd_holdout,
+                        scale_value_lr=args.scale_value_lr, tune_epochs=args.tune_epochs, tune_lr=args.tune_lr,
                         tune_micro_batch=args.tune_micro_batch,
                         input_correction=args.input_correction, mlp_row_weights=args.mlp_row_weights,
                         residual_row_weights=args.residual_row_weights,

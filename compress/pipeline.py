@@ -46,9 +46,9 @@ LINEARS = {  # module path inside a decoder layer -> which calibration statistic
     "self_attn.q_proj": "attn_in", "self_attn.k_proj": "attn_in", "self_attn.v_proj": "attn_in",
     "self_attn.o_proj": "o_in", "mlp.gate_proj": "mlp_in", "mlp.up_proj": "mlp_in", "mlp.down_proj": "down_in",
 }
-ARMOR_ONLY = ("block_size", "proxy", "hessian_damp", "iters", "lr", "patience", "discrete_steps", "tune_epochs",
-              "tune_lr", "tune_holdout", "tune_micro_batch", "input_correction", "mlp_row_weights",
-              "residual_row_weights")
+ARMOR_ONLY = ("block_size", "proxy", "hessian_damp", "iters", "lr", "patience", "discrete_steps", "scale_value_lr",
+              "bcd_holdout", "tune_epochs", "tune_lr", "tune_holdout", "tune_micro_batch", "input_correction",
+              "mlp_row_weights", "residual_row_weights")
 PROGRESS = "armor_progress.json"
 # Where a run's time goes (summary["phase_seconds"]): reading weights, sampling calibration text from the dense
 # model (--calib-generated), running calibration tokens through the layers, gathering Gram matrices, the 2:4
@@ -82,6 +82,12 @@ class Settings:
     lr: float = 3e-3
     patience: int = 100
     discrete_steps: int = 1  # sparse-core updates per BCD iteration
+    scale_value_lr: bool = False  # the kept values' lr scaled by sqrt(576 / d_in) (compress/armor.py)
+    # Calibration samples held out of the fit that only pick which BCD state of each matrix is kept (the one with
+    # the lowest loss on them; --patience then counts iterations without a held-out gain): a guard for matrices
+    # with about as many inputs as calibration tokens, where BCD can fit the tokens' noise (docs/algorithm.md).
+    # 0: keep the state with the lowest fitted loss
+    bcd_holdout: int = 0
     tune_epochs: int = 0  # block-wise tuning of each decoder layer's factors to its dense output (block_tuning.py)
     tune_lr: float = 1e-4
     tune_holdout: int = 4  # calibration samples that only measure the tuning
@@ -175,6 +181,13 @@ def check_model(config, settings: Settings) -> None:
         raise UserError(f"unknown proxy '{settings.proxy}'; choose from {', '.join(PROXIES)}")
     if settings.hessian_damp < 0:
         raise UserError(f"--hessian-damp must be >= 0 (a fraction of mean(diag H)), got {settings.hessian_damp}")
+    if settings.bcd_holdout < 0:
+        raise UserError(f"--bcd-holdout must be >= 0 (calibration samples held out; 0: off), got "
+                        f"{settings.bcd_holdout}")
+    if settings.bcd_holdout and (settings.proxy != "hessian" or settings.calib_samples < settings.bcd_holdout + 2):
+        raise UserError(f"--bcd-holdout {settings.bcd_holdout} needs --proxy hessian and at least 2 more calibration "
+                        f"samples to fit on: pass --calib-samples {settings.bcd_holdout + 2} or more (got "
+                        f"{settings.calib_samples} with --proxy {settings.proxy}), or --bcd-holdout 0")
     if settings.discrete_steps < 1:
         raise UserError(f"--discrete-steps must be >= 1 (sparse-core updates per iteration), got {settings.discrete_steps}")
     if not 0 <= settings.input_correction <= 1:
@@ -202,6 +215,14 @@ def check_model(config, settings: Settings) -> None:
     if b % 4 or bad:
         fits = [s for s in (16, 32, 64, 128) if all(v % s == 0 for v in dims.values())]
         raise UserError(f"block size {b} does not divide {bad or 'a multiple of 4'}; sizes that fit this model: {fits}")
+
+
+def _accumulate(stats: dict, key: str, value: torch.Tensor) -> None:
+    """stats[key] += value, summed in float64 (created on first use)."""
+    if key in stats:
+        stats[key] += value
+    else:
+        stats[key] = value.double()
 
 
 def calibration_dtype(choice: str) -> torch.dtype:
@@ -409,6 +430,7 @@ class LayerwiseCompressor:
         stats: dict[str, dict[str, torch.Tensor]] = {}
         inputs: dict[str, torch.Tensor] = {}  # this batch's inputs, for the cross term
         dense_pass = False
+        n_fit = sum(len(h) for h in hidden) - (self.settings.bcd_holdout if self.settings.uses_hessian else 0)
 
         def hook(name):
             @torch.autocast("cpu", enabled=False)
@@ -417,16 +439,20 @@ class LayerwiseCompressor:
                 # costs this CPU ~4x the time and changes nothing that matters here. H in float32 even where the
                 # forwards run bfloat16: bfloat16's output rounding (~0.2% of each entry) leaves a near-singular H
                 # indefinite, which SparseGPT's Cholesky refuses. The cross term C needs no such property.
-                x = args[0].reshape(-1, args[0].shape[-1]).float()
-                s = stats.setdefault(name, {"h": torch.zeros(x.shape[1], dtype=torch.float64)})
-                if dense_pass:
-                    s.setdefault("C", torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64))
-                    s["C"] += (x.to(self.calib_dtype).T @ inputs.pop(name)).double()
+                x, s = args[0].float(), stats.setdefault(name, {})
+                keep = min(max(fitted, 0), len(x))  # the batch's samples that are fitted; the rest are held out
+                if keep < len(x) and not dense_pass:  # held-out samples: only their Gram matrix (--bcd-holdout)
+                    held = x[keep:].reshape(-1, x.shape[-1])
+                    _accumulate(s, "H_val", held.T @ held)
+                x = x[:keep].reshape(-1, x.shape[-1])
+                if not len(x):
                     return
-                s["h"] += x.pow(2).sum(0).double()
+                if dense_pass:
+                    _accumulate(s, "C", x.to(self.calib_dtype).T @ inputs.pop(name))
+                    return
+                _accumulate(s, "h", x.pow(2).sum(0))
                 if need_full:
-                    s.setdefault("H", torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64))
-                    s["H"] += (x.T @ x).double()
+                    _accumulate(s, "H", x.T @ x)
                 if dense_hidden is not None:
                     inputs[name] = x.to(self.calib_dtype)
             return record
@@ -443,6 +469,7 @@ class LayerwiseCompressor:
         try:
             with self._phase("gram"), self._calib_matmuls():
                 for b, h in enumerate(hidden):
+                    fitted = n_fit - b * len(hidden[0])  # samples of this batch that fit (the rest held out)
                     dense_pass = False
                     outputs.append(layer(h, **kwargs))
                     if dense_hidden is not None:
@@ -472,7 +499,7 @@ class LayerwiseCompressor:
                     bar.set_postfix_str(f"L{i} {name} it {it}/{s.iters} loss {value:.4f}")
 
             cfg = ArmorConfig(block_size=s.block_size, iters=s.iters, lr=s.lr, patience=s.patience,
-                              discrete_steps=s.discrete_steps)
+                              discrete_steps=s.discrete_steps, scale_value_lr=s.scale_value_lr)
             gram, start, target = h, None, weight  # the paper's proxy starts from NoWag-P (ARMOR's own default start)
             if self.settings.uses_hessian:
                 gram = stats["H"].float()
@@ -483,13 +510,17 @@ class LayerwiseCompressor:
                     start = baselines.sparsegpt(target, gram, damp=s.sparsegpt_damp)
                 # A ridge on H keeps BCD from fitting the few calibration tokens (docs/algorithm.md).
                 gram = baselines.ridge(gram, s.hessian_damp)
+            holdout = stats["H_val"].float() if "H_val" in stats else None
             with self._phase("bcd"):
-                res = armor(target, gram, cfg, seed=seed, progress=progress, start=start, row_weights=row_weights)
+                res = armor(target, gram, cfg, seed=seed, progress=progress, start=start, row_weights=row_weights,
+                            holdout_gram=holdout)
             module = ArmorLinear.from_factors(res.a_blocks, res.core, res.mask, res.b_blocks, bias, dtype=weight.dtype,
                                               kernel=CALIB_KERNEL)
             record.update(loss_start=res.start_loss, loss_final=res.final_loss, iters=res.iters,
                           loss_stored=proxy_loss(target, module.dense_weight(), gram), bytes=module.packed_bytes(),
-                          dense_bytes=module.dense_bytes())
+                          dense_bytes=module.dense_bytes(), kept_iter=res.kept_iter)
+            if holdout is not None:
+                record.update(holdout_start=res.holdout_start, holdout_final=res.holdout_final)
             if row_weights is not None:  # loss_start / loss_final are of the row-weighted loss, loss_stored is not
                 record["row_weighted"] = True
         else:

@@ -195,3 +195,42 @@ def test_row_weights_move_the_error_off_the_rows_that_count(real_layers):
     assert weighted.a_blocks.shape == plain.a_blocks.shape and sparsity.is_24(weighted.core)
     with pytest.raises(ValueError, match="positive"):
         armor(w, gram, cfg, start=start_w, row_weights=torch.zeros(w.shape[0]))
+
+
+@pytest.fixture(scope="module")
+def overfit_layer(dense_model, tokenizer):
+    """A down_proj (1536 inputs) with the Gram matrices of three disjoint token sets: 512 tokens to fit on (fewer
+    than its inputs, so BCD can fit their noise), 512 held out to pick the state kept, 1024 to test on."""
+    from transformers import AutoModelForCausalLM
+
+    from compress.datasets import calibration_samples
+
+    name = LAYERS[2]
+    model = AutoModelForCausalLM.from_pretrained(dense_model)
+    grams = []
+    model.get_submodule(name).register_forward_hook(
+        lambda _m, args, _o: grams.append(args[0].reshape(-1, args[0].shape[-1]).double().T @ args[0].reshape(
+            -1, args[0].shape[-1]).double()))
+    calib = calibration_samples(tokenizer, 16, 128, seed=0)
+    with torch.no_grad():
+        for part in (calib[:4], calib[4:8], calib[8:]):
+            model(part)
+    return (model.get_submodule(name).weight.data.clone(), *(g.float() for g in grams))
+
+
+def test_a_held_out_gram_keeps_the_state_that_generalises_and_stops_early(overfit_layer):
+    w, fit, held, test = overfit_layer
+    start_w = sparsegpt(w, fit)
+    cfg = ArmorConfig(block_size=32, iters=60, patience=15, holdout_every=5)
+    plain = armor(w, fit, cfg, seed=0, start=start_w)
+    res = armor(w, fit, cfg, seed=0, start=start_w, holdout_gram=held)
+    # the held-out losses reported are those of the start and of the factors returned
+    assert res.holdout_start == pytest.approx(output_loss(w, held, start_w).item(), rel=1e-4)
+    assert res.holdout_final == pytest.approx(output_loss(w, held, res.reconstruct()).item(), rel=1e-4)
+    assert res.holdout_final <= res.holdout_start and res.kept_iter % cfg.holdout_every == 0
+    # 512 tokens for 1536 inputs, no ridge: BCD overfits, so the held-out choice is an earlier state, the run stops
+    # `patience` iterations after it, and that state beats the lowest fitted loss on unseen tokens
+    assert res.kept_iter < plain.kept_iter and res.final_loss > plain.final_loss
+    assert res.iters == res.kept_iter + cfg.patience
+    assert output_loss(w, test, res.reconstruct()) < output_loss(w, test, plain.reconstruct())
+    assert plain.holdout_start is None and sparsity.is_24(res.core)

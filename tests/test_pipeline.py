@@ -146,7 +146,9 @@ def test_bad_inputs_fail_before_heavy_work(dense_model, armor_ckpt, tmp_path):
     share = run_cli("compress", "--model", str(dense_model), "--out", str(tmp_path / "j"), "--calib-generated", "1.5")
     prefix = run_cli("compress", "--model", str(dense_model), "--out", str(tmp_path / "k"), "--calib-generated", "0.5",
                      "--seq-len", "8")
+    held = run_cli("compress", "--model", str(dense_model), "--out", str(tmp_path / "l"), "--bcd-holdout", "31")
     cases = ((block, "block size 128 does not divide"), (correction, "--input-correction must be between 0"),
+             (held, "--bcd-holdout 31 needs --proxy hessian and at least 2 more calibration samples"),
              (other, "holds a different run"),
              (short, "fewer than the 100000 asked for"), (compressed_input, "already quantized"),
              (not_empty, "holds no compression run"), (arch, "no known decoder-layer layout"),
@@ -326,3 +328,30 @@ def test_sampling_linears_run_through_onednn_with_the_same_outputs():
     if torch.backends.mkldnn.is_available():
         assert all("forward" in vars(m) for m in model)  # the instances' own forward replaced F.linear's
     torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_bcd_holdout_samples_feed_only_the_held_out_gram(dense_model, tmp_path):
+    # --bcd-holdout 3 of 5 samples, 3 per batch: the first batch splits (2 fitted, 1 held out), the second is all
+    # held out. The fitted statistics (h, H and the cross term C) are those of the first 2 samples alone, and the
+    # held-out Gram matrix is the rest of the full one
+    from transformers import AutoTokenizer
+
+    from compress.datasets import calibration_samples
+    from compress.pipeline import LayerwiseCompressor, Settings
+
+    calib = calibration_samples(AutoTokenizer.from_pretrained(dense_model), 5, 128, 0)
+    stats = {}
+    for label, samples, holdout in (("all", calib, 0), ("first", calib[:2], 0), ("held", calib, 3)):
+        comp = LayerwiseCompressor(dense_model, tmp_path / label, Settings(calib_samples=len(samples), seq_len=128,
+                                                                         batch_size=3, bcd_holdout=holdout))
+        comp.dtype = torch.float32
+        body = comp._skeleton()
+        hidden, kwargs = comp._layer_inputs(body, samples)
+        dense = [h * 1.01 for h in hidden]  # other dense-path inputs, so that the cross term C is gathered
+        stats[label] = comp._statistics(comp._load_layer(body, 0), hidden, kwargs[0], dense)[0]
+    for name, held in stats["held"].items():
+        for key in ("h", "H", "C"):
+            torch.testing.assert_close(held[key], stats["first"][name][key])
+        assert "H_val" not in stats["all"][name]
+        full = stats["all"][name]["H"]  # (float32 products per batch, so equal up to their rounding)
+        torch.testing.assert_close(held["H"] + held["H_val"], full, rtol=1e-4, atol=1e-6 * full.abs().max().item())
