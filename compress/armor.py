@@ -58,7 +58,7 @@ class ArmorConfig:
     holdout_every: int = 5  # with a held-out Gram matrix: iterations between its measurements
     # Adam moves every entry by about lr per step whatever its gradient, and a normalised row of unit norm has
     # entries ~1/sqrt(d_in): the kept values' lr is scaled by sqrt(VALUE_LR_WIDTH / d_in), so that one lr moves
-    # them alike at every width. Unscaled, Qwen2.5-1.5B's down_proj (8960 inputs) spends its first ~30 iterations
+    # them alike at every width. Unscaled, Qwen2.5-1.5B's down_proj (8960 inputs) spends its first ~20-30 iterations
     # above its start. Opt-in: on SmolLM2 it cost 0.9 wiki perplexity (docs/algorithm.md)
     scale_value_lr: bool = False
 
