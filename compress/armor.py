@@ -128,11 +128,8 @@ class ArmorProblem:
         self.block = block
         self.wn, self.row, self.col = normalize(weight)
         c = self.col
-        # Loss weights in the normalised space: rows r_i^2, columns diag(c) H diag(c).
         gram = gram.float()
-        self.hc = c.pow(2) * gram.clamp_min(0) if gram.dim() == 1 else c[:, None] * gram * c[None, :]
-        self.wn_hc = _column_weighted(self.wn, self.hc)
-        self.scale = (self.row[:, None].pow(2) * self.wn * self.wn_hc).sum().clamp_min(1e-30)
+        self.hc, self.wn_hc, self.scale = self.normalised(gram)
         nb = d_in // block  # the diagonal (b x b) blocks of Hc, which the discrete step uses
         if self.full:
             self.hc_blocks = self.hc.view(nb, block, nb, block).diagonal(dim1=0, dim2=2).permute(2, 0, 1)
@@ -286,16 +283,19 @@ class ArmorProblem:
         m_dot = torch.bmm(_pair_blocks(2 * resid_w + d_rw, na, nb, bsz), d_bg.reshape(-1, bsz, 1)).view(na, nb, bsz)
         return self.row.pow(2) * (a_mat * m_dot.transpose(1, 2)).sum(2).reshape(d_out), d_rw
 
+    def normalised(self, gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The loss weights in the normalised space (rows r_i^2, columns Hc = diag(c) H diag(c), or its diagonal
+        for a diagonal H), Wn Hc, and the loss's denominator under them."""
+        c = self.col
+        hc = c.pow(2) * gram.clamp_min(0) if gram.dim() == 1 else c[:, None] * gram * c[None, :]
+        wn_hc = _column_weighted(self.wn, hc)
+        return hc, wn_hc, (self.row[:, None].pow(2) * self.wn * wn_hc).sum().clamp_min(1e-30)
+
     @torch.no_grad()
     def other_loss(self, hc_other: torch.Tensor, scale_other: torch.Tensor, b: torch.Tensor) -> float:
-        """The current state's loss under another (normalised) Gram matrix, e.g. held-out tokens'."""
+        """The current state's loss under another Gram matrix (e.g. held-out tokens'), normalised by `normalised`."""
         resid = self.product(self.a, self.values * self.mask, b) - self.wn
-        return ((resid * (resid @ hc_other)).sum(1) @ self.row.pow(2) / scale_other).item()
-
-    def normalised(self, gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """diag(c) H diag(c) of another full Gram matrix H, and the loss's denominator under it."""
-        hc = self.col[:, None] * gram.float() * self.col[None, :]
-        return hc, (self.row[:, None].pow(2) * self.wn * (self.wn @ hc)).sum().clamp_min(1e-30)
+        return _WeightedSquare.apply(resid, self.row.pow(2), hc_other, scale_other)[0].item()
 
     def result(self, start_loss: float, final_loss: float, iters: int, **holdout) -> ArmorResult:
         a = self.a * self.row.reshape(-1, self.block, 1)  # diag(r) A
@@ -325,13 +325,13 @@ def armor(weight: torch.Tensor, gram: torch.Tensor, cfg: ArmorConfig, seed: int 
     if row_weights is not None:
         return _armor_row_weighted(weight, gram, cfg, seed, progress, start, row_weights, holdout_gram)
     prob = ArmorProblem(weight, gram, cfg.block_size, start)
-    held = None if holdout_gram is None else prob.normalised(holdout_gram)
+    held = None if holdout_gram is None else prob.normalised(holdout_gram.float())[::2]  # (Hc, denominator)
     gen = torch.Generator().manual_seed(seed)
     b = prob.b.requires_grad_()
     values = prob.values.requires_grad_()
     value_lr = cfg.lr * (VALUE_LR_WIDTH / weight.shape[1]) ** 0.5 if cfg.scale_value_lr else cfg.lr
     opt = torch.optim.Adam([{"params": [b]}, {"params": [values], "lr": value_lr}], lr=cfg.lr, fused=True)
-    start_loss = best = holdout_start = float("inf")
+    best = float("inf")
     best_state = None
     last_gain = kept = it = 0
     for it in range(cfg.iters + 1):
@@ -344,14 +344,13 @@ def armor(weight: torch.Tensor, gram: torch.Tensor, cfg: ArmorConfig, seed: int 
             prob.a, resid_w = prob.solve_a(core_b.detach())
         loss_t, resid_w = prob.loss_of(prob.a, core_b, resid_w)
         loss = loss_t.item()
-        if it == 0:
-            start_loss = loss
-        elif progress:
-            progress(it, loss)
         score = loss  # what picks the state kept: the fitted loss, or the held-out one where it is measured
         if held is not None:
             score = prob.other_loss(*held, b.detach()) if it % cfg.holdout_every == 0 or it == cfg.iters else best
-            holdout_start = score if it == 0 else holdout_start
+        if it == 0:
+            start_loss, holdout_start = loss, score
+        elif progress:
+            progress(it, loss)
         if score < best:
             last_gain = it if score < best * (1 - cfg.rtol) else last_gain
             best, kept = score, it
