@@ -1,16 +1,16 @@
-"""Test bed for --residual-row-weights: replace only o_proj and down_proj of some decoder layers of a dense model
-(SparseGPT, ARMOR, ARMOR with residual row weights), each fitted on the dense model's own inputs, and score every
+"""Test bed for ARMOR's residual-stream writers: replace only o_proj and down_proj of some decoder layers of a dense
+model (SparseGPT, and ARMOR variants started from it), each fitted on the dense model's own inputs, and score every
 variant against the dense model on held-out Wikipedia tokens.
 
-It answers, in well under an hour on 2 cores, what a whole-model recompression answers in hours: does weighing the
-residual-stream rows by what the later norms read make ARMOR's o_proj / down_proj help the model instead of hurting
-it (docs/algorithm.md, "Residual row weights")? The score that decides is the mean KL divergence from the dense
+It answers, in about an hour on 2 cores, what a whole-model recompression answers in hours: do ARMOR's o_proj /
+down_proj help the model or hurt it, and does a variant (`armor_resid`: --residual-row-weights, `armor_lr`:
+--scale-value-lr) change that (docs/algorithm.md)? The score that decides is the mean KL divergence from the dense
 model's next-token distribution (paired per token, so far less noisy than the perplexity, which is also reported).
 
-    python -m benchmarks.residual_bed --model QWEN_DIR --layers 20-27 --iters 20
+    python -m benchmarks.residual_bed --model QWEN_DIR --layers 20-27 --iters 100 --variants armor,armor_lr
 
-Writes benchmarks/results/NAME.{json,md}. Fitted matrices are kept under --work, so a killed run resumes where it
-stopped, and a finished one re-scores without fitting again.
+Writes benchmarks/results/NAME.{json,md}. Each fitted matrix is kept under --work per variant and iteration count,
+so a killed run resumes where it stopped, and a finished one re-scores without fitting again.
 """
 from __future__ import annotations
 
@@ -34,7 +34,8 @@ from compress.residual_weights import residual_row_weights
 from compress.weights import CheckpointWeights
 
 MATRICES = ("self_attn.o_proj", "mlp.down_proj")
-VARIANTS = ("sparsegpt", "armor", "armor_resid")
+ARMOR_VARIANTS = {"armor": "default settings", "armor_resid": "--residual-row-weights",
+                  "armor_lr": "--scale-value-lr"}
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -43,37 +44,42 @@ def layer_range(spec: str) -> list[int]:
     return list(range(int(first), int(last or first) + 1))
 
 
-def fit(weight: torch.Tensor, gram: torch.Tensor, rows: torch.Tensor, iters: int, settings: Settings) -> dict:
-    """The three variants of one matrix, and their plain and row-weighted proxy losses."""
-    start = baselines.sparsegpt(weight, gram, damp=settings.sparsegpt_damp)
+def fit(variant: str, weight: torch.Tensor, gram: torch.Tensor, start: torch.Tensor | None, rows: torch.Tensor,
+        iters: int, settings: Settings) -> dict:
+    """One variant of one matrix (ARMOR ones from the SparseGPT `start`), and its plain and row-weighted proxy loss."""
+    t = time.time()
     ridged = baselines.ridge(gram, settings.hessian_damp)
-    cfg = ArmorConfig(block_size=settings.block_size, iters=iters)
-    out = {"sparsegpt": start,
-           "armor": armor(weight, ridged, cfg, start=start).reconstruct(),
-           "armor_resid": armor(weight, ridged, cfg, start=start, row_weights=rows).reconstruct()}
+    if variant == "sparsegpt":
+        w = baselines.sparsegpt(weight, gram, damp=settings.sparsegpt_damp)
+    else:
+        cfg = ArmorConfig(block_size=settings.block_size, iters=iters, scale_value_lr=variant == "armor_lr")
+        w = armor(weight, ridged, cfg, start=start, row_weights=rows if variant == "armor_resid" else None).reconstruct()
     s = (rows / rows.mean()).sqrt()[:, None]
-    losses = {v: {"plain": proxy_loss(weight, w, ridged), "weighted": proxy_loss(weight * s, w * s, ridged)}
-              for v, w in out.items()}
-    return {"weights": out, "losses": losses}
+    return {"weight": w, "plain": proxy_loss(weight, w, ridged), "weighted": proxy_loss(weight * s, w * s, ridged),
+            "seconds": time.time() - t}
 
 
-# What each scored model puts in (o_proj, down_proj): the three variants, and the two halves of ARMOR apart
-SCORED = {"dense": ("dense", "dense"), **{v: (v, v) for v in VARIANTS},
-          "armor o_proj, sparsegpt down_proj": ("armor", "sparsegpt"),
-          "sparsegpt o_proj, armor down_proj": ("sparsegpt", "armor")}
+def scored_models(variants: list[str]) -> dict:
+    """What each scored model puts in (o_proj, down_proj): every variant, and each ARMOR variant's halves apart."""
+    scored = {"dense": ("dense", "dense"), **{v: (v, v) for v in variants}}
+    for v in variants[1:]:
+        scored[f"{v} o_proj, sparsegpt down_proj"] = (v, "sparsegpt")
+        scored[f"sparsegpt o_proj, {v} down_proj"] = ("sparsegpt", v)
+    return scored
 
 
 @torch.no_grad()
-def score(model, originals: dict, fitted: dict, windows: torch.Tensor) -> dict:
+def score(model, originals: dict, fitted: dict, windows: torch.Tensor, variants: list[str]) -> dict:
     """Per scored model: mean KL(dense || it) per token and the perplexity, on the same windows."""
-    sums = {m: {"kl": 0.0, "nll": 0.0} for m in SCORED}
+    models = scored_models(variants)
+    sums = {m: {"kl": 0.0, "nll": 0.0} for m in models}
     count = 0
     for window in windows:
         dense_logp = None
-        for scored, picks in SCORED.items():
+        for scored, picks in models.items():
             for key, linear in originals.items():
                 variant = picks[MATRICES.index(key.split(".", 1)[1])]
-                linear.weight.copy_(linear.dense_weight if variant == "dense" else fitted[key]["weights"][variant])
+                linear.weight.copy_(linear.dense_weight if variant == "dense" else fitted[key][variant]["weight"])
             logp = F.log_softmax(model(window[None]).logits[0, :-1].float(), -1)
             if dense_logp is None:
                 dense_logp = logp
@@ -84,7 +90,7 @@ def score(model, originals: dict, fitted: dict, windows: torch.Tensor) -> dict:
                 "tokens": count} for m, s in sums.items()}
 
 
-def fitted_matrices(model, tokenizer, layers: list[int], args) -> tuple[dict, dict]:
+def fitted_matrices(model, tokenizer, layers: list[int], variants: list[str], args) -> tuple[dict, dict]:
     """The replaced linears (their dense weight kept) and each one's fitted variants, from --work where kept."""
     rows = residual_row_weights(CheckpointWeights(args.model), model.config.num_hidden_layers)
     originals, fitted, grams = {}, {}, None
@@ -93,20 +99,22 @@ def fitted_matrices(model, tokenizer, layers: list[int], args) -> tuple[dict, di
             key = f"{i}.{name}"
             linear = model.model.layers[i].get_submodule(name)
             linear.dense_weight = linear.weight.detach().clone()
-            originals[key] = linear
-            path = args.work / f"{key}.pt"
-            if not path.is_file():
-                if grams is None:  # only when some matrix is still to fit: every replaced matrix's, on the dense model
-                    calib = calibration_samples(tokenizer, args.calib_samples, args.seq_len)
-                    names = [f"model.layers.{j}.{m}" for j in layers for m in MATRICES]
-                    grams = input_grams(model, names, calib, 1, torch.float32)
-                t = time.time()
-                gram = grams[f"model.layers.{key}"]
-                result = fit(linear.dense_weight, gram, rows[i][name], args.iters, Settings())
-                result["seconds"] = time.time() - t
-                torch.save(result, path)
-            fitted[key] = torch.load(path)
-            print(key, json.dumps(fitted[key]["losses"]), f"{fitted[key]['seconds']:.0f}s", flush=True)
+            originals[key], fitted[key] = linear, {}
+            for variant in variants:
+                path = args.work / (f"{key}.{variant}.pt" if variant == "sparsegpt" else
+                                    f"{key}.{variant}.it{args.iters}.pt")
+                if not path.is_file():
+                    if grams is None:  # only when something is still to fit: every replaced matrix's, on dense inputs
+                        calib = calibration_samples(tokenizer, args.calib_samples, args.seq_len)
+                        names = [f"model.layers.{j}.{m}" for j in layers for m in MATRICES]
+                        grams = input_grams(model, names, calib, 1, torch.float32)
+                    start = fitted[key].get("sparsegpt", {}).get("weight")
+                    torch.save(fit(variant, linear.dense_weight, grams[f"model.layers.{key}"], start, rows[i][name],
+                                   args.iters, Settings()), path)
+                fitted[key][variant] = torch.load(path)
+                f = fitted[key][variant]
+                print(key, variant, f"plain {f['plain']:.5f} weighted {f['weighted']:.5f} {f['seconds']:.0f}s",
+                      flush=True)
     return originals, fitted
 
 
@@ -116,17 +124,21 @@ def write(report: dict, name: str) -> None:
     lines = [f"`{report['command']}` ({report['date']}, {report['machine']}): o_proj and down_proj of layers "
              f"{report['layers'][0]}-{report['layers'][-1]} replaced, every other matrix dense; fitted on "
              f"{report['calib_samples']} x {report['seq_len']} calibration tokens with dense inputs, ARMOR "
-             f"{report['iters']} iterations from the SparseGPT start; scored on {report['scores']['dense']['tokens']} "
-             "held-out Wikipedia tokens. KL: mean KL(dense || variant) of the next-token distribution, per token.",
+             f"{report['iters']} iterations from the SparseGPT start ("
+             + ", ".join(f"{v}: {ARMOR_VARIANTS[v]}" for v in report["variants"][1:])
+             + f"); scored on {report['scores']['dense']['tokens']} held-out Wikipedia tokens. KL: mean "
+             "KL(dense || variant) of the next-token distribution, per token.",
              "", "| o_proj, down_proj of those layers | KL from dense | perplexity |", "|---|---|---|"]
     lines += [f"| {v} | {s['kl']:.5f} | {s['perplexity']:.3f} |" for v, s in report["scores"].items()]
-    losses = report["losses"].values()
-    lines += ["", "Mean proxy loss over the replaced matrices (plain / residual-row-weighted):", "",
-              "| variant | plain | weighted |", "|---|---|---|"]
-    for v in VARIANTS:
-        plain = sum(m[v]["plain"] for m in losses) / len(losses)
-        weighted = sum(m[v]["weighted"] for m in losses) / len(losses)
-        lines.append(f"| {v} | {plain:.5f} | {weighted:.5f} |")
+    lines += ["", "Mean proxy loss of the replaced matrices (the row-weighted one weighs the residual rows by what "
+              "the later norms read), and fit time:", "",
+              "| variant | o_proj | down_proj | all, row-weighted | fit seconds |", "|---|---|---|---|---|"]
+    def mean(variant: str, kind: str, matrix: str = "") -> float:
+        picked = [m[variant][kind] for k, m in report["losses"].items() if k.endswith(matrix)]
+        return sum(picked) / len(picked)
+    for v in report["variants"]:
+        lines.append(f"| {v} | {mean(v, 'plain', 'o_proj'):.5f} | {mean(v, 'plain', 'down_proj'):.5f} | "
+                     f"{mean(v, 'weighted'):.5f} | {sum(m[v]['seconds'] for m in report['losses'].values()):.0f} |")
     (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
@@ -136,25 +148,31 @@ def main() -> None:
     ap.add_argument("--model", required=True, type=Path)
     ap.add_argument("--layers", default="20-27", help="first-last decoder layer whose o_proj/down_proj are replaced")
     ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--variants", default="armor,armor_resid",
+                    help=f"comma-separated ARMOR variants scored beside SparseGPT: {', '.join(ARMOR_VARIANTS)}")
     ap.add_argument("--calib-samples", type=int, default=16)
     ap.add_argument("--eval-windows", type=int, default=8)
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--work", type=Path, default=Path(".cache/residual-bed"), help="fitted matrices (resume)")
     ap.add_argument("--name", default="residual-bed", help="results file stem under benchmarks/results/")
     args = ap.parse_args()
+    variants = ["sparsegpt"] + args.variants.split(",")
+    if unknown := [v for v in variants[1:] if v not in ARMOR_VARIANTS]:
+        ap.error(f"unknown --variants {', '.join(unknown)}: pick from {', '.join(ARMOR_VARIANTS)}")
     args.work.mkdir(parents=True, exist_ok=True)
     tokenizer, model = load_model(args.model)
     t0 = time.time()
     layers = layer_range(args.layers)
-    originals, fitted = fitted_matrices(model, tokenizer, layers, args)
+    originals, fitted = fitted_matrices(model, tokenizer, layers, variants, args)
     test_ids = tokenizer(wiki_text("test"), return_tensors="pt").input_ids[0]
     windows = test_ids[: args.eval_windows * args.seq_len].view(args.eval_windows, args.seq_len)
     report = {"command": "python -m benchmarks.residual_bed " + " ".join(sys.argv[1:]),
               "date": time.strftime("%Y-%m-%d"), "machine": device_name("cpu"), "model": str(args.model),
-              "layers": layers, "iters": args.iters, "calib_samples": args.calib_samples,
-              "seq_len": args.seq_len, "scores": score(model, originals, fitted, windows),
-              "fit_seconds": sum(f["seconds"] for f in fitted.values()), "run_seconds": time.time() - t0,
-              "losses": {k: f["losses"] for k, f in fitted.items()}}
+              "layers": layers, "iters": args.iters, "variants": variants, "calib_samples": args.calib_samples,
+              "seq_len": args.seq_len, "scores": score(model, originals, fitted, windows, variants),
+              "losses": {k: {v: {m: f[m] for m in ("plain", "weighted", "seconds")} for v, f in per.items()}
+                         for k, per in fitted.items()},
+              "run_seconds": time.time() - t0}
     write(report, args.name)
 
 
