@@ -147,8 +147,10 @@ def test_bad_inputs_fail_before_heavy_work(dense_model, armor_ckpt, tmp_path):
     prefix = run_cli("compress", "--model", str(dense_model), "--out", str(tmp_path / "k"), "--calib-generated", "0.5",
                      "--seq-len", "8")
     held = run_cli("compress", "--model", str(dense_model), "--out", str(tmp_path / "l"), "--bcd-holdout", "31")
+    negative = run_cli("compress", "--model", str(dense_model), "--out", str(tmp_path / "m"), "--bcd-holdout", "-1")
     cases = ((block, "block size 128 does not divide"), (correction, "--input-correction must be between 0"),
              (held, "--bcd-holdout 31 needs --proxy hessian and at least 2 more calibration samples"),
+             (negative, "--bcd-holdout must be >= 0 (calibration samples held out; 0: off), got -1"),
              (other, "holds a different run"),
              (short, "fewer than the 100000 asked for"), (compressed_input, "already quantized"),
              (not_empty, "holds no compression run"), (arch, "no known decoder-layer layout"),
