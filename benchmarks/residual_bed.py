@@ -9,8 +9,8 @@ model's next-token distribution (paired per token, so far less noisy than the pe
 
     python -m benchmarks.residual_bed --model QWEN_DIR --layers 20-27 --iters 100 --variants armor,armor_lr
 
-Writes benchmarks/results/NAME.{json,md}. Each fitted matrix is kept under --work per variant and iteration count,
-so a killed run resumes where it stopped, and a finished one re-scores without fitting again.
+Writes benchmarks/results/NAME.{json,md}. Each fitted matrix is kept under --work per variant, iteration count and
+calibration size, so a killed run resumes where it stopped, and a finished one re-scores without fitting again.
 """
 from __future__ import annotations
 
@@ -53,7 +53,8 @@ def fit(variant: str, weight: torch.Tensor, gram: torch.Tensor, start: torch.Ten
         w = baselines.sparsegpt(weight, gram, damp=settings.sparsegpt_damp)
     else:
         cfg = ArmorConfig(block_size=settings.block_size, iters=iters, scale_value_lr=variant == "armor_lr")
-        w = armor(weight, ridged, cfg, start=start, row_weights=rows if variant == "armor_resid" else None).reconstruct()
+        row_weights = rows if variant == "armor_resid" else None
+        w = armor(weight, ridged, cfg, start=start, row_weights=row_weights).reconstruct()
     s = (rows / rows.mean()).sqrt()[:, None]
     return {"weight": w, "plain": proxy_loss(weight, w, ridged), "weighted": proxy_loss(weight * s, w * s, ridged),
             "seconds": time.time() - t}
@@ -101,8 +102,8 @@ def fitted_matrices(model, tokenizer, layers: list[int], variants: list[str], ar
             linear.dense_weight = linear.weight.detach().clone()
             originals[key], fitted[key] = linear, {}
             for variant in variants:
-                path = args.work / (f"{key}.{variant}.pt" if variant == "sparsegpt" else
-                                    f"{key}.{variant}.it{args.iters}.pt")
+                iters = "" if variant == "sparsegpt" else f".it{args.iters}"
+                path = args.work / f"{key}.{variant}{iters}.c{args.calib_samples}x{args.seq_len}.pt"
                 if not path.is_file():
                     if grams is None:  # only when something is still to fit: every replaced matrix's, on dense inputs
                         calib = calibration_samples(tokenizer, args.calib_samples, args.seq_len)
