@@ -104,16 +104,19 @@ def fitted_matrices(model, tokenizer, layers: list[int], variants: list[str], ar
             for variant in variants:
                 iters = "" if variant == "sparsegpt" else f".it{args.iters}"
                 path = args.work / f"{key}.{variant}{iters}.c{args.calib_samples}x{args.seq_len}.pt"
-                if not path.is_file():
+                if path.is_file():
+                    f = torch.load(path)
+                else:
                     if grams is None:  # only when something is still to fit: every replaced matrix's, on dense inputs
                         calib = calibration_samples(tokenizer, args.calib_samples, args.seq_len)
                         names = [f"model.layers.{j}.{m}" for j in layers for m in MATRICES]
                         grams = input_grams(model, names, calib, 1, torch.float32)
-                    start = fitted[key].get("sparsegpt", {}).get("weight")
-                    torch.save(fit(variant, linear.dense_weight, grams[f"model.layers.{key}"], start, rows[i][name],
-                                   args.iters, Settings()), path)
-                fitted[key][variant] = torch.load(path)
-                f = fitted[key][variant]
+                    # sparsegpt comes first in `variants`, so each ARMOR variant finds its start
+                    start = None if variant == "sparsegpt" else fitted[key]["sparsegpt"]["weight"]
+                    f = fit(variant, linear.dense_weight, grams[f"model.layers.{key}"], start, rows[i][name],
+                            args.iters, Settings())
+                    torch.save(f, path)
+                fitted[key][variant] = f
                 print(key, variant, f"plain {f['plain']:.5f} weighted {f['weighted']:.5f} {f['seconds']:.0f}s",
                       flush=True)
     return originals, fitted
