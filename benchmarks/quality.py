@@ -3,6 +3,7 @@
     python -m benchmarks.quality            # writes benchmarks/results/quality.{json,md,png}
     python -m benchmarks.quality --model DIR --work .cache/quality-NAME --name quality-NAME   # another model
     python -m benchmarks.quality --only dense,sparsegpt,armor-b32 --ppl-only   # compression time + wiki ppl only
+    python -m benchmarks.quality --model DIR --name quality-NAME --only armor-b32-lr --merge   # add a row to a table
 
 Each configuration is compressed with `armor compress` and evaluated with `armor eval` (both through the
 CLI, exactly as a user runs them); results are cached under .cache/quality so an interrupted run resumes.
@@ -39,7 +40,9 @@ def configs(blocks: list[int]) -> list[tuple[str, list[str]]]:
                # a quarter of the calibration samples written by the dense model itself (2026-12-04): keeps the
                # zero-shot accuracy the Wikipedia-only tuning loses; row-weighted gate/up (Qwen's MLP test bed)
                ("armor-b32-c64-i40-tuned-gen25", [*c64_tuned, "--calib-generated", "0.25"]),
-               ("armor-b32-mlp-rows", [*b32, "--mlp-row-weights"])]
+               ("armor-b32-mlp-rows", [*b32, "--mlp-row-weights"]),
+               # the values' lr scaled to the matrix width (Qwen's 8960-wide down_proj, 2026-12-05)
+               ("armor-b32-lr", [*b32, "--scale-value-lr"])]
     # the input correction's runs (2026-12-03, 32 samples): without it, and with 40 iterations + tuning, the latter
     # also on 4x the calibration text
     no_correction = [*c32, "--input-correction", "0"]
@@ -97,6 +100,8 @@ def main() -> None:
     p.add_argument("--ppl-only", action="store_true", help="compress and wiki perplexity only (no zero-shot pass)")
     p.add_argument("--name", default="quality",
                    help="results file stem (a second model's table beside SmolLM2's: quality-qwen2.5-coder-1.5b)")
+    p.add_argument("--merge", action="store_true",
+                   help="keep the rows of the existing results/NAME.json this run does not redo (each keeps its command)")
     args = p.parse_args()
 
     work = Path(args.work)
@@ -108,6 +113,8 @@ def main() -> None:
     wanted = set(args.only.split(",")) if args.only else None
     chosen = [(n, a) for n, a in configs([int(b) for b in args.blocks.split(",")]) if not wanted or n in wanted]
     rows = {name: {"config": name} for name, _ in chosen}
+    if args.merge:
+        rows = merge_rows(RESULTS / f"{args.name}.json", rows)
     # pass 1: compress and wiki perplexity for every configuration; pass 2: LAMBADA and the zero-shot tasks
     for name, method_args in chosen:
         row, ckpt = rows[name], Path(model)
@@ -128,6 +135,18 @@ def main() -> None:
         if "checkpoint" in row and "error" not in row and not args.ppl_only:
             evaluate(row, work / f"{row['config']}.tasks.json", ["--tasks", TASKS.split(",", 1)[1], "--limit", str(args.limit)])
             write(list(rows.values()), args)
+
+
+def merge_rows(path: Path, redo: dict[str, dict]) -> dict[str, dict]:
+    """The rows of an earlier table, in its order, each tagged with the run that made it; `redo`'s rows replace
+    theirs (and come after them if new)."""
+    if not path.is_file():
+        return redo
+    earlier = json.loads(path.read_text())
+    made_by = {"command": earlier["command"], "date": earlier["date"]}
+    rows = {r["config"]: {"run": made_by, **r} for r in earlier["rows"]}
+    rows.update(redo)
+    return rows
 
 
 def evaluate(row: dict, path: Path, task_args: list[str]) -> None:
@@ -177,6 +196,9 @@ def write(rows: list[dict], args) -> None:
         cells += [f"{row.get('compress_seconds', 0):.0f}", f"{row.get('overhead_pct', 0):.1f}"]
         lines.append(f"| {row['config']} | " + " | ".join(cells) + " |")
     lines += gap_closed(rows)
+    earlier = [f"* {r['config']}: from `{r['run']['command']}` ({r['run']['date']})" for r in rows if "run" in r]
+    notes = [f"* {r['config']}: {r['note']}" for r in rows if r.get("note")]
+    lines += (["", "Rows kept from earlier runs (--merge):", ""] + earlier if earlier else []) + ([""] + notes if notes else [])
     phased = [r for r in rows if r.get("phase_seconds")]
     if phased:
         names = list(dict.fromkeys(n for r in phased for n in r["phase_seconds"]))  # older runs lack newer phases
