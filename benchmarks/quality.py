@@ -131,7 +131,7 @@ def main() -> None:
         row["checkpoint"] = str(ckpt)
         evaluate(row, work / f"{name}.ppl.json", ["--tasks", "wiki_ppl", "--limit", str(args.ppl_windows)])
         write(list(rows.values()), args)
-    for row in rows.values():
+    for row in (rows[name] for name, _ in chosen):  # not the rows kept by --merge
         if "checkpoint" in row and "error" not in row and not args.ppl_only:
             evaluate(row, work / f"{row['config']}.tasks.json", ["--tasks", TASKS.split(",", 1)[1], "--limit", str(args.limit)])
             write(list(rows.values()), args)
@@ -196,7 +196,11 @@ def write(rows: list[dict], args) -> None:
         cells += [f"{row.get('compress_seconds', 0):.0f}", f"{row.get('overhead_pct', 0):.1f}"]
         lines.append(f"| {row['config']} | " + " | ".join(cells) + " |")
     lines += gap_closed(rows)
-    earlier = [f"* {r['config']}: from `{r['run']['command']}` ({r['run']['date']})" for r in rows if "run" in r]
+    runs: dict[tuple, list[str]] = {}  # earlier run -> the configs kept from it
+    for r in rows:
+        if "run" in r:
+            runs.setdefault((r["run"]["command"], r["run"]["date"]), []).append(r["config"])
+    earlier = [f"* {', '.join(names)}: `{cmd}` ({date})" for (cmd, date), names in runs.items()]
     notes = [f"* {r['config']}: {r['note']}" for r in rows if r.get("note")]
     lines += (["", "Rows kept from earlier runs (--merge):", ""] + earlier if earlier else []) + ([""] + notes if notes else [])
     phased = [r for r in rows if r.get("phase_seconds")]

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 from benchmarks import quality
 
@@ -31,7 +34,40 @@ def test_merge_keeps_earlier_rows_and_replaces_redone_ones(tmp_path, monkeypatch
     quality.write(list(rows.values()), args)
     table = (tmp_path / "q.md").read_text()
     assert "armor-b32-lr closes 75% of the gap between the best baseline (sparsegpt, 25.10) and dense (14.50)" in table
-    assert f"* dense: from `{earlier['command']}` (2026-12-01)" in table
+    assert f"* dense, sparsegpt: `{earlier['command']}` (2026-12-01)" in table
     assert "* armor-b32: new code" in table and "old code" not in table
-    assert "* armor-b32-lr: from" not in table
+    assert "armor-b32-lr:" not in table
     assert [r["config"] for r in json.loads((tmp_path / "q.json").read_text())["rows"]] == list(rows)
+
+
+def test_merge_run_evaluates_only_the_rows_it_redoes(tmp_path, monkeypatch):
+    """Regression: the zero-shot pass once went over every row, the kept ones too (a dense re-evaluation)."""
+    monkeypatch.setattr(quality, "RESULTS", tmp_path)
+    earlier = {"command": "earlier", "date": "2026-12-01",
+               "rows": [{**_row("dense", 14.5), "checkpoint": "dense-dir"}, {**_row("sparsegpt", 25.1), "checkpoint": "s"}]}
+    (tmp_path / "q.json").write_text(json.dumps(earlier))
+    compressed, evaluated = [], []
+
+    def fake_cli(*args):
+        out = Path(args[args.index("--out") + 1])
+        out.mkdir(parents=True)
+        (out / "compression_summary.json").write_text(json.dumps(
+            {"seconds": 1.0, "overhead_pct_of_dense": 2.8, "checkpoint_bytes": 1, "mean_proxy_loss": 0.1}))
+        compressed.append(args)
+        return subprocess.CompletedProcess(args, 0, "", "")
+
+    def fake_evaluate(row, path, task_args):
+        evaluated.append((row["config"], task_args[1].split(",")[0]))
+        if task_args[1] == "wiki_ppl":
+            row.setdefault("results", {})["wiki_ppl"] = {"perplexity": 17.1}
+
+    monkeypatch.setattr(quality, "armor", fake_cli)
+    monkeypatch.setattr(quality, "evaluate", fake_evaluate)
+    monkeypatch.setattr(sys, "argv", ["quality", "--model", "M", "--work", str(tmp_path / "work"), "--name", "q",
+                                      "--only", "armor-b32-lr", "--merge"])
+    quality.main()
+    assert [list(a[a.index("--out") + 1:]) for a in compressed] == [[str(tmp_path / "work" / "armor-b32-lr"), "--method",
+                                                               "armor", "--block-size", "32", "--scale-value-lr"]]
+    assert evaluated == [("armor-b32-lr", "wiki_ppl"), ("armor-b32-lr", "lambada_ppl")]
+    assert [r["config"] for r in json.loads((tmp_path / "q.json").read_text())["rows"]] == ["dense", "sparsegpt",
+                                                                                           "armor-b32-lr"]
