@@ -1,0 +1,32 @@
+"""benchmarks.hybrid: a hybrid of two compressed checkpoints scores exactly as the checkpoint it takes every part from,
+and swapping parts changes the score (real SmolLM2 checkpoints: SparseGPT as base, ARMOR as other)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from benchmarks import hybrid
+from compress.evaluation import load_model
+
+
+def test_hybrids_score_as_the_checkpoints_they_take_their_parts_from(dense_model, sparsegpt_ckpt, armor_ckpt, tokenizer):
+    dense = load_model(dense_model)[1]
+    base, other = load_model(sparsegpt_ckpt)[1], load_model(armor_ckpt)[1]
+    alone = load_model(armor_ckpt)[1]  # a second, never rewired copy of --other
+    n = len(dense.model.layers)
+    hybrids = hybrid.variants(n, [f"0-{n - 1}", "0-3"])
+    windows = tokenizer("The capital of France is Paris. It lies on the Seine, and about two million people live "
+                        "there.", return_tensors="pt").input_ids[:, :24]
+    base_parts, other_parts = hybrid.parts(base), hybrid.parts(other)
+    scores = hybrid.score(dense, base, base_parts, other_parts, hybrids, windows)
+    plain = hybrid.score(dense, alone, hybrid.parts(alone), hybrid.parts(alone), {"alone": hybrids["base"]}, windows)
+
+    assert scores["dense"]["perplexity"] > 1 and "kl" in scores["base"]
+    assert scores["other"]["kl"] == pytest.approx(plain["alone"]["kl"], rel=1e-5)
+    assert scores[f"other in layers 0-{n - 1} only"]["kl"] == pytest.approx(scores["other"]["kl"], rel=1e-5)
+    assert scores["base"]["kl"] != pytest.approx(scores["other"]["kl"], rel=1e-3)
+    assert scores["other attention, base MLP"]["kl"] != pytest.approx(scores["base"]["kl"], rel=1e-3)
+    assert scores["other in layers 0-3 only"]["kl"] != pytest.approx(scores["base"]["kl"], rel=1e-3)
+    hybrid.assemble(base, base_parts, other_parts, hybrids["base"])  # rewired back: base is itself again
+    assert all(layer.mlp is p["mlp"] and layer.self_attn is p["self_attn"] for layer, p in zip(base.model.layers, base_parts))
+    assert torch.isfinite(torch.tensor([s["kl"] for s in scores.values()])).all()
