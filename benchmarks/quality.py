@@ -42,7 +42,9 @@ def configs(blocks: list[int]) -> list[tuple[str, list[str]]]:
                ("armor-b32-c64-i40-tuned-gen25", [*c64_tuned, "--calib-generated", "0.25"]),
                ("armor-b32-mlp-rows", [*b32, "--mlp-row-weights"]),
                # the values' lr scaled to the matrix width (Qwen's 8960-wide down_proj, 2026-12-05)
-               ("armor-b32-lr", [*b32, "--scale-value-lr"])]
+               ("armor-b32-lr", [*b32, "--scale-value-lr"]),
+               # and gate/up rows weighed by their share of the MLP output (Qwen's hybrids: ARMOR's MLPs hurt there)
+               ("armor-b32-mlp-rows-lr", [*b32, "--mlp-row-weights", "--scale-value-lr"])]
     # the input correction's runs (2026-12-03, 32 samples): without it, and with 40 iterations + tuning, the latter
     # also on 4x the calibration text
     no_correction = [*c32, "--input-correction", "0"]
