@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.layers import device_name
-from benchmarks.residual_bed import RESULTS, layer_range
+from benchmarks.residual_bed import RESULTS, kl_and_nll, layer_range, mean_scores
 from compress.datasets import wiki_text
 from compress.evaluation import load_model
 
@@ -63,11 +63,11 @@ def score(dense, hybrid, base_parts, other_parts, hybrids: dict, windows: torch.
         for name, picks in hybrids.items():
             assemble(hybrid, base_parts, other_parts, picks)
             logp = F.log_softmax(hybrid(window[None]).logits[0, :-1].float(), -1)
-            sums[name]["kl"] += (dense_logp.exp() * (dense_logp - logp)).sum().item()
-            sums[name]["nll"] += F.nll_loss(logp, window[1:], reduction="sum").item()
+            kl, nll = kl_and_nll(dense_logp, logp, window[1:])
+            sums[name]["kl"] += kl
+            sums[name]["nll"] += nll
         count += window.numel() - 1
-    return {m: {"kl": s["kl"] / count, "perplexity": float(torch.tensor(s["nll"] / count).exp()), "tokens": count}
-            for m, s in sums.items()}
+    return mean_scores(sums, count)
 
 
 def write(report: dict, name: str) -> None:

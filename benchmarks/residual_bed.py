@@ -69,6 +69,17 @@ def scored_models(variants: list[str]) -> dict:
     return scored
 
 
+def kl_and_nll(dense_logp: torch.Tensor, logp: torch.Tensor, targets: torch.Tensor) -> tuple[float, float]:
+    """KL(dense || model) and the model's NLL, each summed over a window's tokens (log-probs per token)."""
+    return (dense_logp.exp() * (dense_logp - logp)).sum().item(), F.nll_loss(logp, targets, reduction="sum").item()
+
+
+def mean_scores(sums: dict, count: int) -> dict:
+    """Per scored model: its summed KL and NLL as the mean KL per token and the perplexity."""
+    return {m: {"kl": s["kl"] / count, "perplexity": float(torch.tensor(s["nll"] / count).exp()), "tokens": count}
+            for m, s in sums.items()}
+
+
 @torch.no_grad()
 def score(model, originals: dict, fitted: dict, windows: torch.Tensor, variants: list[str]) -> dict:
     """Per scored model: mean KL(dense || it) per token and the perplexity, on the same windows."""
@@ -84,11 +95,11 @@ def score(model, originals: dict, fitted: dict, windows: torch.Tensor, variants:
             logp = F.log_softmax(model(window[None]).logits[0, :-1].float(), -1)
             if dense_logp is None:
                 dense_logp = logp
-            sums[scored]["kl"] += (dense_logp.exp() * (dense_logp - logp)).sum().item()
-            sums[scored]["nll"] += F.nll_loss(logp, window[1:], reduction="sum").item()
+            kl, nll = kl_and_nll(dense_logp, logp, window[1:])
+            sums[scored]["kl"] += kl
+            sums[scored]["nll"] += nll
         count += window.numel() - 1
-    return {m: {"kl": s["kl"] / count, "perplexity": float(torch.tensor(s["nll"] / count).exp()),
-                "tokens": count} for m, s in sums.items()}
+    return mean_scores(sums, count)
 
 
 def fitted_matrices(model, tokenizer, layers: list[int], variants: list[str], args) -> tuple[dict, dict]:
