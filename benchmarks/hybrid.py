@@ -23,8 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.layers import device_name
-from benchmarks.residual_bed import RESULTS, kl_and_nll, layer_range, mean_scores
-from compress.datasets import wiki_text
+from benchmarks.residual_bed import RESULTS, held_out_windows, kl_and_nll, layer_range, mean_scores
 from compress.evaluation import load_model
 
 PARTS = ("self_attn", "mlp")
@@ -100,8 +99,7 @@ def main() -> None:
     if len(base.model.layers) != n_layers or len(other.model.layers) != n_layers:
         ap.error("--dense, --base and --other must be the same model (their decoder layer counts differ)")
     hybrids = variants(n_layers, [r for r in args.ranges.split(",") if r])
-    ids = tokenizer(wiki_text("test"), return_tensors="pt").input_ids[0]
-    windows = ids[: args.eval_windows * args.seq_len].view(args.eval_windows, args.seq_len)
+    windows = held_out_windows(tokenizer, args.eval_windows, args.seq_len)
     scores = score(dense, base, parts(base), parts(other), hybrids, windows)
     report = {"command": "python -m benchmarks.hybrid " + " ".join(sys.argv[1:]), "date": time.strftime("%Y-%m-%d"),
               "machine": device_name("cpu"), "dense": str(args.dense), "base": str(args.base), "other": str(args.other),

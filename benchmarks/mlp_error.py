@@ -25,8 +25,7 @@ import torch
 from transformers import AutoConfig, AutoTokenizer
 
 from benchmarks.layers import device_name
-from benchmarks.residual_bed import RESULTS, layer_range
-from compress.datasets import wiki_text
+from benchmarks.residual_bed import RESULTS, held_out_windows, layer_range
 from compress.evaluation import load_model
 
 MATRICES = ("gate_proj", "up_proj", "down_proj")
@@ -51,12 +50,13 @@ def dense_inputs(model, layers: list[int], windows: torch.Tensor) -> dict[int, t
     return {i: torch.cat(x) for i, x in seen.items()}
 
 
-def errors(act, dense: dict, mlp: dict, x: torch.Tensor) -> dict:
-    """Relative squared MLP-output error of `mlp` (gate/up/down modules) against `dense` on inputs `x`."""
-    def run(p):
-        return p["down_proj"](act(p["gate_proj"](x)) * p["up_proj"](x))
+def run_mlp(act, mlp: dict, x: torch.Tensor) -> torch.Tensor:
+    return mlp["down_proj"](act(mlp["gate_proj"](x)) * mlp["up_proj"](x))
 
-    y, e = run(dense), run(mlp) - run(dense)
+
+def errors(act, y: torch.Tensor, mlp: dict, x: torch.Tensor) -> dict:
+    """Relative squared MLP-output error of `mlp` (gate/up/down modules) on inputs `x`, against the dense output `y`."""
+    e = run_mlp(act, mlp, x) - y
     norms = y.norm(dim=1)
     outlier = norms > OUTLIER * norms.median()
 
@@ -82,11 +82,12 @@ def measure(dense_dir: Path, checkpoints: dict[str, Path], layers: list[int], wi
     first = next(iter(checkpoints))
     out = {}
     for i in layers:
-        rows = {name: errors(act, reference[i], mlps[name][i], inputs[i]) for name in checkpoints}
+        x = inputs[i]
+        y = run_mlp(act, reference[i], x)
+        rows = {name: errors(act, y, mlps[name][i], x) for name in checkpoints}
         for name in list(checkpoints)[1:]:
             for m in MATRICES:
-                rows[f"{first} + {name}'s {m}"] = errors(act, reference[i], {**mlps[first][i], m: mlps[name][i][m]},
-                                                          inputs[i])
+                rows[f"{first} + {name}'s {m}"] = errors(act, y, {**mlps[first][i], m: mlps[name][i][m]}, x)
         out[i] = rows
     return out
 
@@ -121,14 +122,16 @@ def main() -> None:
     if not all("=" in c for c in args.checkpoints):
         ap.error("give each checkpoint as NAME=DIR, e.g. sparsegpt=.cache/quality/sparsegpt")
     checkpoints = {n: Path(d) for n, _, d in (c.partition("=") for c in args.checkpoints)}
-    layers = [i for spec in args.layers.split(",") for i in layer_range(spec)]
+    try:
+        layers = [i for spec in args.layers.split(",") for i in layer_range(spec)]
+    except ValueError:
+        layers = []
     n_layers = AutoConfig.from_pretrained(args.dense).num_hidden_layers
     if not layers or not all(0 <= i < n_layers for i in layers):
         ap.error(f"--layers must name decoder layers 0-{n_layers - 1} of {args.dense}, got {args.layers!r}")
     t0 = time.time()
     tokenizer = AutoTokenizer.from_pretrained(args.dense)
-    ids = tokenizer(wiki_text("test"), return_tensors="pt").input_ids[0]
-    windows = ids[: args.eval_windows * args.seq_len].view(args.eval_windows, args.seq_len)
+    windows = held_out_windows(tokenizer, args.eval_windows, args.seq_len)
     report = {"command": "python -m benchmarks.mlp_error " + " ".join(sys.argv[1:]), "date": time.strftime("%Y-%m-%d"),
               "machine": device_name("cpu"), "tokens": windows.numel(), "checkpoints": {n: str(d) for n, d in
                                                                                        checkpoints.items()},

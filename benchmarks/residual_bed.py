@@ -69,6 +69,12 @@ def scored_models(variants: list[str]) -> dict:
     return scored
 
 
+def held_out_windows(tokenizer, n: int, seq_len: int) -> torch.Tensor:
+    """The first n x seq_len tokens of the Wikipedia test split, as n windows (the benchmarks' scoring text)."""
+    ids = tokenizer(wiki_text("test"), return_tensors="pt").input_ids[0]
+    return ids[: n * seq_len].view(n, seq_len)
+
+
 def kl_and_nll(dense_logp: torch.Tensor, logp: torch.Tensor, targets: torch.Tensor) -> tuple[float, float]:
     """KL(dense || model) and the model's NLL, each summed over a window's tokens (log-probs per token)."""
     return (dense_logp.exp() * (dense_logp - logp)).sum().item(), F.nll_loss(logp, targets, reduction="sum").item()
@@ -179,8 +185,7 @@ def main() -> None:
     t0 = time.time()
     layers = layer_range(args.layers)
     originals, fitted = fitted_matrices(model, tokenizer, layers, variants, args)
-    test_ids = tokenizer(wiki_text("test"), return_tensors="pt").input_ids[0]
-    windows = test_ids[: args.eval_windows * args.seq_len].view(args.eval_windows, args.seq_len)
+    windows = held_out_windows(tokenizer, args.eval_windows, args.seq_len)
     report = {"command": "python -m benchmarks.residual_bed " + " ".join(sys.argv[1:]),
               "date": time.strftime("%Y-%m-%d"), "machine": device_name("cpu"), "model": str(args.model),
               "layers": layers, "iters": args.iters, "variants": variants, "calib_samples": args.calib_samples,

@@ -1,5 +1,5 @@
-"""benchmarks.mlp_error on real SmolLM2 checkpoints: the dense MLP scores zero, compressed ones do not, swapping every
-matrix of one checkpoint into another reproduces it, and bad --layers get a usage error."""
+"""benchmarks.mlp_error on real SmolLM2 checkpoints: the dense MLP scores zero, compressed ones do not, swapping one
+matrix in moves the error, and bad --layers get a usage error."""
 from __future__ import annotations
 
 import sys
@@ -27,8 +27,9 @@ def test_mlp_errors_measure_each_checkpoint_and_each_swapped_matrix(dense_model,
     assert "| 3 | sparsegpt + armor's gate_proj |" in table and "| 0 | dense | 0.0000 |" in table
 
 
-def test_a_layer_the_model_does_not_have_is_a_usage_error(dense_model, monkeypatch, capsys):
-    monkeypatch.setattr(sys, "argv", ["mlp_error", "--dense", str(dense_model), "--layers", "0,99", f"a={dense_model}"])
+@pytest.mark.parametrize("layers", ["0,99", "two"])
+def test_a_layer_the_model_does_not_have_is_a_usage_error(dense_model, monkeypatch, capsys, layers):
+    monkeypatch.setattr(sys, "argv", ["mlp_error", "--dense", str(dense_model), "--layers", layers, f"a={dense_model}"])
     with pytest.raises(SystemExit) as exit_info:
         mlp_error.main()
     assert exit_info.value.code == 2 and "--layers must name decoder layers 0-29" in capsys.readouterr().err
