@@ -33,7 +33,8 @@ def variants(n_layers: int, ranges: list[str]) -> dict[str, list[tuple[bool, boo
     """Per hybrid, per decoder layer: (attention from --other, MLP from --other)."""
     every = range(n_layers)
     out = {"base": [(False, False)] * n_layers, "other": [(True, True)] * n_layers,
-           "other attention, base MLP": [(True, False)] * n_layers, "base attention, other MLP": [(False, True)] * n_layers}
+           "other attention, base MLP": [(True, False)] * n_layers,
+           "base attention, other MLP": [(False, True)] * n_layers}
     for spec in ranges:
         chosen = set(layer_range(spec))
         out[f"other in layers {spec} only"] = [(i in chosen, i in chosen) for i in every]

@@ -2,6 +2,9 @@
 and swapping parts changes the score (real SmolLM2 checkpoints: SparseGPT as base, ARMOR as other)."""
 from __future__ import annotations
 
+import json
+import sys
+
 import pytest
 import torch
 
@@ -30,3 +33,18 @@ def test_hybrids_score_as_the_checkpoints_they_take_their_parts_from(dense_model
     hybrid.assemble(base, base_parts, other_parts, hybrids["base"])  # rewired back: base is itself again
     assert all(layer.mlp is p["mlp"] and layer.self_attn is p["self_attn"] for layer, p in zip(base.model.layers, base_parts))
     assert torch.isfinite(torch.tensor([s["kl"] for s in scores.values()])).all()
+
+
+def test_checkpoints_of_different_depth_are_a_usage_error(dense_model, tmp_path, monkeypatch, capsys):
+    shallow = tmp_path / "shallow"  # the same model cut to 2 decoder layers (its other layers' weights go unread)
+    shallow.mkdir()
+    for file in dense_model.iterdir():
+        (shallow / file.name).symlink_to(file)
+    config = json.loads((dense_model / "config.json").read_text())
+    (shallow / "config.json").unlink()
+    (shallow / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 2}))
+    monkeypatch.setattr(sys, "argv", ["hybrid", "--dense", str(dense_model), "--base", str(dense_model),
+                                      "--other", str(shallow)])
+    with pytest.raises(SystemExit) as exit_info:
+        hybrid.main()
+    assert exit_info.value.code == 2 and "their decoder layer counts differ" in capsys.readouterr().err
