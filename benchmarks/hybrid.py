@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from transformers import AutoConfig
 
 from benchmarks.layers import device_name
 from benchmarks.residual_bed import RESULTS, held_out_windows, kl_and_nll, layer_range, mean_scores
@@ -94,12 +95,20 @@ def main() -> None:
     ap.add_argument("--name", default="hybrid", help="results file stem under benchmarks/results/")
     args = ap.parse_args()
     t0 = time.time()
+    ranges = [r for r in args.ranges.split(",") if r]
+    n_layers = AutoConfig.from_pretrained(args.dense).num_hidden_layers
+    try:  # checked before any model loads: a typo costs a usage line, not minutes
+        chosen = [layer_range(spec) for spec in ranges]
+    except ValueError:
+        chosen = [[]]
+    if not all(layers and 0 <= layers[0] and layers[-1] < n_layers for layers in chosen):
+        ap.error(f"--ranges must be first-last decoder layers within 0-{n_layers - 1} of {args.dense}, "
+                 f"e.g. 0-{n_layers // 2 - 1},{n_layers // 2}-{n_layers - 1}; got {args.ranges!r}")
     tokenizer, dense = load_model(args.dense)
     base, other = load_model(args.base)[1], load_model(args.other)[1]
-    n_layers = len(dense.model.layers)
     if len(base.model.layers) != n_layers or len(other.model.layers) != n_layers:
         ap.error("--dense, --base and --other must be the same model (their decoder layer counts differ)")
-    hybrids = variants(n_layers, [r for r in args.ranges.split(",") if r])
+    hybrids = variants(n_layers, ranges)
     windows = held_out_windows(tokenizer, args.eval_windows, args.seq_len)
     scores = score(dense, base, parts(base), parts(other), hybrids, windows)
     report = {"command": "python -m benchmarks.hybrid " + " ".join(sys.argv[1:]), "date": time.strftime("%Y-%m-%d"),

