@@ -97,8 +97,9 @@ class Settings:
     input_correction: float = 0.25  # share of the way to it: 0 off, 1 the full least-squares target (worse)
     # Weigh gate_proj's and up_proj's output rows by how far each moves the MLP's output (act(g) * u through
     # down_proj) instead of alike: A mixes rows, and with equal weights it moves error into the few intermediate
-    # channels that carry the most (docs/algorithm.md)
-    mlp_row_weights: bool = False
+    # channels that carry the most (docs/algorithm.md). Default since 2026-12-06: on Qwen it turns ARMOR from worse
+    # than SparseGPT into better; on SmolLM2 it is a wash
+    mlp_row_weights: bool = True
     # Weigh o_proj's and down_proj's output rows (residual-stream channels), and the block-wise tuning's output
     # channels, by how much the later layers' norms read each channel: A mixes rows, and with equal weights it
     # trades error into the channels that count from the large ones no norm reads (compress/residual_weights.py)
@@ -319,9 +320,10 @@ class LayerwiseCompressor:
                 progress = json.loads(progress_file.read_text())
             except ValueError:
                 raise UserError(f"'{progress_file}' is corrupt; pass --overwrite to start again") from None
-            if not self._same_run(progress.get("fingerprint")):
-                old = progress.get("fingerprint", {}).get("settings")
-                raise UserError(f"'{out}' holds a different run ({old}); use another --out or pass --overwrite")
+            differences = self._differences(progress.get("fingerprint"))
+            if differences:
+                raise UserError(f"'{out}' holds a different run ({'; '.join(differences)}): resume it with the "
+                                f"settings it started with, or use another --out, or pass --overwrite")
             progress["fingerprint"] = self.fingerprint
             for i, digest in progress["shards"].items():
                 shard = out / self.shard_name(int(i))
@@ -343,15 +345,23 @@ class LayerwiseCompressor:
             raise UserError(f"cannot write to '{out}' ({err.strerror}); choose another --out") from None
         return progress
 
-    def _same_run(self, stored: dict | None) -> bool:
-        """Whether a stored run's fingerprint is this run's. A run started by an older version lacks the settings
-        added since; it ran as their defaults (or SETTINGS_BEFORE_ADDED) say, so it resumes when this run asks for
-        that."""
+    def _differences(self, stored: dict | None) -> list[str]:
+        """How a stored run's fingerprint differs from this run's (empty: the same run), one phrase per setting
+        as its flag, e.g. "--mlp-row-weights False there, True here". A run started by an older version lacks the
+        settings added since; it ran as their defaults (or SETTINGS_BEFORE_ADDED) say, so it resumes when this run
+        asks for that."""
         if not stored:
-            return False
+            return ["no fingerprint of its settings"]
         settings, defaults = stored.get("settings", {}), {**asdict(Settings()), **SETTINGS_BEFORE_ADDED}
-        added = {k: defaults[k] for k in self.fingerprint["settings"].keys() - settings.keys() if k in defaults}
-        return {**stored, "settings": {**added, **settings}} == self.fingerprint
+        now = self.fingerprint["settings"]
+        settings = {**{k: defaults[k] for k in now.keys() - settings.keys() if k in defaults}, **settings}
+        out = [f"--{k.replace('_', '-')} {settings.get(k)!r} there, {now.get(k)!r} here"
+               for k in sorted(now.keys() | settings.keys()) if settings.get(k) != now.get(k)]
+        if stored.get("source") != self.fingerprint["source"]:
+            out.append(f"model {stored.get('source')} there, {self.fingerprint['source']} here")
+        elif stored.get("source_hash") != self.fingerprint["source_hash"]:
+            out.append("the model's files changed since it started")
+        return out
 
     @contextmanager
     def _phase(self, name: str):

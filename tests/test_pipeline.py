@@ -95,7 +95,8 @@ def test_resume_after_kill_gives_an_identical_checkpoint(dense_model, tmp_path):
     stored = progress["fingerprint"]["settings"].pop("input_correction")
     (killed / "armor_progress.json").write_text(json.dumps(progress))
     refused = run_cli(*args, "--out", str(killed))
-    assert refused.returncode == 2 and "holds a different run" in refused.stderr, refused.stderr[-2000:]
+    assert refused.returncode == 2 and "holds a different run (--input-correction 0.0 there, 0.25 here)" in \
+        refused.stderr, refused.stderr[-2000:]
     progress["fingerprint"]["settings"]["input_correction"] = stored
     # as a run started by a version before --discrete-steps left it: it ran with the default, so it resumes
     del progress["fingerprint"]["settings"]["discrete_steps"]
