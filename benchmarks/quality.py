@@ -42,9 +42,6 @@ def configs(blocks: list[int]) -> list[tuple[str, list[str]]]:
                # a quarter of the calibration samples written by the dense model itself (2026-12-04): keeps the
                # zero-shot accuracy the Wikipedia-only tuning loses
                ("armor-b32-c64-i40-tuned-gen25", [*c64_tuned, "--calib-generated", "0.25"]),
-               # the same with today's default row weights (2026-12-06)
-               ("armor-b32-c64-i40-tuned-gen25-rows", [*b32, "--calib-samples", "64", "--iters", "40", "--tune-epochs",
-                                                       "2", "--calib-generated", "0.25"]),
                # row-weighted gate/up (Qwen's MLP test bed, 2026-12-05; the default, so armor-b32, since 2026-12-06)
                ("armor-b32-mlp-rows", [*b32, "--mlp-row-weights"]),
                # the values' lr scaled to the matrix width (Qwen's 8960-wide down_proj, 2026-12-05)
