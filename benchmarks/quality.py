@@ -33,19 +33,16 @@ def configs(blocks: list[int]) -> list[tuple[str, list[str]]]:
     # Block-wise tuning on 64 samples with bfloat16 calibration matmuls (2026-12-04): 75% of the wiki gap in ~11.5
     # minutes, but worse LAMBADA and zero-shot than the default; SparseGPT on the same 64 samples; docs/algorithm.md
     b32 = ["--method", "armor", "--block-size", "32"]
-    # the rows recorded before --mlp-row-weights became the default (2026-12-06) keep what they ran with
-    alike = [*b32, "--no-mlp-row-weights"]
-    c32 = [*alike, "--calib-samples", "32"]
-    c64_tuned = [*alike, "--calib-samples", "64", "--iters", "40", "--tune-epochs", "2"]
+    c32 = [*b32, "--calib-samples", "32"]
+    c64_tuned = [*b32, "--calib-samples", "64", "--iters", "40", "--tune-epochs", "2"]
     tuned64 = [("sparsegpt-c64", ["--method", "sparsegpt", "--calib-samples", "64"]),
                ("armor-b32-c64-i40-tuned-ic", c64_tuned),
                # a quarter of the calibration samples written by the dense model itself (2026-12-04): keeps the
-               # zero-shot accuracy the Wikipedia-only tuning loses
+               # zero-shot accuracy the Wikipedia-only tuning loses; row-weighted gate/up (Qwen's MLP test bed)
                ("armor-b32-c64-i40-tuned-gen25", [*c64_tuned, "--calib-generated", "0.25"]),
-               # row-weighted gate/up (Qwen's MLP test bed, 2026-12-05; the default, so armor-b32, since 2026-12-06)
                ("armor-b32-mlp-rows", [*b32, "--mlp-row-weights"]),
                # the values' lr scaled to the matrix width (Qwen's 8960-wide down_proj, 2026-12-05)
-               ("armor-b32-lr", [*alike, "--scale-value-lr"]),
+               ("armor-b32-lr", [*b32, "--scale-value-lr"]),
                # and gate/up rows weighed by their share of the MLP output (Qwen's hybrids: ARMOR's MLPs hurt there)
                ("armor-b32-mlp-rows-lr", [*b32, "--mlp-row-weights", "--scale-value-lr"])]
     # the input correction's runs (2026-12-03, 32 samples): without it, and with 40 iterations + tuning, the latter
@@ -53,7 +50,7 @@ def configs(blocks: list[int]) -> list[tuple[str, list[str]]]:
     no_correction = [*c32, "--input-correction", "0"]
     parts = [("armor-b32-i100", [*no_correction, "--iters", "100", "--tune-epochs", "0"]),
              ("armor-b32-i40-tuned-ic", [*c32, "--iters", "40", "--tune-epochs", "2"]),
-             ("armor-b32-c128-i40-tuned-ic", [*alike, "--iters", "40", "--calib-samples", "128", "--tune-epochs", "2"])]
+             ("armor-b32-c128-i40-tuned-ic", [*b32, "--iters", "40", "--calib-samples", "128", "--tune-epochs", "2"])]
     # block-wise tuning without the input correction: after 100 iterations, after 40, and on 4x the calibration
     # text (the tuning, not BCD, is what more text helps)
     tuned = [("armor-b32-tuned", [*no_correction, "--iters", "100", "--tune-epochs", "2"]),

@@ -97,9 +97,9 @@ class Settings:
     input_correction: float = 0.25  # share of the way to it: 0 off, 1 the full least-squares target (worse)
     # Weigh gate_proj's and up_proj's output rows by how far each moves the MLP's output (act(g) * u through
     # down_proj) instead of alike: A mixes rows, and with equal weights it moves error into the few intermediate
-    # channels that carry the most (docs/algorithm.md). Default since 2026-12-06: on Qwen it turns ARMOR from worse
-    # than SparseGPT into better; on SmolLM2 it gains a point of wiki perplexity and loses on LAMBADA
-    mlp_row_weights: bool = True
+    # channels that carry the most (docs/algorithm.md). Opt-in: on Qwen it turns ARMOR from worse than SparseGPT
+    # into better; on SmolLM2 it gains a point of wiki perplexity and loses on LAMBADA
+    mlp_row_weights: bool = False
     # Weigh o_proj's and down_proj's output rows (residual-stream channels), and the block-wise tuning's output
     # channels, by how much the later layers' norms read each channel: A mixes rows, and with equal weights it
     # trades error into the channels that count from the large ones no norm reads (compress/residual_weights.py)

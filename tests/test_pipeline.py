@@ -336,7 +336,7 @@ def test_sampling_linears_run_through_onednn_with_the_same_outputs():
 def test_bcd_holdout_samples_feed_only_the_held_out_gram(dense_model, tmp_path):
     # --bcd-holdout 3 of 5 samples, 3 per batch: the first batch splits (2 fitted, 1 held out), the second is all
     # held out. The fitted statistics (h, H and the cross term C) are those of the first 2 samples alone, and the
-    # held-out Gram matrix is the rest of the full one
+    # held-out Gram matrix is the rest of the full one (float32 forwards: AMX bfloat16 rounds by batch shape)
     from transformers import AutoTokenizer
 
     from compress.datasets import calibration_samples
@@ -346,7 +346,8 @@ def test_bcd_holdout_samples_feed_only_the_held_out_gram(dense_model, tmp_path):
     stats = {}
     for label, samples, holdout in (("all", calib, 0), ("first", calib[:2], 0), ("held", calib, 3)):
         comp = LayerwiseCompressor(dense_model, tmp_path / label, Settings(calib_samples=len(samples), seq_len=128,
-                                                                         batch_size=3, bcd_holdout=holdout))
+                                                                         batch_size=3, bcd_holdout=holdout,
+                                                                         calib_dtype="float32"))
         comp.dtype = torch.float32
         body = comp._skeleton()
         hidden, kwargs = comp._layer_inputs(body, samples)
