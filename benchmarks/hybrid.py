@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from transformers import AutoConfig
 
 from benchmarks.layers import device_name
-from benchmarks.residual_bed import RESULTS, held_out_windows, kl_and_nll, layer_range, mean_scores
+from benchmarks.residual_bed import (RESULTS, held_out_windows, kl_and_nll, layer_range, layer_ranges,
+                                     mean_scores)
 from compress.evaluation import load_model
 
 PARTS = ("self_attn", "mlp")
@@ -97,11 +98,7 @@ def main() -> None:
     t0 = time.time()
     ranges = [r for r in args.ranges.split(",") if r]
     n_layers = AutoConfig.from_pretrained(args.dense).num_hidden_layers
-    try:  # checked before any model loads: a typo costs a usage line, not minutes
-        chosen = [layer_range(spec) for spec in ranges]
-    except ValueError:
-        chosen = [[]]
-    if not all(layers and 0 <= layers[0] and layers[-1] < n_layers for layers in chosen):
+    if layer_ranges(args.ranges, n_layers) is None:  # checked before any model loads
         ap.error(f"--ranges must be first-last decoder layers within 0-{n_layers - 1} of {args.dense}, "
                  f"e.g. 0-{n_layers // 2 - 1},{n_layers // 2}-{n_layers - 1}; got {args.ranges!r}")
     tokenizer, dense = load_model(args.dense)

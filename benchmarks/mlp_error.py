@@ -25,7 +25,7 @@ import torch
 from transformers import AutoConfig, AutoTokenizer
 
 from benchmarks.layers import device_name
-from benchmarks.residual_bed import RESULTS, held_out_windows, layer_range
+from benchmarks.residual_bed import RESULTS, held_out_windows, layer_ranges
 from compress.evaluation import load_model
 
 MATRICES = ("gate_proj", "up_proj", "down_proj")
@@ -122,12 +122,10 @@ def main() -> None:
     if not all("=" in c for c in args.checkpoints):
         ap.error("give each checkpoint as NAME=DIR, e.g. sparsegpt=.cache/quality/sparsegpt")
     checkpoints = {n: Path(d) for n, _, d in (c.partition("=") for c in args.checkpoints)}
-    try:
-        layers = [i for spec in args.layers.split(",") for i in layer_range(spec)]
-    except ValueError:
-        layers = []
     n_layers = AutoConfig.from_pretrained(args.dense).num_hidden_layers
-    if not layers or not all(0 <= i < n_layers for i in layers):
+    chosen = layer_ranges(args.layers, n_layers)
+    layers = [i for spec in chosen or [] for i in spec]
+    if not layers:
         ap.error(f"--layers must name decoder layers 0-{n_layers - 1} of {args.dense}, got {args.layers!r}")
     t0 = time.time()
     tokenizer = AutoTokenizer.from_pretrained(args.dense)

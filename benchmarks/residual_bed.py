@@ -44,6 +44,16 @@ def layer_range(spec: str) -> list[int]:
     return list(range(int(first), int(last or first) + 1))
 
 
+def layer_ranges(text: str, n_layers: int) -> list[list[int]] | None:
+    """Each comma-separated layer or first-last range of `text`, as its layers; None where one is not numeric,
+    empty (last before first) or outside the model's 0..n_layers-1."""
+    try:
+        chosen = [layer_range(spec) for spec in text.split(",") if spec]
+    except ValueError:
+        return None
+    return chosen if all(r and 0 <= r[0] and r[-1] < n_layers for r in chosen) else None
+
+
 def fit(variant: str, weight: torch.Tensor, gram: torch.Tensor, start: torch.Tensor | None, rows: torch.Tensor,
         iters: int, settings: Settings) -> dict:
     """One variant of one matrix (ARMOR ones from the SparseGPT `start`), and its plain and row-weighted proxy loss."""
