@@ -30,27 +30,34 @@ def configs(blocks: list[int]) -> list[tuple[str, list[str]]]:
     """Most informative first (an interrupted run still compares ARMOR with its start and the baselines)."""
     armor = [(f"armor-b{b}", ["--method", "armor", "--block-size", str(b)]) for b in blocks]
     paper_proxy = ("armor-diag-b32", ["--method", "armor", "--proxy", "diag", "--block-size", "32"])
+    b32 = ["--method", "armor", "--block-size", "32"]
+    # the defaults before 2026-12-06 (32 samples, 100 iterations, no tuning, no generated text, gate/up rows alike),
+    # pinned for the rows recorded with them; a config's own flags come later and win
+    before = [*b32, "--calib-samples", "32", "--iters", "100", "--tune-epochs", "0", "--calib-generated", "0",
+              "--no-mlp-row-weights"]
+    c32 = [*before, "--calib-samples", "32"]
     # Block-wise tuning on 64 samples with bfloat16 calibration matmuls (2026-12-04): 75% of the wiki gap in ~11.5
     # minutes, but worse LAMBADA and zero-shot than the default; SparseGPT on the same 64 samples; docs/algorithm.md
-    b32 = ["--method", "armor", "--block-size", "32"]
-    c32 = [*b32, "--calib-samples", "32"]
-    c64_tuned = [*b32, "--calib-samples", "64", "--iters", "40", "--tune-epochs", "2"]
-    tuned64 = [("sparsegpt-c64", ["--method", "sparsegpt", "--calib-samples", "64"]),
+    c64_tuned = [*before, "--calib-samples", "64", "--iters", "40", "--tune-epochs", "2"]
+    # SparseGPT on 32 and on 64 samples of Wikipedia alone (the "sparsegpt" config: today's defaults, as ARMOR's)
+    tuned64 = [("sparsegpt-c32", ["--method", "sparsegpt", "--calib-samples", "32", "--calib-generated", "0"]),
+               ("sparsegpt-c64", ["--method", "sparsegpt", "--calib-samples", "64", "--calib-generated", "0"]),
                ("armor-b32-c64-i40-tuned-ic", c64_tuned),
                # a quarter of the calibration samples written by the dense model itself (2026-12-04): keeps the
-               # zero-shot accuracy the Wikipedia-only tuning loses; row-weighted gate/up (Qwen's MLP test bed)
+               # zero-shot accuracy the Wikipedia-only tuning loses (today's default with gate/up rows alike)
                ("armor-b32-c64-i40-tuned-gen25", [*c64_tuned, "--calib-generated", "0.25"]),
-               ("armor-b32-mlp-rows", [*b32, "--mlp-row-weights"]),
+               # the default before 2026-12-06
+               ("armor-b32-c32-i100", before),
                # the values' lr scaled to the matrix width (Qwen's 8960-wide down_proj, 2026-12-05)
-               ("armor-b32-lr", [*b32, "--scale-value-lr"]),
+               ("armor-b32-lr", [*before, "--scale-value-lr"]),
                # and gate/up rows weighed by their share of the MLP output (Qwen's hybrids: ARMOR's MLPs hurt there)
-               ("armor-b32-mlp-rows-lr", [*b32, "--mlp-row-weights", "--scale-value-lr"])]
+               ("armor-b32-mlp-rows-lr", [*before, "--mlp-row-weights", "--scale-value-lr"])]
     # the input correction's runs (2026-12-03, 32 samples): without it, and with 40 iterations + tuning, the latter
     # also on 4x the calibration text
     no_correction = [*c32, "--input-correction", "0"]
     parts = [("armor-b32-i100", [*no_correction, "--iters", "100", "--tune-epochs", "0"]),
              ("armor-b32-i40-tuned-ic", [*c32, "--iters", "40", "--tune-epochs", "2"]),
-             ("armor-b32-c128-i40-tuned-ic", [*b32, "--iters", "40", "--calib-samples", "128", "--tune-epochs", "2"])]
+             ("armor-b32-c128-i40-tuned-ic", [*before, "--iters", "40", "--calib-samples", "128", "--tune-epochs", "2"])]
     # block-wise tuning without the input correction: after 100 iterations, after 40, and on 4x the calibration
     # text (the tuning, not BCD, is what more text helps)
     tuned = [("armor-b32-tuned", [*no_correction, "--iters", "100", "--tune-epochs", "2"]),
@@ -220,7 +227,8 @@ def gap_closed(rows: list[dict]) -> list[str]:
     out = []
     for task in ("wiki_ppl", "lambada_ppl"):
         ppl = {r["config"]: r["results"][task]["perplexity"] for r in rows if task in r.get("results", {})}
-        baselines = {k: v for k, v in ppl.items() if k in ("magnitude", "wanda", "sparsegpt", "nowag-p")}
+        baselines = {k: v for k, v in ppl.items()  # each method at any number of calibration samples (-cN)
+                     if any(k == m or k.startswith(f"{m}-c") for m in ("magnitude", "wanda", "sparsegpt", "nowag-p"))}
         if "dense" not in ppl or not baselines:
             continue
         best = min(baselines, key=baselines.get)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from transformers import AutoConfig
 
 from benchmarks.layer_loss import input_grams
 from benchmarks.layers import device_name
@@ -65,8 +66,7 @@ def fit(variant: str, weight: torch.Tensor, gram: torch.Tensor, start: torch.Ten
         cfg = ArmorConfig(block_size=settings.block_size, iters=iters, scale_value_lr=variant == "armor_lr")
         row_weights = rows if variant == "armor_resid" else None
         w = armor(weight, ridged, cfg, start=start, row_weights=row_weights).reconstruct()
-    s = (rows / rows.mean()).sqrt()[:, None]
-    return {"weight": w, "plain": proxy_loss(weight, w, ridged), "weighted": proxy_loss(weight * s, w * s, ridged),
+    return {"weight": w, "plain": proxy_loss(weight, w, ridged), "weighted": proxy_loss(weight, w, ridged, rows),
             "seconds": time.time() - t}
 
 
@@ -190,6 +190,10 @@ def main() -> None:
     variants = ["sparsegpt"] + args.variants.split(",")
     if unknown := [v for v in variants[1:] if v not in ARMOR_VARIANTS]:
         ap.error(f"unknown --variants {', '.join(unknown)}: pick from {', '.join(ARMOR_VARIANTS)}")
+    n_layers = AutoConfig.from_pretrained(args.model).num_hidden_layers
+    if layer_ranges(args.layers, n_layers) is None or "," in args.layers:  # checked before the model loads
+        ap.error(f"--layers must be one first-last range of decoder layers within 0-{n_layers - 1} of {args.model}, "
+                 f"e.g. {n_layers // 2}-{n_layers - 1}; got {args.layers!r}")
     args.work.mkdir(parents=True, exist_ok=True)
     tokenizer, model = load_model(args.model)
     t0 = time.time()

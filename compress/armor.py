@@ -303,10 +303,15 @@ class ArmorProblem:
         return ArmorResult(a, self.values * self.mask, self.mask.clone(), b, start_loss, final_loss, iters, **holdout)
 
 
-def proxy_loss(weight: torch.Tensor, what: torch.Tensor, gram: torch.Tensor) -> float:
-    """L(What) for the Gram matrix H or its diagonal h (1 = the all-zero reconstruction)."""
-    w, gram = weight.float(), gram.float()
-    err = w - what.float()
+def proxy_loss(weight: torch.Tensor, what: torch.Tensor, gram: torch.Tensor,
+               row_weights: torch.Tensor | None = None) -> float:
+    """L(What) for the Gram matrix H or its diagonal h (1 = the all-zero reconstruction); with `row_weights`, the
+    row-weighted loss that `armor(..., row_weights=...)` minimises."""
+    w, what, gram = weight.float(), what.float(), gram.float()
+    if row_weights is not None:
+        scale = _row_scale(row_weights)
+        w, what = w * scale, what * scale
+    err = w - what
     return ((err * _column_weighted(err, gram)).sum() / (w * _column_weighted(w, gram)).sum().clamp_min(1e-30)).item()
 
 
@@ -372,13 +377,18 @@ def armor(weight: torch.Tensor, gram: torch.Tensor, cfg: ArmorConfig, seed: int 
     return prob.result(start_loss, final, it, holdout_start=holdout_start, holdout_final=best, kept_iter=kept)
 
 
+def _row_scale(row_weights: torch.Tensor) -> torch.Tensor:
+    """The (d_out, 1) factor whose rows' plain loss is the row-weighted loss (weights normalised to mean 1)."""
+    return (row_weights.float() / row_weights.float().mean()).sqrt()[:, None]
+
+
 def _armor_row_weighted(weight, gram, cfg, seed, progress, start, row_weights, holdout_gram=None) -> ArmorResult:
     """ARMOR on the loss sum_i w_i e_i H e_i^T, exactly: it is the plain loss of diag(sqrt w) W, whose
     factorisation diag(sqrt w) A S B maps back by dividing A's rows (A stays block-diagonal). A given start's
     mask is unchanged (2:4 choices are per row, and a 2:4 pruning of a scaled row is the scaled pruning)."""
     if row_weights.shape != (weight.shape[0],) or not bool((row_weights > 0).all()):
         raise ValueError(f"row_weights must be {weight.shape[0]} positive numbers")
-    s = (row_weights.float() / row_weights.float().mean()).sqrt()[:, None]
+    s = _row_scale(row_weights)
     res = armor(weight.float() * s, gram, cfg, seed, progress, None if start is None else start.float() * s,
                 holdout_gram=holdout_gram)
     res.a_blocks = res.a_blocks / s.view(res.a_blocks.shape[0], -1, 1)

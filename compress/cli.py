@@ -40,7 +40,7 @@ def add_compress_arguments(parser) -> None:
                              "error the already compressed layers pass on (ARMOR with --proxy hessian)")
     parser.add_argument("--mlp-row-weights", action=argparse.BooleanOptionalAction, default=d.mlp_row_weights,
                         help="ARMOR with --proxy hessian: weigh gate_proj's and up_proj's output rows by how far each "
-                             "moves the MLP's output, instead of alike")
+                             "moves the MLP's output (the default), or alike (--no-mlp-row-weights)")
     parser.add_argument("--residual-row-weights", action=argparse.BooleanOptionalAction,
                         default=d.residual_row_weights,
                         help="ARMOR: weigh o_proj's and down_proj's output rows (and the block-wise tuning's output "

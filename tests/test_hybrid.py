@@ -57,3 +57,14 @@ def test_a_range_outside_the_model_is_a_usage_error(dense_model, monkeypatch, ca
     with pytest.raises(SystemExit) as exit_info:
         hybrid.main()
     assert exit_info.value.code == 2 and "--ranges must be first-last decoder layers within 0-29" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("layers", ["20-99", "x", "5-3", "1-2,4-5"])
+def test_residual_bed_refuses_a_layer_range_it_cannot_take(dense_model, monkeypatch, capsys, layers):
+    from benchmarks import residual_bed
+
+    monkeypatch.setattr(sys, "argv", ["residual_bed", "--model", str(dense_model), "--layers", layers])
+    with pytest.raises(SystemExit) as exit_info:
+        residual_bed.main()
+    assert exit_info.value.code == 2 and "--layers must be one first-last range of decoder layers within 0-29" in \
+        capsys.readouterr().err

@@ -147,10 +147,10 @@ def test_bad_inputs_fail_before_heavy_work(dense_model, armor_ckpt, tmp_path):
     share = run_cli("compress", "--model", str(dense_model), "--out", str(tmp_path / "j"), "--calib-generated", "1.5")
     prefix = run_cli("compress", "--model", str(dense_model), "--out", str(tmp_path / "k"), "--calib-generated", "0.5",
                      "--seq-len", "8")
-    held = run_cli("compress", "--model", str(dense_model), "--out", str(tmp_path / "l"), "--bcd-holdout", "31")
+    held = run_cli("compress", "--model", str(dense_model), "--out", str(tmp_path / "l"), "--bcd-holdout", "63")
     negative = run_cli("compress", "--model", str(dense_model), "--out", str(tmp_path / "m"), "--bcd-holdout", "-1")
     cases = ((block, "block size 128 does not divide"), (correction, "--input-correction must be between 0"),
-             (held, "--bcd-holdout 31 needs --proxy hessian and at least 2 more calibration samples"),
+             (held, "--bcd-holdout 63 needs --proxy hessian and at least 2 more calibration samples"),
              (negative, "--bcd-holdout must be >= 0 (calibration samples held out; 0: off), got -1"),
              (other, "holds a different run"),
              (short, "fewer than the 100000 asked for"), (compressed_input, "already quantized"),
@@ -221,7 +221,8 @@ def test_bfloat16_calibration_forwards_keep_the_statistics(dense_model, tmp_path
     calib = calibration_samples(AutoTokenizer.from_pretrained(dense_model), 4, 128, 0)
     stats, outputs = {}, {}
     for dtype in ("float32", "bfloat16"):
-        comp = LayerwiseCompressor(dense_model, tmp_path / dtype, Settings(calib_samples=4, seq_len=128, calib_dtype=dtype))
+        settings = Settings(calib_samples=4, seq_len=128, calib_dtype=dtype, tune_epochs=0)
+        comp = LayerwiseCompressor(dense_model, tmp_path / dtype, settings)
         comp.dtype = torch.float32
         body = comp._skeleton()
         hidden, kwargs = comp._layer_inputs(body, calib)
@@ -229,6 +230,10 @@ def test_bfloat16_calibration_forwards_keep_the_statistics(dense_model, tmp_path
             hidden = comp._run(comp._load_layer(body, i), hidden, kwargs[i])
         layer = comp._load_layer(body, layer_index)
         stats[dtype], outputs[dtype], _ = comp._statistics(layer, hidden, kwargs[layer_index], [h.clone() for h in hidden])
+    row_weights = stats["float32"].pop("row_weights")  # gate/up rows' share of the MLP output (the default)
+    for name, exact in row_weights.items():
+        gap = float((stats["bfloat16"]["row_weights"][name] - exact).norm() / exact.norm())
+        assert 1e-6 < gap < 0.05, (name, gap)
     for name, exact in stats["float32"].items():
         approx = stats["bfloat16"][name]
         for key in ("h", "H", "C"):
@@ -254,8 +259,8 @@ def test_mlp_row_weights_are_each_rows_first_order_share_of_the_mlp_output(dense
     from compress.pipeline import LayerwiseCompressor, Settings
 
     calib = calibration_samples(AutoTokenizer.from_pretrained(dense_model), 2, 64, 0)
-    comp = LayerwiseCompressor(dense_model, tmp_path / "out", Settings(calib_samples=2, seq_len=64, calib_dtype="float32",
-                                                                       mlp_row_weights=True))
+    settings = Settings(calib_samples=2, seq_len=64, calib_dtype="float32", tune_epochs=0, mlp_row_weights=True)
+    comp = LayerwiseCompressor(dense_model, tmp_path / "out", settings)
     comp.dtype = torch.float32
     body = comp._skeleton()
     hidden, kwargs = comp._layer_inputs(body, calib)
@@ -288,7 +293,7 @@ def test_residual_row_weights_reach_o_proj_down_proj_and_the_tuning(dense_model,
         *a, row_weights=row_weights, **k))
     monkeypatch.setattr(block_tuning, "tune_layer", lambda *a: tuned.append(a[-1]) or real_tune(*a))
     settings = pipeline.Settings(calib_samples=6, seq_len=32, iters=1, tune_epochs=1, calib_dtype="float32",
-                                 residual_row_weights=True)
+                                 residual_row_weights=True, mlp_row_weights=False)
     comp = pipeline.LayerwiseCompressor(dense_model, tmp_path / "out", settings)
     comp.dtype = torch.float32
     body = comp._skeleton()
@@ -320,17 +325,45 @@ def test_generated_calibration_text_continues_wikipedia_prefixes(dense_model):
     assert not torch.equal(first, calibration_samples(tokenizer, 2, 40, 1))
 
 
+def test_the_samplers_draws_follow_softmax_and_its_cache_matches_transformers(dense_model):
+    from transformers import AutoModelForCausalLM, DynamicCache
+    from transformers.cache_utils import Cache
+
+    from compress.generated_text import _ReservedLayer, _sample
+
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]]).expand(20000, 4)
+    counts = torch.bincount(_sample(logits, torch.Generator().manual_seed(0)).flatten(), minlength=4)
+    # 20000 draws: each share within ~4 standard errors of its probability
+    assert torch.allclose(counts / 20000, torch.softmax(logits[0], 0), atol=0.015), counts
+    model = AutoModelForCausalLM.from_pretrained(dense_model, dtype=torch.float32).eval()
+    ids = torch.randint(0, 1000, (2, 12), generator=torch.Generator().manual_seed(0))
+    reserved = Cache(layers=[_ReservedLayer(12) for _ in range(model.config.num_hidden_layers)])
+    with torch.no_grad():
+        for cache in (DynamicCache(config=model.config), reserved):  # a prefill of 8 tokens, then one at a time
+            steps = [model(ids[:, :8], past_key_values=cache, use_cache=True).logits[:, -1]]
+            steps += [model(ids[:, i:i + 1], past_key_values=cache, use_cache=True).logits[:, -1] for i in range(8, 12)]
+            if cache is reserved:
+                torch.testing.assert_close(torch.stack(steps), expected, rtol=1e-4, atol=1e-4)
+            expected = torch.stack(steps)
+    assert reserved.get_seq_length() == 12
+
+
 def test_sampling_linears_run_through_onednn_with_the_same_outputs():
     from compress.generated_text import _onednn_linears
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(48, 64), torch.nn.Linear(64, 40, bias=False))
     x = torch.randn(3, 5, 48)
-    expected = model(x)
+    expected = model(x).detach()
     _onednn_linears(model)
     if torch.backends.mkldnn.is_available():
         assert all("forward" in vars(m) for m in model)  # the instances' own forward replaced F.linear's
     torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
+    if torch.backends.mkldnn.is_available() and torch.cpu._is_avx512_bf16_supported():
+        _onednn_linears(model, torch.bfloat16)  # the calibration dtype where the CPU multiplies bfloat16: float32 out
+        out = model(x).detach()
+        gap = float((out - expected).norm() / expected.norm())
+        assert out.dtype == torch.float32 and 0 < gap < 0.02, gap
 
 
 def test_bcd_holdout_samples_feed_only_the_held_out_gram(dense_model, tmp_path):
@@ -347,7 +380,8 @@ def test_bcd_holdout_samples_feed_only_the_held_out_gram(dense_model, tmp_path):
     for label, samples, holdout in (("all", calib, 0), ("first", calib[:2], 0), ("held", calib, 3)):
         comp = LayerwiseCompressor(dense_model, tmp_path / label, Settings(calib_samples=len(samples), seq_len=128,
                                                                          batch_size=3, bcd_holdout=holdout,
-                                                                         calib_dtype="float32"))
+                                                                         calib_dtype="float32", tune_epochs=0,
+                                                                         mlp_row_weights=False))
         comp.dtype = torch.float32
         body = comp._skeleton()
         hidden, kwargs = comp._layer_inputs(body, samples)
