@@ -75,11 +75,11 @@ class Settings:
     proxy: str = "hessian"  # ARMOR's loss: the full Gram matrix (from SparseGPT) or its diagonal (from NoWag-P)
     # The default (2026-12-06): 64 calibration samples, a quarter written by the dense model itself, 40 BCD
     # iterations per matrix, then 2 epochs of block-wise tuning per decoder layer, gate/up rows weighed by their
-    # share of the MLP output. SmolLM2-135M: wiki perplexity 33.3 (76% of the gap from SparseGPT on 32 samples to
-    # dense, 73% from SparseGPT on the same 64) in ~11 min on 2 Intel AMX cores; the 100-iteration run without
-    # tuning it replaced (--calib-samples 32 --iters 100 --tune-epochs 0 --calib-generated 0) reached 38.7 in ~8
-    # min. Tuning on Wikipedia alone fits its domain and loses zero-shot accuracy; the generated quarter keeps it
-    # (docs/algorithm.md)
+    # share of the MLP output. SmolLM2-135M: wiki perplexity 33.3 (75% of the gap from SparseGPT on the same samples
+    # to dense, 72% from SparseGPT on 64 of Wikipedia), the dense model's mean zero-shot accuracy, in ~11 min on 2
+    # Intel AMX cores; the 100-iteration run without tuning it replaced (--calib-samples 32 --iters 100
+    # --tune-epochs 0 --calib-generated 0) reached 38.7-39.8 in ~8 min. Tuning on Wikipedia alone fits its domain
+    # and loses zero-shot accuracy; the generated quarter keeps it (docs/algorithm.md)
     iters: int = 40
     lr: float = 3e-3
     patience: int = 100
