@@ -191,13 +191,14 @@ def main() -> None:
     if unknown := [v for v in variants[1:] if v not in ARMOR_VARIANTS]:
         ap.error(f"unknown --variants {', '.join(unknown)}: pick from {', '.join(ARMOR_VARIANTS)}")
     n_layers = AutoConfig.from_pretrained(args.model).num_hidden_layers
-    if layer_ranges(args.layers, n_layers) is None or "," in args.layers:  # checked before the model loads
+    chosen = layer_ranges(args.layers, n_layers)
+    if chosen is None or len(chosen) != 1:  # checked before the model loads
         ap.error(f"--layers must be one first-last range of decoder layers within 0-{n_layers - 1} of {args.model}, "
                  f"e.g. {n_layers // 2}-{n_layers - 1}; got {args.layers!r}")
     args.work.mkdir(parents=True, exist_ok=True)
     tokenizer, model = load_model(args.model)
     t0 = time.time()
-    layers = layer_range(args.layers)
+    layers = chosen[0]
     originals, fitted = fitted_matrices(model, tokenizer, layers, variants, args)
     windows = held_out_windows(tokenizer, args.eval_windows, args.seq_len)
     report = {"command": "python -m benchmarks.residual_bed " + " ".join(sys.argv[1:]),
