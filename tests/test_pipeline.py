@@ -147,6 +147,8 @@ def test_bad_inputs_fail_before_heavy_work(dense_model, armor_ckpt, tmp_path):
     share = run_cli("compress", "--model", str(dense_model), "--out", str(tmp_path / "j"), "--calib-generated", "1.5")
     prefix = run_cli("compress", "--model", str(dense_model), "--out", str(tmp_path / "k"), "--calib-generated", "0.5",
                      "--seq-len", "8")
+    baseline_prefix = run_cli("compress", "--model", str(dense_model), "--out", str(tmp_path / "n"), "--method", "wanda",
+                              "--calib-generated", "0.5", "--seq-len", "8")  # the baselines calibrate on it too
     held = run_cli("compress", "--model", str(dense_model), "--out", str(tmp_path / "l"), "--bcd-holdout", "63")
     negative = run_cli("compress", "--model", str(dense_model), "--out", str(tmp_path / "m"), "--bcd-holdout", "-1")
     cases = ((block, "block size 128 does not divide"), (correction, "--input-correction must be between 0"),
@@ -158,7 +160,8 @@ def test_bad_inputs_fail_before_heavy_work(dense_model, armor_ckpt, tmp_path):
              (damp, "--hessian-damp must be >= 0"), (steps, "--discrete-steps must be >= 1"),
              (few, "pass --calib-samples 6 or more"), (dtype, "invalid choice: 'float16'"),
              (micro, "and --tune-micro-batch >= 1, got "), (share, "between 0 and 1, got 1.5"),
-             (prefix, "needs --seq-len above the 8-token Wikipedia prefix"))
+             (prefix, "needs --seq-len above the 8-token Wikipedia prefix"),
+             (baseline_prefix, "needs --seq-len above the 8-token Wikipedia prefix"))
     for proc, text in cases:
         assert proc.returncode == 2, (text, proc.stderr[-2000:])
         assert text in proc.stderr and "Traceback" not in proc.stderr
