@@ -33,8 +33,8 @@ def configs(blocks: list[int]) -> list[tuple[str, list[str]]]:
     b32 = ["--method", "armor", "--block-size", "32"]
     # the defaults before 2026-12-06 (32 samples, 100 iterations, no tuning, no generated text, gate/up rows alike),
     # pinned for the rows recorded with them; a config's own flags come later and win
-    before = [*b32, "--calib-samples", "32", "--iters", "100", "--tune-epochs", "0", "--calib-generated", "0",
-              "--no-mlp-row-weights"]
+    before = [*b32, "--calib-samples", "32", "--iters", "100", "--tune-epochs", "0", "--tune-lr", "1e-4",
+              "--calib-generated", "0", "--no-mlp-row-weights"]
     c32 = [*before, "--calib-samples", "32"]
     # Block-wise tuning on 64 samples with bfloat16 calibration matmuls (2026-12-04): 75% of the wiki gap in ~11.5
     # minutes, but worse LAMBADA and zero-shot than the default; SparseGPT on the same 64 samples; docs/algorithm.md
@@ -48,6 +48,8 @@ def configs(blocks: list[int]) -> list[tuple[str, list[str]]]:
                ("armor-b32-c64-i40-tuned-gen25", [*c64_tuned, "--calib-generated", "0.25"]),
                # the default before 2026-12-06
                ("armor-b32-c32-i100", before),
+               # the first default of 2026-12-06: block-wise tuning at Adam lr 1e-4 (2e-4 since the same day)
+               ("armor-b32-tune-lr1e-4", [*b32, "--tune-lr", "1e-4"]),
                # the values' lr scaled to the matrix width (Qwen's 8960-wide down_proj, 2026-12-05)
                ("armor-b32-lr", [*before, "--scale-value-lr"]),
                # and gate/up rows weighed by their share of the MLP output (Qwen's hybrids: ARMOR's MLPs hurt there)

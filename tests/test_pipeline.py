@@ -389,7 +389,12 @@ def test_bcd_holdout_samples_feed_only_the_held_out_gram(dense_model, tmp_path):
         body = comp._skeleton()
         hidden, kwargs = comp._layer_inputs(body, samples)
         dense = [h * 1.01 for h in hidden]  # other dense-path inputs, so that the cross term C is gathered
-        stats[label] = comp._statistics(comp._load_layer(body, 0), hidden, kwargs[0], dense)[0]
+        layer = comp._load_layer(body, 0)
+        stats[label] = comp._statistics(layer, hidden, kwargs[0], dense)[0]
+        if label == "first":  # h: the squared inputs summed over the fitted tokens (taken from H's diagonal)
+            with torch.no_grad():
+                x = layer.input_layernorm(torch.cat(hidden)).reshape(-1, hidden[0].shape[-1])
+            torch.testing.assert_close(stats[label]["attn_in"]["h"], x.pow(2).sum(0).double(), rtol=1e-4, atol=1e-4)
     for name, held in stats["held"].items():
         for key in ("h", "H", "C"):
             torch.testing.assert_close(held[key], stats["first"][name][key])

@@ -68,7 +68,7 @@ def test_merge_run_evaluates_only_the_rows_it_redoes(tmp_path, monkeypatch):
     quality.main()
     assert [list(a[a.index("--out") + 1:]) for a in compressed] == [[str(tmp_path / "work" / "armor-b32-lr"), "--method",
                                                                "armor", "--block-size", "32", "--calib-samples", "32",
-                                                               "--iters", "100", "--tune-epochs", "0",
+                                                               "--iters", "100", "--tune-epochs", "0", "--tune-lr", "1e-4",
                                                                "--calib-generated", "0", "--no-mlp-row-weights",
                                                                "--scale-value-lr"]]
     assert evaluated == [("armor-b32-lr", "wiki_ppl"), ("armor-b32-lr", "lambada_ppl")]
