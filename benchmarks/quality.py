@@ -50,6 +50,11 @@ def configs(blocks: list[int]) -> list[tuple[str, list[str]]]:
                ("armor-b32-c32-i100", before),
                # the first default of 2026-12-06: block-wise tuning at Adam lr 1e-4 (2e-4 since the same day)
                ("armor-b32-tune-lr1e-4", [*b32, "--tune-lr", "1e-4"]),
+               # what would buy the 10 minutes (2026-12-06, quality-tuning-time.md): fewer BCD iterations, one epoch
+               ("armor-b32-i20", [*b32, "--iters", "20"]),
+               ("armor-b32-t1-lr3e-4", [*b32, "--tune-epochs", "1", "--tune-lr", "3e-4"]),
+               ("armor-b32-t1-mb1", [*b32, "--tune-epochs", "1", "--tune-micro-batch", "1"]),
+               ("armor-b32-t1-lr3e-4-i60", [*b32, "--tune-epochs", "1", "--tune-lr", "3e-4", "--iters", "60"]),
                # the values' lr scaled to the matrix width (Qwen's 8960-wide down_proj, 2026-12-05)
                ("armor-b32-lr", [*before, "--scale-value-lr"]),
                # and gate/up rows weighed by their share of the MLP output (Qwen's hybrids: ARMOR's MLPs hurt there)
