@@ -31,6 +31,8 @@ def configs(blocks: list[int]) -> list[tuple[str, list[str]]]:
     armor = [(f"armor-b{b}", ["--method", "armor", "--block-size", str(b)]) for b in blocks]
     paper_proxy = ("armor-diag-b32", ["--method", "armor", "--proxy", "diag", "--block-size", "32"])
     b32 = ["--method", "armor", "--block-size", "32"]
+    # the generated quarter as one 512-token text per sample, as before 2026-12-06 (evening; 256-token texts since)
+    gen512 = ["--calib-generated-len", "0"]
     # the defaults before 2026-12-06 (32 samples, 100 iterations, no tuning, no generated text, gate/up rows alike),
     # pinned for the rows recorded with them; a config's own flags come later and win
     before = [*b32, "--calib-samples", "32", "--iters", "100", "--tune-epochs", "0", "--tune-lr", "1e-4",
@@ -45,16 +47,19 @@ def configs(blocks: list[int]) -> list[tuple[str, list[str]]]:
                ("armor-b32-c64-i40-tuned-ic", c64_tuned),
                # a quarter of the calibration samples written by the dense model itself (2026-12-04): keeps the
                # zero-shot accuracy the Wikipedia-only tuning loses (today's default with gate/up rows alike)
-               ("armor-b32-c64-i40-tuned-gen25", [*c64_tuned, "--calib-generated", "0.25"]),
+               ("armor-b32-c64-i40-tuned-gen25", [*c64_tuned, "--calib-generated", "0.25", *gen512]),
                # the default before 2026-12-06
                ("armor-b32-c32-i100", before),
                # the first default of 2026-12-06: block-wise tuning at Adam lr 1e-4 (2e-4 since the same day)
-               ("armor-b32-tune-lr1e-4", [*b32, "--tune-lr", "1e-4"]),
+               ("armor-b32-tune-lr1e-4", [*b32, "--tune-lr", "1e-4", *gen512]),
+               # the default of 2026-12-06 afternoon, and SparseGPT on its calibration samples
+               ("armor-b32-gen512", [*b32, *gen512]),
+               ("sparsegpt-gen512", ["--method", "sparsegpt", *gen512]),
                # what would buy the 10 minutes (2026-12-06, quality-tuning-time.md): fewer BCD iterations, one epoch
-               ("armor-b32-i20", [*b32, "--iters", "20"]),
-               ("armor-b32-t1-lr3e-4", [*b32, "--tune-epochs", "1", "--tune-lr", "3e-4"]),
-               ("armor-b32-t1-mb1", [*b32, "--tune-epochs", "1", "--tune-micro-batch", "1"]),
-               ("armor-b32-t1-lr3e-4-i60", [*b32, "--tune-epochs", "1", "--tune-lr", "3e-4", "--iters", "60"]),
+               ("armor-b32-i20", [*b32, "--iters", "20", *gen512]),
+               ("armor-b32-t1-lr3e-4", [*b32, "--tune-epochs", "1", "--tune-lr", "3e-4", *gen512]),
+               ("armor-b32-t1-mb1", [*b32, "--tune-epochs", "1", "--tune-micro-batch", "1", *gen512]),
+               ("armor-b32-t1-lr3e-4-i60", [*b32, "--tune-epochs", "1", "--tune-lr", "3e-4", "--iters", "60", *gen512]),
                # the values' lr scaled to the matrix width (Qwen's 8960-wide down_proj, 2026-12-05)
                ("armor-b32-lr", [*before, "--scale-value-lr"]),
                # and gate/up rows weighed by their share of the MLP output (Qwen's hybrids: ARMOR's MLPs hurt there)

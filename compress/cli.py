@@ -50,10 +50,13 @@ def add_compress_arguments(parser) -> None:
     parser.add_argument("--calib-generated", type=float, default=d.calib_generated,
                         help="share of the calibration samples the dense model writes itself (sampled after short "
                              "Wikipedia prefixes), the rest Wikipedia text; 0: Wikipedia only")
+    parser.add_argument("--calib-generated-len", type=int, default=d.calib_generated_len,
+                        help="tokens per generated text; each calibration sample packs several end to end "
+                             "(0: one text per sample, --seq-len tokens)")
     parser.add_argument("--seq-len", type=int, default=d.seq_len, help="tokens per calibration sequence")
     parser.add_argument("--calib-dtype", default=d.calib_dtype, choices=CALIB_DTYPES,
                         help="dtype of the matmuls in the layers' calibration forwards and the block-wise tuning "
-                             "(Gram matrices stay float32/float64); auto: bfloat16 where the CPU multiplies it "
+                             "(Gram matrices keep float32/float64 sums); auto: bfloat16 where the CPU multiplies it "
                              "natively (AVX512-BF16/AMX), else float32")
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--batch-size", type=int, default=d.batch_size, help="calibration sequences per forward")
@@ -71,6 +74,7 @@ def run_compress(args) -> None:
                         input_correction=args.input_correction, mlp_row_weights=args.mlp_row_weights,
                         residual_row_weights=args.residual_row_weights,
                         calib_samples=args.calib_samples, calib_generated=args.calib_generated,
+                        calib_generated_len=args.calib_generated_len,
                         seq_len=args.seq_len, calib_dtype=args.calib_dtype,
                         seed=args.seed, batch_size=args.batch_size)
     summary = compress_checkpoint(require_checkpoint(args.model), Path(args.out), settings, overwrite=args.overwrite)

@@ -61,7 +61,7 @@ GENERATED = "armor_calibration_generated.safetensors"  # the dense model's own c
 
 # Settings added with a default other than the behaviour before them: a stored run without them ran like this.
 SETTINGS_BEFORE_ADDED = {"input_correction": 0.0, "calib_dtype": "float32", "tune_micro_batch": 2,
-                         "mlp_row_weights": False, "calib_generated": 0.0}
+                         "mlp_row_weights": False, "calib_generated": 0.0, "calib_generated_len": 0}
 CALIB_DTYPES = ("auto", "float32", "bfloat16")
 # Compressed layers run their calibration tokens (thousands per batch) as one dense A S B matmul: what the packed
 # kernel does at that many tokens anyway, and a matmul that autocast can run in the calibration dtype
@@ -75,8 +75,9 @@ class Settings:
     proxy: str = "hessian"  # ARMOR's loss: the full Gram matrix (from SparseGPT) or its diagonal (from NoWag-P)
     # The default (2026-12-06): 64 calibration samples, a quarter written by the dense model itself, 40 BCD
     # iterations per matrix, then 2 epochs of block-wise tuning per decoder layer at Adam lr 2e-4, gate/up rows
-    # weighed by their share of the MLP output. SmolLM2-135M: wiki perplexity 32.8 (76% of the gap from SparseGPT on
-    # the same samples to dense, 73% from SparseGPT on 64 of Wikipedia) in ~11 min on 2 Intel AMX cores; the
+    # weighed by their share of the MLP output. SmolLM2-135M: wiki perplexity 32.8-32.9 (75-76% of the gap from
+    # SparseGPT on the same samples to dense, 73% from SparseGPT on 64 of Wikipedia) in 8-10 min on 2 Intel AMX cores
+    # (486 s on 2026-12-06 evening's VM, est. ~610 s on the slower VM of that afternoon); the
     # 100-iteration run without tuning it replaced (--calib-samples 32 --iters 100 --tune-epochs 0
     # --calib-generated 0) reached 38.7-39.8 in ~8 min. Tuning on Wikipedia alone fits its domain and loses
     # zero-shot accuracy; the generated quarter keeps it (docs/algorithm.md)
@@ -110,6 +111,9 @@ class Settings:
     # Share of the calibration samples the dense model writes itself (compress/generated_text.py), the rest
     # Wikipedia: keeps the block-wise tuning from fitting Wikipedia's domain (docs/algorithm.md)
     calib_generated: float = 0.25
+    # Tokens per generated text, packed end to end into the samples (0: one text per sample): 256 samples SmolLM2's
+    # quarter in half the time of 512 (compress/generated_text.py)
+    calib_generated_len: int = 256
     seq_len: int = 512
     # The matmuls of the layers' calibration forwards and of the block-wise tuning in bfloat16 (2x the speed where
     # the CPU multiplies bfloat16 natively; "auto" picks it there, float32 elsewhere)
@@ -146,6 +150,8 @@ class Settings:
             settings.pop("sparsegpt_damp")
         if self.method == "armor" and not self.uses_hessian:
             settings.pop("hessian_damp")
+        if not self.calib_generated:
+            settings.pop("calib_generated_len")
         return settings
 
 
@@ -184,6 +190,9 @@ def check_model(config, settings: Settings) -> None:
     if settings.calib_generated and settings.seq_len <= PREFIX_TOKENS:
         raise UserError(f"--calib-generated needs --seq-len above the {PREFIX_TOKENS}-token Wikipedia prefix each "
                         f"generated sample starts from, got {settings.seq_len}")
+    if settings.calib_generated and settings.calib_generated_len != 0 and settings.calib_generated_len <= PREFIX_TOKENS:
+        raise UserError(f"--calib-generated-len is 0 (one generated text per sample) or a length above the "
+                        f"{PREFIX_TOKENS}-token Wikipedia prefix each text starts from, got {settings.calib_generated_len}")
     if settings.method != "armor":
         return
     if settings.proxy not in PROXIES:
@@ -234,6 +243,23 @@ def calibration_dtype(choice: str) -> torch.dtype:
     if choice != "auto":
         return getattr(torch, choice)
     return torch.bfloat16 if torch.cpu._is_avx512_bf16_supported() else torch.float32
+
+
+@contextmanager
+def gram_matmuls(calib_dtype: torch.dtype):
+    """Float32 matmuls inside multiply bfloat16-rounded inputs (oneDNN, float32 sums and output: "bf32") where the
+    calibration runs in bfloat16 and the CPU has bfloat16 arithmetic, else plain float32. For Gram matrices: X's
+    rounded entries are what the layer's bfloat16 matmuls read anyway, 1.6x float32's speed (SmolLM2's 4096 x 1536
+    batches, Intel AMX), and unlike a bfloat16 product, whose output rounding leaves a near-singular H indefinite,
+    the result is the exact Gram matrix of the rounded inputs."""
+    matmul = torch.backends.mkldnn.matmul
+    saved = matmul.fp32_precision
+    if calib_dtype == torch.bfloat16:
+        matmul.fp32_precision = "bf16"
+    try:
+        yield
+    finally:
+        matmul.fp32_precision = saved
 
 
 def dense_path_target(weight: torch.Tensor, gram: torch.Tensor, cross: torch.Tensor, damp: float,
@@ -448,14 +474,16 @@ class LayerwiseCompressor:
             @torch.autocast("cpu", enabled=False)
             def record(_mod, args, _out):
                 # products per batch (a few thousand tokens each), summed over batches in float64: a float64 matmul
-                # costs this CPU ~4x the time and changes nothing that matters here. H in float32 even where the
-                # forwards run bfloat16: bfloat16's output rounding (~0.2% of each entry) leaves a near-singular H
-                # indefinite, which SparseGPT's Cholesky refuses. The cross term C needs no such property.
+                # costs this CPU ~4x the time and changes nothing that matters here. H has float32 sums and output
+                # even where the forwards run bfloat16 (gram_matmuls: bfloat16-rounded inputs at most): a bfloat16
+                # product's output rounding (~0.2% of each entry) leaves a near-singular H indefinite, which
+                # SparseGPT's Cholesky refuses. The cross term C needs no such property.
                 x, s = args[0].float(), stats.setdefault(name, {})
                 keep = min(max(fitted, 0), len(x))  # the batch's samples that are fitted; the rest are held out
                 if keep < len(x) and not dense_pass:  # held-out samples: only their Gram matrix (--bcd-holdout)
                     held = x[keep:].reshape(-1, x.shape[-1])
-                    _accumulate(s, "H_val", held.T @ held)
+                    with gram_matmuls(self.calib_dtype):
+                        _accumulate(s, "H_val", held.T @ held)
                 x = x[:keep].reshape(-1, x.shape[-1])
                 if not len(x):
                     return
@@ -463,7 +491,8 @@ class LayerwiseCompressor:
                     _accumulate(s, "C", x.to(self.calib_dtype).T @ inputs.pop(name))
                     return
                 if need_full:  # h is then H's diagonal (taken below), not a pass of its own over x
-                    _accumulate(s, "H", x.T @ x)
+                    with gram_matmuls(self.calib_dtype):
+                        _accumulate(s, "H", x.T @ x)
                 else:
                     _accumulate(s, "h", x.pow(2).sum(0))
                 if dense_hidden is not None:
@@ -619,7 +648,8 @@ class LayerwiseCompressor:
         if path.is_file():
             generated = load_file(path)["input_ids"]
         else:
-            generated = generated_samples(self.model_dir, tokenizer, k, s.seq_len, s.seed, self.calib_dtype)
+            generated = generated_samples(self.model_dir, tokenizer, k, s.seq_len, s.seed, self.calib_dtype,
+                                          s.calib_generated_len)
             _atomic_write(path, lambda tmp: save_file({"input_ids": generated}, tmp))
         mixed = torch.cat([calib[: s.calib_samples - k], generated])
         return mixed[torch.randperm(len(mixed), generator=torch.Generator().manual_seed(s.seed))]

@@ -149,6 +149,7 @@ def test_bad_inputs_fail_before_heavy_work(dense_model, armor_ckpt, tmp_path):
                      "--seq-len", "8")
     baseline_prefix = run_cli("compress", "--model", str(dense_model), "--out", str(tmp_path / "n"), "--method", "wanda",
                               "--calib-generated", "0.5", "--seq-len", "8")  # the baselines calibrate on it too
+    text = run_cli("compress", "--model", str(dense_model), "--out", str(tmp_path / "o"), "--calib-generated-len", "4")
     held = run_cli("compress", "--model", str(dense_model), "--out", str(tmp_path / "l"), "--bcd-holdout", "63")
     negative = run_cli("compress", "--model", str(dense_model), "--out", str(tmp_path / "m"), "--bcd-holdout", "-1")
     cases = ((block, "block size 128 does not divide"), (correction, "--input-correction must be between 0"),
@@ -161,7 +162,8 @@ def test_bad_inputs_fail_before_heavy_work(dense_model, armor_ckpt, tmp_path):
              (few, "pass --calib-samples 6 or more"), (dtype, "invalid choice: 'float16'"),
              (micro, "and --tune-micro-batch >= 1, got "), (share, "between 0 and 1, got 1.5"),
              (prefix, "needs --seq-len above the 8-token Wikipedia prefix"),
-             (baseline_prefix, "needs --seq-len above the 8-token Wikipedia prefix"))
+             (baseline_prefix, "needs --seq-len above the 8-token Wikipedia prefix"),
+             (text, "--calib-generated-len is 0 (one generated text per sample) or a length above the 8-token"))
     for proc, text in cases:
         assert proc.returncode == 2, (text, proc.stderr[-2000:])
         assert text in proc.stderr and "Traceback" not in proc.stderr
@@ -211,10 +213,31 @@ def test_dense_path_target_is_the_ridge_least_squares_fit_to_the_dense_output():
     assert torch.allclose(dense_path_target(w, x_dense.T @ x_dense, x_dense.T @ x_dense, damp), w, atol=1e-4)
 
 
+def _bf16_gram_products() -> bool:
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def test_gram_matmuls_give_the_exact_gram_matrix_of_bfloat16_rounded_inputs():
+    from compress.pipeline import gram_matmuls
+
+    x = torch.randn(4096, 96, generator=torch.Generator().manual_seed(0)) * torch.linspace(0.01, 30, 96)
+    exact, rounded = (v.double().T @ v.double() for v in (x, x.bfloat16()))
+    with gram_matmuls(torch.bfloat16):
+        fast = (x.T @ x).double()
+    with gram_matmuls(torch.float32):
+        plain = (x.T @ x).double()
+    assert torch.backends.mkldnn.matmul.fp32_precision == "none"  # restored on leaving
+    gap = lambda a, b: float((a - b).norm() / b.norm())  # noqa: E731
+    assert gap(plain, exact) < 1e-6 and gap(rounded, exact) > 1e-4  # the rounding is visible at this scale
+    assert gap(fast, rounded if _bf16_gram_products() else exact) < 1e-6
+    assert float(torch.linalg.eigvalsh(fast).min()) > 0  # a Gram matrix: positive definite here, never indefinite
+
+
 @pytest.mark.parametrize("layer_index", [0, 5])
 def test_bfloat16_calibration_forwards_keep_the_statistics(dense_model, tmp_path, layer_index):
-    # --calib-dtype bfloat16 runs the dense layers' matmuls in bfloat16 but the Gram products in float32: the
-    # statistics move by bfloat16's rounding only, and H stays positive definite for SparseGPT's Cholesky
+    # --calib-dtype bfloat16 runs the dense layers' matmuls in bfloat16 and the Gram products on bfloat16-rounded
+    # inputs with float32 sums: the statistics move by bfloat16's rounding only, and H stays positive definite for
+    # SparseGPT's Cholesky
     from transformers import AutoTokenizer
 
     from compress.baselines import ridge
@@ -242,8 +265,8 @@ def test_bfloat16_calibration_forwards_keep_the_statistics(dense_model, tmp_path
         for key in ("h", "H", "C"):
             gap = float((approx[key] - exact[key]).norm() / exact[key].norm())
             # bfloat16 really ran, and only rounded: only the first layer's own input precedes every matmul, so its
-            # h and H are exact; the cross term C is a bfloat16 product everywhere
-            exact_input = (layer_index, name) == (0, "attn_in") and key != "C"
+            # h and H are exact where the CPU has no bfloat16 arithmetic (gram_matmuls then multiplies in float32)
+            exact_input = (layer_index, name) == (0, "attn_in") and key != "C" and not _bf16_gram_products()
             assert (gap == 0 if exact_input else 1e-6 < gap < 0.03), (name, key, gap)
         assert approx["H"].dtype == torch.float64
         torch.linalg.cholesky(ridge(approx["H"].float(), 0.01))  # what SparseGPT factors
@@ -326,6 +349,12 @@ def test_generated_calibration_text_continues_wikipedia_prefixes(dense_model):
     # prefixes from other windows than the run's Wikipedia samples (seed + 1), then the model's own tokens
     assert torch.equal(first[:, :PREFIX_TOKENS], calibration_samples(tokenizer, 2, 40, 1)[:, :PREFIX_TOKENS])
     assert not torch.equal(first, calibration_samples(tokenizer, 2, 40, 1))
+    # texts of 16 tokens packed end to end: 3 per sample, the third cut at 40; each starts from its own prefix
+    packed = generated_samples(dense_model, tokenizer, 2, 40, 0, text_len=16)
+    prefixes = calibration_samples(tokenizer, 6, 16, 1)[:, :PREFIX_TOKENS].reshape(2, 3, PREFIX_TOKENS)
+    assert packed.shape == (2, 40)
+    for k in range(3):
+        assert torch.equal(packed[:, 16 * k:16 * k + PREFIX_TOKENS], prefixes[:, k])
 
 
 def test_the_samplers_draws_follow_softmax_and_its_cache_matches_transformers(dense_model):
