@@ -77,7 +77,7 @@ class Settings:
     # iterations per matrix, then 2 epochs of block-wise tuning per decoder layer at Adam lr 2e-4, gate/up rows
     # weighed by their share of the MLP output. SmolLM2-135M: wiki perplexity 32.8-32.9 (75-76% of the gap from
     # SparseGPT on the same samples to dense, 73% from SparseGPT on 64 of Wikipedia) in 8-10 min on 2 Intel AMX cores
-    # (486 s on 2026-12-06 evening's VM, est. ~610 s on the slower VM of that afternoon); the
+    # (486-609 s, 2026-12-06 evening: the VM's speed drifts); the
     # 100-iteration run without tuning it replaced (--calib-samples 32 --iters 100 --tune-epochs 0
     # --calib-generated 0) reached 38.7-39.8 in ~8 min. Tuning on Wikipedia alone fits its domain and loses
     # zero-shot accuracy; the generated quarter keeps it (docs/algorithm.md)
