@@ -149,7 +149,8 @@ def test_bad_inputs_fail_before_heavy_work(dense_model, armor_ckpt, tmp_path):
                      "--seq-len", "8")
     baseline_prefix = run_cli("compress", "--model", str(dense_model), "--out", str(tmp_path / "n"), "--method", "wanda",
                               "--calib-generated", "0.5", "--seq-len", "8")  # the baselines calibrate on it too
-    text = run_cli("compress", "--model", str(dense_model), "--out", str(tmp_path / "o"), "--calib-generated-len", "4")
+    short_text = run_cli("compress", "--model", str(dense_model), "--out", str(tmp_path / "o"), "--calib-generated-len",
+                         "4")
     held = run_cli("compress", "--model", str(dense_model), "--out", str(tmp_path / "l"), "--bcd-holdout", "63")
     negative = run_cli("compress", "--model", str(dense_model), "--out", str(tmp_path / "m"), "--bcd-holdout", "-1")
     cases = ((block, "block size 128 does not divide"), (correction, "--input-correction must be between 0"),
@@ -163,7 +164,7 @@ def test_bad_inputs_fail_before_heavy_work(dense_model, armor_ckpt, tmp_path):
              (micro, "and --tune-micro-batch >= 1, got "), (share, "between 0 and 1, got 1.5"),
              (prefix, "needs --seq-len above the 8-token Wikipedia prefix"),
              (baseline_prefix, "needs --seq-len above the 8-token Wikipedia prefix"),
-             (text, "--calib-generated-len is 0 (one generated text per sample) or a length above the 8-token"))
+             (short_text, "--calib-generated-len is 0 (one generated text per sample) or a length above the 8-token"))
     for proc, text in cases:
         assert proc.returncode == 2, (text, proc.stderr[-2000:])
         assert text in proc.stderr and "Traceback" not in proc.stderr
