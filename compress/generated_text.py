@@ -84,7 +84,7 @@ def generated_samples(model_dir: Path, tokenizer, n_samples: int, seq_len: int, 
 
     text_len = min(text_len or seq_len, seq_len)
     per_sample = -(-seq_len // text_len)
-    # prefixes from other windows than the Wikipedia samples of the same run (seed + 1)
+    # prefixes from windows of the text's length drawn with seed + 1, independently of the run's own Wikipedia samples
     ids = calibration_samples(tokenizer, n_samples * per_sample, text_len, seed + 1)[:, :PREFIX_TOKENS]
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     _onednn_linears(model, dtype)
