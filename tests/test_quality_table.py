@@ -74,3 +74,21 @@ def test_merge_run_evaluates_only_the_rows_it_redoes(tmp_path, monkeypatch):
     assert evaluated == [("armor-b32-lr", "wiki_ppl"), ("armor-b32-lr", "lambada_ppl")]
     assert [r["config"] for r in json.loads((tmp_path / "q.json").read_text())["rows"]] == ["dense", "sparsegpt",
                                                                                            "armor-b32-lr"]
+
+
+def test_a_bfloat16_run_evaluates_in_bfloat16_and_keeps_its_reports_apart(tmp_path, monkeypatch):
+    """--dtype reaches armor eval, names the cached reports (a float32 report is never reused for bfloat16) and the
+    table says which dtype it was evaluated in."""
+    monkeypatch.setattr(quality, "RESULTS", tmp_path)
+    calls = []
+
+    def fake_evaluate(row, path, task_args):
+        calls.append((path.name, task_args[task_args.index("--dtype") + 1]))
+        row.setdefault("results", {})["wiki_ppl"] = {"perplexity": 14.5}
+
+    monkeypatch.setattr(quality, "evaluate", fake_evaluate)
+    monkeypatch.setattr(sys, "argv", ["quality", "--model", "M", "--work", str(tmp_path / "work"), "--name", "q",
+                                      "--only", "dense", "--dtype", "bfloat16"])
+    quality.main()
+    assert calls == [("dense.bfloat16.ppl.json", "bfloat16"), ("dense.bfloat16.tasks.json", "bfloat16")]
+    assert "Evaluated in bfloat16." in (tmp_path / "q.md").read_text()
