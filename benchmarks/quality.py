@@ -159,9 +159,7 @@ def main() -> None:
         write(list(rows.values()), args)
     for row in (rows[name] for name, _ in chosen):  # not the rows kept by --merge
         if "checkpoint" in row and "error" not in row and not args.ppl_only:
-            evaluate(row, work / f"{row['config']}{cached}.tasks.json",
-                     ["--tasks", TASKS.split(",", 1)[1], "--limit", str(args.limit), "--dtype", args.dtype])
-            write(list(rows.values()), args)
+            evaluate_tasks(row, work, cached, args, lambda: write(list(rows.values()), args))
 
 
 def merge_rows(path: Path, redo: dict[str, dict]) -> dict[str, dict]:
@@ -174,6 +172,21 @@ def merge_rows(path: Path, redo: dict[str, dict]) -> dict[str, dict]:
     rows = {r["config"]: {"run": made_by, **r} for r in earlier["rows"]}
     rows.update(redo)
     return rows
+
+
+def evaluate_tasks(row: dict, work: Path, cached: str, args, written) -> None:
+    """LAMBADA and the zero-shot tasks, one `armor eval` (and one report) per task, so that a run cut short keeps
+    the tasks it finished (a larger model's row takes hours); a report of all tasks from before is still read."""
+    combined = work / f"{row['config']}{cached}.tasks.json"
+    if _done(combined):
+        row.setdefault("results", {}).update(json.loads(combined.read_text())["results"])
+        return written()
+    for task in TASKS.split(",")[1:]:
+        evaluate(row, work / f"{row['config']}{cached}.{task}.json",
+                 ["--tasks", task, "--limit", str(args.limit), "--dtype", args.dtype])
+        written()
+        if "error" in row:
+            return
 
 
 def evaluate(row: dict, path: Path, task_args: list[str]) -> None:

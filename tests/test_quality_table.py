@@ -71,7 +71,7 @@ def test_merge_run_evaluates_only_the_rows_it_redoes(tmp_path, monkeypatch):
                                                                "--iters", "100", "--tune-epochs", "0", "--tune-lr", "1e-4",
                                                                "--calib-generated", "0", "--no-mlp-row-weights",
                                                                "--scale-value-lr"]]
-    assert evaluated == [("armor-b32-lr", "wiki_ppl"), ("armor-b32-lr", "lambada_ppl")]
+    assert evaluated == [("armor-b32-lr", task) for task in quality.TASKS.split(",")]
     assert [r["config"] for r in json.loads((tmp_path / "q.json").read_text())["rows"]] == ["dense", "sparsegpt",
                                                                                            "armor-b32-lr"]
 
@@ -90,5 +90,34 @@ def test_a_bfloat16_run_evaluates_in_bfloat16_and_keeps_its_reports_apart(tmp_pa
     monkeypatch.setattr(sys, "argv", ["quality", "--model", "M", "--work", str(tmp_path / "work"), "--name", "q",
                                       "--only", "dense", "--dtype", "bfloat16"])
     quality.main()
-    assert calls == [("dense.bfloat16.ppl.json", "bfloat16"), ("dense.bfloat16.tasks.json", "bfloat16")]
+    assert calls == [("dense.bfloat16.ppl.json", "bfloat16")] + [
+        (f"dense.bfloat16.{task}.json", "bfloat16") for task in quality.TASKS.split(",")[1:]]
     assert "Evaluated in bfloat16." in (tmp_path / "q.md").read_text()
+
+
+def test_zero_shot_tasks_resume_task_by_task(tmp_path, monkeypatch):
+    """A row's tasks run one `armor eval` each: a run cut short keeps the reports it finished and redoes only the rest;
+    a finished report of all tasks at once (before this) is read as it is."""
+    ran = []
+
+    def fake_cli(*args):
+        task = args[args.index("--tasks") + 1]
+        ran.append(task)
+        Path(args[args.index("--json") + 1]).write_text(json.dumps({"results": {task: {"acc": 0.5}}}))
+        return subprocess.CompletedProcess(args, 0, "", "")
+
+    monkeypatch.setattr(quality, "armor", fake_cli)
+    args = argparse.Namespace(limit=400, dtype="float32")
+    (tmp_path / "a.hellaswag.json").write_text(json.dumps({"results": {"hellaswag": {"acc": 0.4}}}))  # finished before
+    (tmp_path / "a.piqa.json").write_text(json.dumps({"status": "running"}))  # cut short: redone
+    row = {"config": "a", "checkpoint": "ckpt"}
+    quality.evaluate_tasks(row, tmp_path, "", args, lambda: None)
+    tasks = quality.TASKS.split(",")[1:]
+    assert ran == [t for t in tasks if t != "hellaswag"]
+    assert row["results"]["hellaswag"] == {"acc": 0.4} and set(row["results"]) == set(tasks)
+
+    ran.clear()
+    (tmp_path / "b.tasks.json").write_text(json.dumps({"results": {"boolq": {"acc": 0.6}}}))
+    row = {"config": "b", "checkpoint": "ckpt"}
+    quality.evaluate_tasks(row, tmp_path, "", args, lambda: None)
+    assert ran == [] and row["results"] == {"boolq": {"acc": 0.6}}
