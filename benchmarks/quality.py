@@ -4,9 +4,11 @@
     python -m benchmarks.quality --model DIR --work .cache/quality-NAME --name quality-NAME   # another model
     python -m benchmarks.quality --only dense,sparsegpt,armor-b32 --ppl-only   # compression time + wiki ppl only
     python -m benchmarks.quality --model DIR --name quality-NAME --only armor-b32-lr --merge   # add a row to a table
+    python -m benchmarks.quality --model QWEN --name quality-NAME --limit 400 --dtype bfloat16   # a 1.5B model's rows
 
 Each configuration is compressed with `armor compress` and evaluated with `armor eval` (both through the
-CLI, exactly as a user runs them); results are cached under .cache/quality so an interrupted run resumes.
+CLI, exactly as a user runs them); results are cached under .cache/quality (each compressed layer, each task's
+report) so an interrupted run resumes.
 The limits are written into the output. On a 2-core CPU each configuration's 7 tasks at 500 examples take
 about 10 minutes to evaluate, so every row takes 2-3 hours; `--only dense,sparsegpt,armor-b32,wanda` 46 minutes.
 """
