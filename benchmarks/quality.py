@@ -181,7 +181,7 @@ def evaluate_tasks(row: dict, work: Path, cached: str, args, written) -> None:
     the tasks it finished (a larger model's row takes hours); a report of all tasks from before is still read."""
     combined = work / f"{row['config']}{cached}.tasks.json"
     if _done(combined):
-        row.setdefault("results", {}).update(json.loads(combined.read_text())["results"])
+        evaluate(row, combined, [])  # finished: only read
         return written()
     for task in TASKS.split(",")[1:]:
         evaluate(row, work / f"{row['config']}{cached}.{task}.json",
