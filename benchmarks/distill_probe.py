@@ -3,8 +3,9 @@
 The layer-wise pass (BCD, then the block-wise tuning) fits each decoder layer to the dense one in turn; nothing
 looks at the model's output. This probe takes a finished checkpoint, makes its kept 2:4 values (and A, B)
 trainable, the 2:4 positions fixed, and takes Adam steps on the KL divergence from the dense model's next-token
-distribution over the checkpoint's own calibration samples (the Wikipedia samples `armor compress` drew, plus
-its stored generated ones; the last 4 held out), then scores wiki perplexity (and, optionally, lm-eval tasks).
+distribution over the checkpoint's own calibration samples (the Wikipedia samples `armor compress` drew by the
+settings it recorded, plus its stored generated ones; the last 4 held out), then scores wiki perplexity (and,
+optionally, lm-eval tasks).
 A baseline's checkpoint (plain 2:4-pruned linears) is tuned the same way, its zeros re-imposed after each step,
 so both sides of a comparison get the same treatment.
 
@@ -29,9 +30,15 @@ from model_executors.armor_linear import ArmorLinear
 RESULTS = Path(__file__).parent / "results"
 
 
-def calibration(tokenizer, model_dir: Path, samples: int, seq_len: int, seed: int) -> torch.Tensor:
-    """The calibration samples `armor compress` used with its defaults (same draw, same seeded shuffle)."""
-    calib = datasets.calibration_samples(tokenizer, samples, seq_len, seed)
+def calibration(tokenizer, model_dir: Path) -> torch.Tensor:
+    """The calibration samples `armor compress` used for `model_dir` (its recorded settings: the same Wikipedia draw,
+    its stored generated texts, the same seeded shuffle)."""
+    summary = model_dir / "compression_summary.json"
+    if not summary.is_file():
+        raise SystemExit(f"{model_dir} has no compression_summary.json: give a finished `armor compress` output")
+    settings = json.loads(summary.read_text())["settings"]
+    samples, seed = settings["calib_samples"], settings["seed"]
+    calib = datasets.calibration_samples(tokenizer, samples, settings["seq_len"], seed)
     generated_path = model_dir / "armor_calibration_generated.safetensors"
     if not generated_path.is_file():
         return calib
@@ -74,14 +81,13 @@ def main(argv=None) -> dict:
     p.add_argument("--lr", type=float, default=2e-5)
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--micro-batch", type=int, default=2)
-    p.add_argument("--calib-samples", type=int, default=64)
     p.add_argument("--tasks", default="", help="lm-eval tasks to score after tuning (500 examples each)")
     p.add_argument("--name", default="distill-probe")
     args = p.parse_args(argv)
     torch.manual_seed(0)
     tokenizer, dense = load_model(args.dense)
     _, model = load_model(args.model)
-    calib = calibration(tokenizer, args.model, args.calib_samples, 512, 0)
+    calib = calibration(tokenizer, args.model)
     train, held_out = calib[:-4].split(args.micro_batch), calib[-4:].split(args.micro_batch)
     params, masks, swapped = trainable(model)
     opt = torch.optim.Adam(params, lr=args.lr, fused=True)
