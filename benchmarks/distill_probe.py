@@ -25,6 +25,7 @@ from safetensors.torch import load_file
 from compress import datasets
 from compress.block_tuning import TunableArmor
 from compress.evaluation import load_model, perplexity, run_lm_eval
+from compress.pipeline import GENERATED, SUMMARY, mix_generated
 from model_executors.armor_linear import ArmorLinear
 
 RESULTS = Path(__file__).parent / "results"
@@ -33,18 +34,15 @@ RESULTS = Path(__file__).parent / "results"
 def calibration(tokenizer, model_dir: Path) -> torch.Tensor:
     """The calibration samples `armor compress` used for `model_dir` (its recorded settings: the same Wikipedia draw,
     its stored generated texts, the same seeded shuffle)."""
-    summary = model_dir / "compression_summary.json"
+    summary = model_dir / SUMMARY
     if not summary.is_file():
-        raise SystemExit(f"{model_dir} has no compression_summary.json: give a finished `armor compress` output")
+        raise SystemExit(f"{model_dir} has no {SUMMARY}: give a finished `armor compress` output")
     settings = json.loads(summary.read_text())["settings"]
-    samples, seed = settings["calib_samples"], settings["seed"]
-    calib = datasets.calibration_samples(tokenizer, samples, settings["seq_len"], seed)
-    generated_path = model_dir / "armor_calibration_generated.safetensors"
+    calib = datasets.calibration_samples(tokenizer, settings["calib_samples"], settings["seq_len"], settings["seed"])
+    generated_path = model_dir / GENERATED
     if not generated_path.is_file():
         return calib
-    generated = load_file(generated_path)["input_ids"]
-    mixed = torch.cat([calib[: samples - len(generated)], generated])
-    return mixed[torch.randperm(len(mixed), generator=torch.Generator().manual_seed(seed))]
+    return mix_generated(calib, load_file(generated_path)["input_ids"], settings["seed"])
 
 
 def trainable(model) -> tuple[list[torch.nn.Parameter], list, dict]:
@@ -74,6 +72,16 @@ def kl_to_dense(dense, model, batch: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.kl_div(student, teacher, log_target=True, reduction="sum") / batch.numel()
 
 
+def step(opt, dense, model, batch: torch.Tensor, masks: list) -> None:
+    """One Adam step on the KL; a baseline's pruned weights get their zeros back after it."""
+    opt.zero_grad(set_to_none=True)
+    kl_to_dense(dense, model, batch).backward()
+    opt.step()
+    with torch.no_grad():
+        for weight, mask in masks:
+            weight.mul_(mask)
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dense", type=Path, required=True)
@@ -100,12 +108,7 @@ def main(argv=None) -> dict:
     record["held_out_kl"] = [held_out_kl()]
     for _ in range(args.epochs):
         for batch in train:
-            opt.zero_grad(set_to_none=True)
-            kl_to_dense(dense, model, batch).backward()
-            opt.step()
-            with torch.no_grad():
-                for weight, mask in masks:
-                    weight.mul_(mask)
+            step(opt, dense, model, batch, masks)
         record["held_out_kl"].append(held_out_kl())
     record["tuning_seconds"] = round(time.time() - started, 1)
     for name, (tunable, like) in swapped.items():

@@ -277,6 +277,13 @@ def dense_path_target(weight: torch.Tensor, gram: torch.Tensor, cross: torch.Ten
     return (weight.double() + strength * (full - weight.double())).to(torch.float32).contiguous()
 
 
+def mix_generated(calib: torch.Tensor, generated: torch.Tensor, seed: int) -> torch.Tensor:
+    """The calibration set: `calib`'s first samples with `generated` in place of the rest, in a seeded order (the
+    tuning holds out the last samples: either kind)."""
+    mixed = torch.cat([calib[: len(calib) - len(generated)], generated])
+    return mixed[torch.randperm(len(mixed), generator=torch.Generator().manual_seed(seed))]
+
+
 def _mlp_sensitivity_hooks(mlp: nn.Module, sums: dict, active) -> list:
     """Hooks adding up, per intermediate channel j, act(g_j)^2 (how far an error in up_proj's row j moves
     act(g) * u) and (u_j act'(g_j))^2 (the same for gate_proj's row j) over the calibration tokens, while
@@ -651,8 +658,7 @@ class LayerwiseCompressor:
             generated = generated_samples(self.model_dir, tokenizer, k, s.seq_len, s.seed, self.calib_dtype,
                                           s.calib_generated_len)
             _atomic_write(path, lambda tmp: save_file({"input_ids": generated}, tmp))
-        mixed = torch.cat([calib[: s.calib_samples - k], generated])
-        return mixed[torch.randperm(len(mixed), generator=torch.Generator().manual_seed(s.seed))]
+        return mix_generated(calib, generated, s.seed)
 
     def run(self) -> dict:
         from transformers import AutoTokenizer

@@ -14,12 +14,7 @@ def _steps(dense, model, batch, n=3, lr=1e-5):  # 1e-4 overshoots in 3 Adam step
     opt = torch.optim.Adam(params, lr=lr)
     before = float(distill_probe.kl_to_dense(dense, model, batch))
     for _ in range(n):
-        opt.zero_grad(set_to_none=True)
-        distill_probe.kl_to_dense(dense, model, batch).backward()
-        opt.step()
-        with torch.no_grad():
-            for weight, mask in masks:
-                weight.mul_(mask)
+        distill_probe.step(opt, dense, model, batch, masks)
     after = float(distill_probe.kl_to_dense(dense, model, batch))
     return before, after, masks, swapped
 
