@@ -2,6 +2,7 @@
 checkpoint's 2:4 positions and a baseline's zeros (real SmolLM2 checkpoints)."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from benchmarks import distill_probe
@@ -47,3 +48,9 @@ def test_a_baseline_keeps_its_zeros(dense_model, sparsegpt_ckpt, tokenizer):
         if isinstance(mod, torch.nn.Linear):
             assert bool((mod.weight[zeros[name]] == 0).all())
             assert float(zeros[name].float().mean()) >= 0.5  # 2:4: half of every row is zero
+
+
+def test_a_directory_without_a_compression_summary_is_refused_in_one_line(tokenizer, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        distill_probe.calibration(tokenizer, tmp_path)
+    assert "has no compression_summary.json: give a finished `armor compress` output" in str(exit_info.value)
