@@ -1,9 +1,11 @@
-"""What end-to-end distillation would add after `armor compress`: a probe, not yet a compression phase.
+"""End-to-end distillation of a finished checkpoint with the full KL against a live dense model: the reference
+`armor compress --distill-epochs` (compress/distillation.py) is measured against, and the way to distil a
+checkpoint after the fact.
 
-The layer-wise pass (BCD, then the block-wise tuning) fits each decoder layer to the dense one in turn; nothing
-looks at the model's output. This probe takes a finished checkpoint, makes its kept 2:4 values (and A, B)
-trainable, the 2:4 positions fixed, and takes Adam steps on the KL divergence from the dense model's next-token
-distribution over the checkpoint's own calibration samples (the Wikipedia samples `armor compress` drew by the
+The phase keeps the dense model's top-64 log-probabilities per position, computed once; this probe runs the dense
+model beside the compressed one at every step and takes the KL over the whole vocabulary. It takes a finished
+checkpoint, makes its kept 2:4 values (and A, B) trainable, the 2:4 positions fixed, and takes Adam steps on that
+KL over the checkpoint's own calibration samples (the Wikipedia samples `armor compress` drew by the
 settings it recorded, plus its stored generated ones; the last 4 held out), then scores wiki perplexity (and,
 optionally, lm-eval tasks).
 A baseline's checkpoint (plain 2:4-pruned linears) is tuned the same way, its zeros re-imposed after each step,
@@ -23,10 +25,9 @@ import torch
 from safetensors.torch import load_file
 
 from compress import datasets
-from compress.block_tuning import TunableArmor
+from compress.distillation import trainable
 from compress.evaluation import load_model, perplexity, run_lm_eval
 from compress.pipeline import GENERATED, SUMMARY, mix_generated
-from model_executors.armor_linear import ArmorLinear
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -43,24 +44,6 @@ def calibration(tokenizer, model_dir: Path) -> torch.Tensor:
     if not generated_path.is_file():
         return calib
     return mix_generated(calib, load_file(generated_path)["input_ids"], settings["seed"])
-
-
-def trainable(model) -> tuple[list[torch.nn.Parameter], list, dict]:
-    """The parameters to tune, the baseline weights' masks, and the TunableArmor stand-ins to swap back."""
-    model.requires_grad_(False)
-    swapped = {}
-    for name, mod in list(model.named_modules()):
-        if isinstance(mod, ArmorLinear):
-            swapped[name] = (TunableArmor(mod), mod)
-            model.set_submodule(name, swapped[name][0])
-    masks = []
-    if not swapped:  # a baseline: every pruned linear of the decoder layers
-        for mod in model.model.layers.modules():
-            if isinstance(mod, torch.nn.Linear):
-                mod.weight.requires_grad_(True)
-                masks.append((mod.weight, mod.weight.data != 0))
-    params = [w for w, _ in masks] + [p for t, _ in swapped.values() for p in t.parameters()]
-    return params, masks, swapped
 
 
 def kl_to_dense(dense, model, batch: torch.Tensor) -> torch.Tensor:

@@ -38,7 +38,9 @@ def configs(blocks: list[int]) -> list[tuple[str, list[str]]]:
     # the defaults before 2026-12-06 (32 samples, 100 iterations, no tuning, no generated text, gate/up rows alike),
     # pinned for the rows recorded with them; a config's own flags come later and win
     before = [*b32, "--calib-samples", "32", "--iters", "100", "--tune-epochs", "0", "--tune-lr", "1e-4",
-              "--calib-generated", "0", "--no-mlp-row-weights"]
+              "--calib-generated", "0", "--no-mlp-row-weights", "--distill-epochs", "0"]
+    # the layer-wise default of 2026-12-06 (2 tuning epochs at 2e-4, no distillation), pinned the same way
+    evening = ["--tune-epochs", "2", "--tune-lr", "2e-4", "--distill-epochs", "0"]
     c32 = [*before, "--calib-samples", "32"]
     # Block-wise tuning on 64 samples with bfloat16 calibration matmuls (2026-12-04): 75% of the wiki gap in ~11.5
     # minutes, but worse LAMBADA and zero-shot than the default; SparseGPT on the same 64 samples; docs/algorithm.md
@@ -53,15 +55,22 @@ def configs(blocks: list[int]) -> list[tuple[str, list[str]]]:
                # the default before 2026-12-06
                ("armor-b32-c32-i100", before),
                # the first default of 2026-12-06: block-wise tuning at Adam lr 1e-4 (2e-4 since the same day)
-               ("armor-b32-tune-lr1e-4", [*b32, "--tune-lr", "1e-4", *gen512]),
+               ("armor-b32-tune-lr1e-4", [*b32, *evening, "--tune-lr", "1e-4", *gen512]),
                # the default of 2026-12-06 afternoon, and SparseGPT on its calibration samples
-               ("armor-b32-gen512", [*b32, *gen512]),
+               ("armor-b32-gen512", [*b32, *evening, *gen512]),
                ("sparsegpt-gen512", ["--method", "sparsegpt", *gen512]),
                # what would buy the 10 minutes (2026-12-06, quality-tuning-time.md): fewer BCD iterations, one epoch
-               ("armor-b32-i20", [*b32, "--iters", "20", *gen512]),
-               ("armor-b32-t1-lr3e-4", [*b32, "--tune-epochs", "1", "--tune-lr", "3e-4", *gen512]),
-               ("armor-b32-t1-mb1", [*b32, "--tune-epochs", "1", "--tune-micro-batch", "1", *gen512]),
-               ("armor-b32-t1-lr3e-4-i60", [*b32, "--tune-epochs", "1", "--tune-lr", "3e-4", "--iters", "60", *gen512]),
+               ("armor-b32-i20", [*b32, *evening, "--iters", "20", *gen512]),
+               ("armor-b32-t1-lr3e-4", [*b32, *evening, "--tune-epochs", "1", "--tune-lr", "3e-4", *gen512]),
+               ("armor-b32-t1-mb1", [*b32, *evening, "--tune-epochs", "1", "--tune-micro-batch", "1", *gen512]),
+               ("armor-b32-t1-lr3e-4-i60", [*b32, *evening, "--tune-epochs", "1", "--tune-lr", "3e-4", "--iters", "60",
+                                            *gen512]),
+               # the layer-wise default of 2026-12-06 evening; it with the end-to-end distillation, and with 20 BCD
+               # iterations too; SparseGPT (today's calibration) given the same distillation (docs/algorithm.md)
+               ("armor-b32-layerwise", [*b32, *evening]),
+               ("armor-b32-t2-distill", [*b32, *evening, "--distill-epochs", "1"]),
+               ("armor-b32-t2-i20-distill", [*b32, *evening, "--iters", "20", "--distill-epochs", "1"]),
+               ("sparsegpt-distill", ["--method", "sparsegpt", "--distill-epochs", "1"]),
                # the values' lr scaled to the matrix width (Qwen's 8960-wide down_proj, 2026-12-05)
                ("armor-b32-lr", [*before, "--scale-value-lr"]),
                # and gate/up rows weighed by their share of the MLP output (Qwen's hybrids: ARMOR's MLPs hurt there)
@@ -258,20 +267,29 @@ def write(rows: list[dict], args) -> None:
 
 
 def gap_closed(rows: list[dict]) -> list[str]:
-    """The issue's target: the share of the (best baseline -> dense) perplexity gap each ARMOR row closes."""
+    """The issue's target: the share of the (best one-shot baseline -> dense) perplexity gap each ARMOR row closes;
+    for an ARMOR row that ran the end-to-end distillation, also the share from the best baseline given it too."""
     out = []
+    distilled = {r["config"] for r in rows if r.get("phase_seconds", {}).get("distill", 0) > 0}
     for task in ("wiki_ppl", "lambada_ppl"):
         ppl = {r["config"]: r["results"][task]["perplexity"] for r in rows if task in r.get("results", {})}
+        methods = ("magnitude", "wanda", "sparsegpt", "nowag-p")
         baselines = {k: v for k, v in ppl.items()  # each method at any number of calibration samples (-cN)
-                     if any(k == m or k.startswith(f"{m}-c") for m in ("magnitude", "wanda", "sparsegpt", "nowag-p"))}
+                     if any(k == m or k.startswith(f"{m}-c") for m in methods)}
+        baselines_distilled = {k: v for k, v in ppl.items() if k in distilled and k.startswith(methods)}
         if "dense" not in ppl or not baselines:
             continue
         best = min(baselines, key=baselines.get)
         for name, value in ppl.items():
             if name.startswith("armor"):
                 share = (baselines[best] - value) / (baselines[best] - ppl["dense"])
-                out.append(f"* {task}: {name} closes {100 * share:.0f}% of the gap between the best baseline "
-                           f"({best}, {baselines[best]:.2f}) and dense ({ppl['dense']:.2f}): {value:.2f}")
+                line = (f"* {task}: {name} closes {100 * share:.0f}% of the gap between the best baseline "
+                        f"({best}, {baselines[best]:.2f}) and dense ({ppl['dense']:.2f}): {value:.2f}")
+                if name in distilled and baselines_distilled:
+                    other = min(baselines_distilled, key=baselines_distilled.get)
+                    share = (ppl[other] - value) / (ppl[other] - ppl["dense"])
+                    line += f"; {100 * share:.0f}% of the gap from the best baseline distilled too ({other}, {ppl[other]:.2f})"
+                out.append(line)
     return [""] + out if out else []
 
 

@@ -60,6 +60,12 @@ def add_compress_arguments(parser) -> None:
                              "natively (AVX512-BF16/AMX), else float32")
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--batch-size", type=int, default=d.batch_size, help="calibration sequences per forward")
+    parser.add_argument("--distill-epochs", type=int, default=d.distill_epochs,
+                        help="epochs of end-to-end distillation after the last layer: every compressed matrix tuned "
+                             "at once towards the dense model's next-token distribution on the calibration samples, "
+                             "kept only where it lowers the KL on held-out ones (default: 1 for ARMOR, 0 for the "
+                             "baselines, which take it when asked; 0: off)")
+    parser.add_argument("--distill-lr", type=float, default=d.distill_lr, help="Adam learning rate of the distillation")
     parser.add_argument("--overwrite", action="store_true", help="discard what --out holds and start again")
 
 
@@ -76,6 +82,7 @@ def run_compress(args) -> None:
                         calib_samples=args.calib_samples, calib_generated=args.calib_generated,
                         calib_generated_len=args.calib_generated_len,
                         seq_len=args.seq_len, calib_dtype=args.calib_dtype,
-                        seed=args.seed, batch_size=args.batch_size)
+                        seed=args.seed, batch_size=args.batch_size, distill_epochs=args.distill_epochs,
+                        distill_lr=args.distill_lr)
     summary = compress_checkpoint(require_checkpoint(args.model), Path(args.out), settings, overwrite=args.overwrite)
     print(json.dumps(summary, indent=2))

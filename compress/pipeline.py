@@ -23,11 +23,11 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
-from compress import baselines, block_tuning
+from compress import baselines, block_tuning, distillation
 from compress.armor import PROXIES, ArmorConfig, armor, proxy_loss
 from compress.weights import CheckpointWeights
 from compress.errors import UserError
@@ -53,15 +53,16 @@ PROGRESS = "armor_progress.json"
 # Where a run's time goes (summary["phase_seconds"]): reading weights, sampling calibration text from the dense
 # model (--calib-generated), running calibration tokens through the layers, gathering Gram matrices, the 2:4
 # pruning (a baseline, or ARMOR's SparseGPT/NoWag-P start), ARMOR's block coordinate descent, the block-wise tuning
-# of each decoder layer, and writing shards.
-PHASES = ("load", "generate", "calibration_forward", "gram", "pruning", "bcd", "tuning", "write")
+# of each decoder layer, writing shards, and the end-to-end distillation of the whole model (compress/distillation.py).
+PHASES = ("load", "generate", "calibration_forward", "gram", "pruning", "bcd", "tuning", "write", "distill")
 SUMMARY = "compression_summary.json"
 GENERATED = "armor_calibration_generated.safetensors"  # the dense model's own calibration text, kept for a resume
 
 
 # Settings added with a default other than the behaviour before them: a stored run without them ran like this.
 SETTINGS_BEFORE_ADDED = {"input_correction": 0.0, "calib_dtype": "float32", "tune_micro_batch": 2,
-                         "mlp_row_weights": False, "calib_generated": 0.0, "calib_generated_len": 0}
+                         "mlp_row_weights": False, "calib_generated": 0.0, "calib_generated_len": 0,
+                         "distill_epochs": 0, "tune_epochs": 0}
 CALIB_DTYPES = ("auto", "float32", "bfloat16")
 # Compressed layers run their calibration tokens (thousands per batch) as one dense A S B matmul: what the packed
 # kernel does at that many tokens anyway, and a matmul that autocast can run in the calibration dtype
@@ -73,14 +74,13 @@ class Settings:
     method: str = "armor"
     block_size: int = 32
     proxy: str = "hessian"  # ARMOR's loss: the full Gram matrix (from SparseGPT) or its diagonal (from NoWag-P)
-    # The default (2026-12-06): 64 calibration samples, a quarter written by the dense model itself, 40 BCD
-    # iterations per matrix, then 2 epochs of block-wise tuning per decoder layer at Adam lr 2e-4, gate/up rows
-    # weighed by their share of the MLP output. SmolLM2-135M: wiki perplexity 32.8-32.9 (75-76% of the gap from
-    # SparseGPT on the same samples to dense, 73% from SparseGPT on 64 of Wikipedia) in 8-10 min on 2 Intel AMX cores
-    # (486-609 s, 2026-12-06 evening: the VM's speed drifts); the
-    # 100-iteration run without tuning it replaced (--calib-samples 32 --iters 100 --tune-epochs 0
-    # --calib-generated 0) reached 38.7-39.8 in ~8 min. Tuning on Wikipedia alone fits its domain and loses
-    # zero-shot accuracy; the generated quarter keeps it (docs/algorithm.md)
+    # The default (2026-12-06, late): 64 calibration samples, a quarter written by the dense model itself, 40 BCD
+    # iterations per matrix, gate/up rows weighed by their share of the MLP output, 1 epoch of block-wise tuning per
+    # decoder layer at Adam lr 3e-4, then (ARMOR) 1 epoch of end-to-end distillation of the whole model.
+    # SmolLM2-135M: wiki perplexity 30.83 (77% of the gap from SparseGPT on 64 Wikipedia samples to dense) in 537 s
+    # on 2 Intel AMX cores; the layer-wise default it replaced (2 tuning epochs at 2e-4, no distillation) reached
+    # 32.85 (73%) in 486-609 s (the VM's speed drifts). Tuning on Wikipedia alone fits its domain and loses zero-shot
+    # accuracy; the generated quarter keeps it (docs/algorithm.md)
     iters: int = 40
     lr: float = 3e-3
     patience: int = 100
@@ -91,8 +91,8 @@ class Settings:
     # with about as many inputs as calibration tokens, where BCD can fit the tokens' noise (docs/algorithm.md).
     # 0: keep the state with the lowest fitted loss
     bcd_holdout: int = 0
-    tune_epochs: int = 2  # block-wise tuning of each decoder layer's factors to its dense output (block_tuning.py)
-    tune_lr: float = 2e-4  # 1e-4 before (2026-12-06): 0.5 less wiki perplexity in the same time
+    tune_epochs: int = 1  # block-wise tuning of each decoder layer's factors to its dense output (block_tuning.py)
+    tune_lr: float = 3e-4  # 2 epochs at 2e-4 before the distillation (2026-12-06, late), 1e-4 before that
     tune_holdout: int = 4  # calibration samples that only measure the tuning
     tune_micro_batch: int = 2  # calibration samples per Adam step of the tuning
     # Fit each matrix (and the tuning) to the dense model's output on the dense model's inputs, not on the inputs
@@ -122,6 +122,15 @@ class Settings:
     sparsegpt_damp: float = 0.01
     hessian_damp: float = 0.1  # ridge of the full-Gram proxy, as a fraction of mean(diag H)
     batch_size: int = 8
+    # Epochs of end-to-end distillation after the last layer: every compressed matrix tuned at once towards the
+    # dense model's next-token distribution on the calibration samples (compress/distillation.py). None: 1 for
+    # ARMOR, 0 for the baselines (one-shot, as the papers compare them; any method takes it when asked)
+    distill_epochs: int | None = None
+    distill_lr: float = 2e-5
+
+    def __post_init__(self):
+        if self.distill_epochs is None:
+            self.distill_epochs = 1 if self.method == "armor" else 0
 
     def fingerprint(self, model_dir: Path) -> dict:
         source = hashlib.sha256((model_dir / "config.json").read_bytes())
@@ -152,6 +161,8 @@ class Settings:
             settings.pop("hessian_damp")
         if not self.calib_generated:
             settings.pop("calib_generated_len")
+        if not self.distill_epochs:
+            settings.pop("distill_lr")
         return settings
 
 
@@ -193,6 +204,13 @@ def check_model(config, settings: Settings) -> None:
     if settings.calib_generated and settings.calib_generated_len != 0 and settings.calib_generated_len <= PREFIX_TOKENS:
         raise UserError(f"--calib-generated-len is 0 (one generated text per sample) or a length above the "
                         f"{PREFIX_TOKENS}-token Wikipedia prefix each text starts from, got {settings.calib_generated_len}")
+    if settings.distill_epochs < 0 or settings.distill_lr <= 0:
+        raise UserError(f"--distill-epochs must be >= 0 and --distill-lr > 0, got {settings.distill_epochs} and "
+                        f"{settings.distill_lr}")
+    if settings.distill_epochs and settings.calib_samples < distillation.HOLDOUT + 2:
+        raise UserError(f"--distill-epochs holds {distillation.HOLDOUT} calibration samples out to measure the "
+                        f"distillation and needs 2 more to tune on: pass --calib-samples {distillation.HOLDOUT + 2} "
+                        f"or more (got {settings.calib_samples}), or --distill-epochs 0")
     if settings.method != "armor":
         return
     if settings.proxy not in PROXIES:
@@ -360,6 +378,7 @@ class LayerwiseCompressor:
                 raise UserError(f"'{out}' holds a different run ({'; '.join(differences)}): resume it with the "
                                 f"settings it started with, or use another --out, or pass --overwrite")
             progress["fingerprint"] = self.fingerprint
+            self._move_distilled(progress)
             for i, digest in progress["shards"].items():
                 shard = out / self.shard_name(int(i))
                 if not shard.is_file() or _sha256(shard) != digest:
@@ -645,8 +664,6 @@ class LayerwiseCompressor:
         """`calib` with the share `calib_generated` of its samples replaced by the dense model's own text (sampled
         once and kept in the output directory, so a resumed run calibrates on the same tokens), shuffled in a seeded
         order (the tuning holds out the last samples: either kind)."""
-        from safetensors.torch import load_file
-
         from compress.generated_text import generated_samples
 
         s = self.settings
@@ -676,6 +693,16 @@ class LayerwiseCompressor:
         if s.calib_generated > 0:
             with self._phase("generate"):
                 calib = self._with_generated(calib, tokenizer)
+        if self.progress["layers_done"] < self.n_layers:
+            self._compress_layers(calib, started)
+        self._write_model_files()
+        if s.distill_epochs and "distillation" not in self.progress:
+            self._distill(calib)
+        return self._finish()
+
+    def _compress_layers(self, calib: torch.Tensor, started: float) -> None:
+        """The layer-wise pass: every layer not finished before compressed, written and recorded in turn."""
+        s = self.settings
         with self._phase("load"):
             body = self._skeleton()
         with self._phase("calibration_forward"):
@@ -709,9 +736,63 @@ class LayerwiseCompressor:
                 else:
                     log.info("layer %d/%d: mean proxy loss %.4f (%s)", i + 1, self.n_layers, final, s.method)
             body.layers[i] = body.layers[i].to("meta")  # drop the layer's memory before the next one
-        return self._finish()
 
-    def _finish(self) -> dict:
+    # ---- end-to-end distillation (compress/distillation.py) ----
+    def _distill(self, calib: torch.Tensor) -> None:
+        """Distil the written checkpoint towards the dense model; a kept result replaces the layer shards."""
+        from transformers import AutoModelForCausalLM
+
+        import model_executors  # noqa: F401  registers the ARMOR format with transformers
+
+        began = time.time()
+
+        def matmuls():  # the model is held in float32; its matmuls run in the calibration dtype
+            return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.calib_dtype == torch.bfloat16)
+
+        with self._phase("distill"):
+            dense = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32).eval()
+            with matmuls():
+                target = distillation.teacher(dense, calib)
+            del dense
+            model = AutoModelForCausalLM.from_pretrained(self.out_dir, dtype=torch.float32).eval()
+            result = distillation.distill(model, calib, target, self.settings.distill_epochs,
+                                          self.settings.distill_lr, matmuls)
+            log.info("distillation: held-out KL to the dense model %s (%d epochs kept)",
+                     " -> ".join(f"{kl:.4f}" for kl in result["held_out_kl"]), result["epochs_kept"])
+            if result["epochs_kept"]:
+                result["shards"] = self._write_distilled(model)
+        self.progress["seconds"] += time.time() - began
+        self.progress["distillation"] = result  # the commit point: from here a resume moves the shards in
+        _atomic_json(self.out_dir / PROGRESS, self.progress)
+        self._move_distilled(self.progress)
+
+    def _write_distilled(self, model) -> dict[str, str]:
+        """Each layer shard with the distilled tensors, written beside it (`.NAME.distilled`); their digests."""
+        tuned, digests = model.state_dict(), {}
+        for i in range(self.n_layers):
+            path = self.out_dir / self.shard_name(i)
+            tensors = {k: tuned[k].to(v.dtype).contiguous() for k, v in load_file(path).items()}
+            save_file(tensors, str(self._distilled_path(i)), metadata={"format": "pt"})
+            digests[str(i)] = _sha256(self._distilled_path(i))
+        return digests
+
+    def _distilled_path(self, i: int) -> Path:
+        return self.out_dir / f".{self.shard_name(i)}.distilled"
+
+    def _move_distilled(self, progress: dict) -> None:
+        """Put a recorded distillation's shards in place of the layer-wise ones (a resume finishes what a killed
+        run started: each move is atomic, and a shard already moved is left alone)."""
+        shards = progress.get("distillation", {}).get("shards", {})
+        for i, digest in shards.items():
+            if self._distilled_path(int(i)).is_file():
+                os.replace(self._distilled_path(int(i)), self.out_dir / self.shard_name(int(i)))
+            progress["shards"][i] = digest
+        if shards:
+            _atomic_json(self.out_dir / PROGRESS, progress)
+
+    def _write_model_files(self) -> None:
+        """Everything but the layer shards: the base weights, the index, the config (with the format), the
+        tokenizer and other files of the source."""
         out = self.out_dir
         base = {k: v.contiguous() for k, v in self.weights.load("", strip=False).items() if not k.startswith(LAYER_PREFIX)}
         _atomic_write(out / "model-base.safetensors", lambda p: save_file(base, str(p), metadata={"format": "pt"}))
@@ -734,6 +815,9 @@ class LayerwiseCompressor:
             if file.is_file() and file.suffix != ".safetensors" and file.name not in skip:
                 shutil.copy2(file, out / file.name)
 
+    def _finish(self) -> dict:
+        out = self.out_dir
+        weight_map = json.loads((out / "model.safetensors.index.json").read_text())["weight_map"]
         summary = self._summary(weight_map)
         _atomic_json(out / SUMMARY, summary)
         self.progress["complete"] = True
@@ -767,6 +851,8 @@ class LayerwiseCompressor:
         if tuned:
             summary["mean_holdout_layer_error"] = {
                 k: sum(t[f"holdout_error_{k}"] for t in tuned) / len(tuned) for k in ("start", "final")}
+        if "distillation" in self.progress:
+            summary["distillation"] = {k: v for k, v in self.progress["distillation"].items() if k != "shards"}
         return summary
 
 

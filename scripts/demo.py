@@ -106,7 +106,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--work", default=".cache/demo", help="where the compressed checkpoint goes")
     p.add_argument("--iters", default="40",
-                   help="ARMOR iterations per matrix (paper: 3000; armor compress's default: 40, then block-wise tuning)")
+                   help="ARMOR iterations per matrix (paper: 3000; armor compress's default: 40, then block-wise tuning "
+                        "and end-to-end distillation)")
     args = p.parse_args()
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)

@@ -49,10 +49,12 @@ def compress_fixture(factory, dense_model: Path, name: str, *extra: str) -> Path
 
 @pytest.fixture(scope="session")
 def armor_ckpt(tmp_path_factory, dense_model) -> Path:
-    # developers iterating on the server may reuse a checkpoint made with the same settings (SMALL, --iters 30)
+    # the layer-wise pass alone (tests/test_distillation.py distils the same run); developers iterating on the server
+    # may reuse a checkpoint made with the same settings (SMALL, --iters 30 --distill-epochs 0)
     if os.environ.get("ARMOR_TEST_CHECKPOINT"):
         return Path(os.environ["ARMOR_TEST_CHECKPOINT"]).resolve()
-    return compress_fixture(tmp_path_factory, dense_model, "armor", "--method", "armor", "--iters", "30")
+    return compress_fixture(tmp_path_factory, dense_model, "armor", "--method", "armor", "--iters", "30",
+                            "--distill-epochs", "0")
 
 
 @pytest.fixture(scope="session")

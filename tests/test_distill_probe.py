@@ -6,12 +6,13 @@ import pytest
 import torch
 
 from benchmarks import distill_probe
+from compress import distillation
 from compress.evaluation import load_model
 from model_executors.armor_linear import ArmorLinear
 
 
 def _steps(dense, model, batch, n=3, lr=1e-5):  # 1e-4 overshoots in 3 Adam steps
-    params, masks, swapped = distill_probe.trainable(model)
+    params, masks, swapped = distillation.trainable(model)
     opt = torch.optim.Adam(params, lr=lr)
     before = float(distill_probe.kl_to_dense(dense, model, batch))
     for _ in range(n):

@@ -75,10 +75,10 @@ def _shards(path):
 def test_resume_after_kill_gives_an_identical_checkpoint(dense_model, tmp_path):
     # the block-wise tuning and the input correction, which must give the same result on the replayed
     # activations: the compressed model's and the dense model's; the model's own calibration text, which the
-    # resumed run reads back; the MLP and residual row weights
+    # resumed run reads back; the MLP and residual row weights; the distillation after the last layer
     args = ["compress", "--model", str(dense_model), *SMALL, "--method", "armor", "--iters", "3",
             "--tune-epochs", "1", "--input-correction", "0.25", "--calib-generated", "0.5", "--mlp-row-weights",
-            "--residual-row-weights"]
+            "--residual-row-weights", "--distill-epochs", "1"]
     whole = tmp_path / "whole"
     assert run_cli(*args, "--out", str(whole)).returncode == 0
     killed = tmp_path / "killed"
@@ -153,9 +153,16 @@ def test_bad_inputs_fail_before_heavy_work(dense_model, armor_ckpt, tmp_path):
                          "4")
     held = run_cli("compress", "--model", str(dense_model), "--out", str(tmp_path / "l"), "--bcd-holdout", "63")
     negative = run_cli("compress", "--model", str(dense_model), "--out", str(tmp_path / "m"), "--bcd-holdout", "-1")
+    distill = run_cli("compress", "--model", str(dense_model), "--out", str(tmp_path / "p"), "--method", "wanda",
+                      "--distill-epochs", "1", "--distill-lr", "0")
+    distill_few = run_cli("compress", "--model", str(dense_model), "--out", str(tmp_path / "q"), "--method", "wanda",
+                          "--distill-epochs", "1", "--calib-samples", "5")
     cases = ((block, "block size 128 does not divide"), (correction, "--input-correction must be between 0"),
              (held, "--bcd-holdout 63 needs --proxy hessian and at least 2 more calibration samples"),
              (negative, "--bcd-holdout must be >= 0 (calibration samples held out; 0: off), got -1"),
+             (distill, "--distill-epochs must be >= 0 and --distill-lr > 0, got 1 and 0.0"),
+             (distill_few, "--distill-epochs holds 4 calibration samples out to measure the distillation and needs 2 "
+                           "more to tune on: pass --calib-samples 6 or more (got 5)"),
              (other, "holds a different run"),
              (short, "fewer than the 100000 asked for"), (compressed_input, "already quantized"),
              (not_empty, "holds no compression run"), (arch, "no known decoder-layer layout"),
@@ -248,7 +255,7 @@ def test_bfloat16_calibration_forwards_keep_the_statistics(dense_model, tmp_path
     calib = calibration_samples(AutoTokenizer.from_pretrained(dense_model), 4, 128, 0)
     stats, outputs = {}, {}
     for dtype in ("float32", "bfloat16"):
-        settings = Settings(calib_samples=4, seq_len=128, calib_dtype=dtype, tune_epochs=0)
+        settings = Settings(calib_samples=4, seq_len=128, calib_dtype=dtype, tune_epochs=0, distill_epochs=0)
         comp = LayerwiseCompressor(dense_model, tmp_path / dtype, settings)
         comp.dtype = torch.float32
         body = comp._skeleton()
@@ -286,7 +293,8 @@ def test_mlp_row_weights_are_each_rows_first_order_share_of_the_mlp_output(dense
     from compress.pipeline import LayerwiseCompressor, Settings
 
     calib = calibration_samples(AutoTokenizer.from_pretrained(dense_model), 2, 64, 0)
-    settings = Settings(calib_samples=2, seq_len=64, calib_dtype="float32", tune_epochs=0, mlp_row_weights=True)
+    settings = Settings(calib_samples=2, seq_len=64, calib_dtype="float32", tune_epochs=0, mlp_row_weights=True,
+                        distill_epochs=0)
     comp = LayerwiseCompressor(dense_model, tmp_path / "out", settings)
     comp.dtype = torch.float32
     body = comp._skeleton()
@@ -414,7 +422,7 @@ def test_bcd_holdout_samples_feed_only_the_held_out_gram(dense_model, tmp_path):
         comp = LayerwiseCompressor(dense_model, tmp_path / label, Settings(calib_samples=len(samples), seq_len=128,
                                                                          batch_size=3, bcd_holdout=holdout,
                                                                          calib_dtype="float32", tune_epochs=0,
-                                                                         mlp_row_weights=False))
+                                                                         mlp_row_weights=False, distill_epochs=0))
         comp.dtype = torch.float32
         body = comp._skeleton()
         hidden, kwargs = comp._layer_inputs(body, samples)

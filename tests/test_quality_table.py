@@ -30,10 +30,17 @@ def test_merge_keeps_earlier_rows_and_replaces_redone_ones(tmp_path, monkeypatch
 
     rows["armor-b32"] = {**_row("armor-b32", 19.8), "note": "new code"}
     rows["armor-b32-lr"] = _row("armor-b32-lr", 17.1)
+    # runs with the end-to-end distillation (their phase_seconds say so): a baseline's is not a one-shot baseline
+    distill = {"phase_seconds": {"distill": 12.0}, "compress_seconds": 20.0}
+    rows["sparsegpt-distill"] = {**_row("sparsegpt-distill", 20.3), **distill}
+    rows["armor-b32-distill"] = {**_row("armor-b32-distill", 16.0), **distill}
     args = argparse.Namespace(name="q", model=None, ppl_only=True, ppl_windows=4, limit=100, work=str(tmp_path))
     quality.write(list(rows.values()), args)
     table = (tmp_path / "q.md").read_text()
-    assert "armor-b32-lr closes 75% of the gap between the best baseline (sparsegpt, 25.10) and dense (14.50)" in table
+    assert "armor-b32-lr closes 75% of the gap between the best baseline (sparsegpt, 25.10) and dense (14.50): 17.10\n" \
+        in table
+    assert ("armor-b32-distill closes 86% of the gap between the best baseline (sparsegpt, 25.10) and dense (14.50): "
+            "16.00; 74% of the gap from the best baseline distilled too (sparsegpt-distill, 20.30)") in table
     assert f"* dense, sparsegpt: `{earlier['command']}` (2026-12-01)" in table
     assert "* armor-b32: new code" in table and "old code" not in table
     assert "armor-b32-lr:" not in table
@@ -70,7 +77,7 @@ def test_merge_run_evaluates_only_the_rows_it_redoes(tmp_path, monkeypatch):
                                                                "armor", "--block-size", "32", "--calib-samples", "32",
                                                                "--iters", "100", "--tune-epochs", "0", "--tune-lr", "1e-4",
                                                                "--calib-generated", "0", "--no-mlp-row-weights",
-                                                               "--scale-value-lr"]]
+                                                               "--distill-epochs", "0", "--scale-value-lr"]]
     assert evaluated == [("armor-b32-lr", task) for task in quality.TASKS.split(",")]
     assert [r["config"] for r in json.loads((tmp_path / "q.json").read_text())["rows"]] == ["dense", "sparsegpt",
                                                                                            "armor-b32-lr"]

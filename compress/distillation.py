@@ -1,0 +1,111 @@
+"""End-to-end distillation: after the layer-wise pass, tune every compressed matrix of the whole model at once so
+its next-token distribution matches the dense model's.
+
+The layer-wise pass fits each decoder layer to the dense one in turn; nothing in it looks at the model's output,
+so errors that compound across layers, or that the output never reads, are weighed alike. Here the kept 2:4
+values, A and B of every ArmorLinear (a baseline's pruned weights, its zeros re-imposed after each step), the
+2:4 positions fixed, take Adam steps on the KL divergence from the dense model's next-token distribution over
+the calibration samples. The dense distribution is computed once, before the compressed model is loaded, and kept
+as its top-k log-probabilities and the mass of the rest: the KL is taken between those k + 1 buckets, so the
+dense model never sits in memory beside the compressed one and its optimiser state, and costs no forward per
+step. The last samples are held out; the state with the lowest held-out KL is kept (the layer-wise result where
+no epoch beats it), so distillation never ends worse than the layer-wise pass on them.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from compress.block_tuning import TunableArmor
+from model_executors.armor_linear import ArmorLinear
+
+TOP_K = 64  # dense log-probs kept per position
+HOLDOUT = 4  # calibration samples (the last ones) that only measure
+MICRO_BATCH = 2  # calibration samples per Adam step
+
+
+@torch.no_grad()
+def teacher(model, calib: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The dense model's next-token distribution on `calib` (samples, tokens): per position its TOP_K
+    log-probabilities, their token ids, and the log of the remaining mass."""
+    out = {"logp": [], "ids": [], "log_rest": []}
+    for batch in calib.split(MICRO_BATCH):
+        logp = model(batch).logits.float().log_softmax(-1)
+        top, ids = logp.topk(TOP_K, dim=-1)
+        out["logp"].append(top)
+        out["ids"].append(ids)
+        out["log_rest"].append(torch.log1p(-top.exp().sum(-1).clamp_max(1 - 1e-6)))
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+def bucket_kl(logits: torch.Tensor, target: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean per-position KL(dense || model) over the top-k buckets and the rest, from the model's `logits` and
+    the teacher's `target` for the same positions."""
+    logq = logits.float().log_softmax(-1)
+    q_top = logq.gather(-1, target["ids"])
+    q_rest = logq.scatter(-1, target["ids"], float("-inf")).logsumexp(-1)
+    p_top, p_rest = target["logp"], target["log_rest"]
+    kl = (p_top.exp() * (p_top - q_top)).sum(-1) + p_rest.exp() * (p_rest - q_rest)
+    return kl.mean()
+
+
+def trainable(model) -> tuple[list[nn.Parameter], list, dict]:
+    """Swap every ArmorLinear for a TunableArmor (or, in a baseline's decoder layers, make the pruned weights
+    trainable): the parameters, the baseline weights' masks, and {name: (TunableArmor, ArmorLinear)} to swap back."""
+    model.requires_grad_(False)
+    swapped = {}
+    for name, mod in list(model.named_modules()):
+        if isinstance(mod, ArmorLinear):
+            swapped[name] = (TunableArmor(mod), mod)
+            model.set_submodule(name, swapped[name][0])
+    masks = []
+    if not swapped:
+        for mod in model.model.layers.modules():
+            if isinstance(mod, nn.Linear):
+                mod.weight.requires_grad_(True)
+                masks.append((mod.weight, mod.weight.data != 0))
+    params = [w for w, _ in masks] + [p for t, _ in swapped.values() for p in t.parameters()]
+    return params, masks, swapped
+
+
+def distill(model, calib: torch.Tensor, target: dict, epochs: int, lr: float, matmuls) -> dict:
+    """Distil `model` (compressed, float32) towards `target` (teacher() on `calib`) in place.
+
+    matmuls: a context the forwards run in (the calibration dtype's autocast). The last HOLDOUT samples only
+    measure. Returns the held-out KL before and after each epoch and the epochs kept (0: the model unchanged)."""
+    n_val = max(1, HOLDOUT // MICRO_BATCH)
+    batches = [(x, {k: v[i:i + len(x)] for k, v in target.items()})
+               for i, x in zip(range(0, len(calib), MICRO_BATCH), calib.split(MICRO_BATCH))]
+    train, held_out = batches[:-n_val], batches[-n_val:]
+    params, masks, swapped = trainable(model)
+    opt = torch.optim.Adam(params, lr=lr, fused=True)
+
+    def held_out_kl() -> float:
+        with torch.no_grad(), matmuls():
+            return sum(float(bucket_kl(model(x).logits, t)) for x, t in held_out) / len(held_out)
+
+    def state() -> list[torch.Tensor]:
+        return [p.detach().clone() for p in params]
+
+    kls = [held_out_kl()]
+    best, kept = state(), 0
+    for epoch in range(1, epochs + 1):
+        for x, t in train:
+            opt.zero_grad(set_to_none=True)
+            with matmuls():
+                loss = bucket_kl(model(x).logits, t)
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                for weight, mask in masks:
+                    weight.mul_(mask)
+        kls.append(held_out_kl())
+        if kls[-1] < kls[kept]:
+            best, kept = state(), epoch
+    with torch.no_grad():
+        for p, value in zip(params, best):
+            p.copy_(value)
+    model.requires_grad_(False)
+    for name, (tunable, like) in swapped.items():
+        model.set_submodule(name, tunable.to_armor(like))
+    return {"held_out_kl": kls, "epochs_kept": kept}

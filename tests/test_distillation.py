@@ -1,0 +1,122 @@
+"""End-to-end distillation (compress/distillation.py and `armor compress --distill-epochs`): the bucketed KL is the KL
+of the coarsened distributions; on the real model a distilled run keeps the 2:4 positions (ARMOR) or the zeros
+(a baseline), lowers the held-out KL where it keeps an epoch, and a run killed after the distillation's commit
+point resumes to the same checkpoint."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from compress import distillation
+from conftest import SMALL, run_cli
+
+
+def _coarse(logp: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """A distribution's k chosen probabilities and the rest's, per position."""
+    top = logp.exp().gather(-1, ids)
+    return torch.cat([top, 1 - top.sum(-1, keepdim=True)], -1)
+
+
+def test_bucket_kl_is_the_kl_of_the_top_k_buckets_and_the_rest(monkeypatch):
+    monkeypatch.setattr(distillation, "TOP_K", 4)
+    gen = torch.Generator().manual_seed(0)
+    dense_logits, logits = torch.randn(2, 5, 12, generator=gen) * 2, torch.randn(2, 5, 12, generator=gen) * 2
+
+    class Fixed(torch.nn.Module):  # a "model" whose logits are given
+        def forward(self, _ids):
+            return type("Out", (), {"logits": dense_logits})
+
+    target = distillation.teacher(Fixed(), torch.zeros(2, 5, dtype=torch.long))
+    assert target["ids"].shape == (2, 5, 4) and target["logp"].shape == (2, 5, 4)
+    p, q = _coarse(dense_logits.log_softmax(-1), target["ids"]), _coarse(logits.log_softmax(-1), target["ids"])
+    expected = (p * (p.log() - q.log())).sum(-1).mean()
+    assert float(distillation.bucket_kl(logits, target)) == pytest.approx(float(expected), rel=1e-4)
+    full = (dense_logits.softmax(-1) * (dense_logits.log_softmax(-1) - logits.log_softmax(-1))).sum(-1).mean()
+    assert float(expected) <= float(full)  # coarsening never adds divergence
+    assert float(distillation.bucket_kl(dense_logits, target)) == pytest.approx(0, abs=1e-5)
+
+
+def _meta(ckpt) -> dict[str, torch.Tensor]:
+    return {k: v for f in sorted(ckpt.glob("model-layer-*.safetensors")) for k, v in load_file(f).items()}
+
+
+@pytest.fixture(scope="module")
+def distilled(tmp_path_factory, dense_model):
+    out = tmp_path_factory.mktemp("distilled") / "ckpt"
+    # the layer-wise settings of the armor_ckpt fixture, so the two differ by the distillation alone
+    args = ["compress", "--model", str(dense_model), *SMALL, "--method", "armor", "--iters", "30",
+            "--distill-epochs", "2"]
+    proc = run_cli(*args, "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "distillation: held-out KL to the dense model" in proc.stderr
+    return args, out
+
+
+def test_distillation_keeps_the_2_4_positions_and_lowers_the_held_out_kl(distilled, armor_ckpt):
+    _, out = distilled
+    summary = json.loads((out / "compression_summary.json").read_text())
+    result = summary["distillation"]
+    kls, kept = result["held_out_kl"], result["epochs_kept"]
+    assert len(kls) == 3 and kept >= 1 and kls[kept] == min(kls) < kls[0]
+    assert summary["phase_seconds"]["distill"] > 0
+    tuned, layerwise = _meta(out), _meta(armor_ckpt)
+    assert tuned.keys() == layerwise.keys()
+    moved = [k for k in tuned if k.endswith("sparse_values") and not torch.equal(tuned[k], layerwise[k])]
+    assert len(moved) == 30 * 7
+    for k in tuned:
+        if k.endswith("sparse_meta") or "layernorm" in k:
+            assert torch.equal(tuned[k], layerwise[k]), k
+    assert not list(out.glob(".*.distilled"))
+
+
+def test_a_distillation_that_only_raises_the_held_out_kl_leaves_the_layer_wise_checkpoint(dense_model, armor_ckpt,
+                                                                                            tmp_path):
+    out = tmp_path / "overshoot"
+    proc = run_cli("compress", "--model", str(dense_model), *SMALL, "--method", "armor", "--iters", "30",
+                   "--distill-epochs", "1", "--distill-lr", "1e-3", "--out", str(out))  # 50x the default: overshoots
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((out / "compression_summary.json").read_text())["distillation"]
+    assert result["epochs_kept"] == 0 and result["held_out_kl"][1] > result["held_out_kl"][0]
+    for shard in sorted(armor_ckpt.glob("model-layer-*.safetensors")):
+        assert (out / shard.name).read_bytes() == shard.read_bytes(), shard.name
+
+
+def test_a_run_killed_after_the_distillations_commit_point_resumes_to_the_same_checkpoint(distilled, armor_ckpt,
+                                                                                          tmp_path):
+    args, out = distilled
+    killed = tmp_path / "killed"
+    shutil.copytree(out, killed)
+    # as the run left it had it died while moving the distilled shards in: layer 3's still the layer-wise one
+    progress = json.loads((killed / "armor_progress.json").read_text())
+    name = "model-layer-00003.safetensors"
+    (killed / name).rename(killed / f".{name}.distilled")
+    shutil.copy(armor_ckpt / name, killed / name)
+    layerwise = json.loads((armor_ckpt / "armor_progress.json").read_text())["shards"]["3"]
+    progress["shards"]["3"], progress["complete"] = layerwise, False
+    (killed / "compression_summary.json").unlink()
+    (killed / "armor_progress.json").write_text(json.dumps(progress))
+    resumed = run_cli(*args, "--out", str(killed))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "distillation:" not in resumed.stderr  # recorded as done: not run again
+    assert (killed / name).read_bytes() == (out / name).read_bytes()
+    assert json.loads((killed / "compression_summary.json").read_text())["distillation"]["held_out_kl"] == \
+        json.loads((out / "compression_summary.json").read_text())["distillation"]["held_out_kl"]
+
+
+def test_a_distilled_baseline_keeps_its_zeros(dense_model, sparsegpt_ckpt, tmp_path):
+    out = tmp_path / "sparsegpt"
+    proc = run_cli("compress", "--model", str(dense_model), *SMALL, "--method", "sparsegpt", "--distill-epochs", "2",
+                   "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((out / "compression_summary.json").read_text())["distillation"]
+    assert result["epochs_kept"] >= 1 and min(result["held_out_kl"]) < result["held_out_kl"][0]
+    tuned, pruned = _meta(out), _meta(sparsegpt_ckpt)
+    weights = [k for k in tuned if k.endswith("proj.weight")]
+    assert len(weights) == 30 * 7
+    for k in weights:
+        assert torch.equal(tuned[k] == 0, pruned[k] == 0), k  # the same zeros, nothing else zeroed
+        assert not torch.equal(tuned[k], pruned[k]), k
