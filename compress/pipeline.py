@@ -695,10 +695,10 @@ class LayerwiseCompressor:
                 calib = self._with_generated(calib, tokenizer)
         if self.progress["layers_done"] < self.n_layers:
             self._compress_layers(calib, started)
-        self._write_model_files()
+        weight_map = self._write_model_files()
         if s.distill_epochs and "distillation" not in self.progress:
-            self._distill(calib)
-        return self._finish()
+            self._distill(calib)  # rewrites layer shards in place: same names, tensors and sizes
+        return self._finish(weight_map)
 
     def _compress_layers(self, calib: torch.Tensor, started: float) -> None:
         """The layer-wise pass: every layer not finished before compressed, written and recorded in turn."""
@@ -790,9 +790,9 @@ class LayerwiseCompressor:
         if shards:
             _atomic_json(self.out_dir / PROGRESS, progress)
 
-    def _write_model_files(self) -> None:
+    def _write_model_files(self) -> dict[str, str]:
         """Everything but the layer shards: the base weights, the index, the config (with the format), the
-        tokenizer and other files of the source."""
+        tokenizer and other files of the source; the index's weight map."""
         out = self.out_dir
         base = {k: v.contiguous() for k, v in self.weights.load("", strip=False).items() if not k.startswith(LAYER_PREFIX)}
         _atomic_write(out / "model-base.safetensors", lambda p: save_file(base, str(p), metadata={"format": "pt"}))
@@ -814,10 +814,10 @@ class LayerwiseCompressor:
         for file in self.model_dir.iterdir():
             if file.is_file() and file.suffix != ".safetensors" and file.name not in skip:
                 shutil.copy2(file, out / file.name)
+        return weight_map
 
-    def _finish(self) -> dict:
+    def _finish(self, weight_map: dict[str, str]) -> dict:
         out = self.out_dir
-        weight_map = json.loads((out / "model.safetensors.index.json").read_text())["weight_map"]
         summary = self._summary(weight_map)
         _atomic_json(out / SUMMARY, summary)
         self.progress["complete"] = True
