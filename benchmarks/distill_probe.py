@@ -94,8 +94,8 @@ def main(argv=None) -> dict:
             step(opt, dense, model, batch, masks)
         record["held_out_kl"].append(held_out_kl())
     record["tuning_seconds"] = round(time.time() - started, 1)
-    for name, (tunable, like) in swapped.items():
-        model.set_submodule(name, tunable.to_armor(like))
+    for name, tunable in swapped.items():
+        model.set_submodule(name, tunable.to_armor())
     ids = tokenizer(datasets.wiki_text("test"), return_tensors="pt").input_ids[0]
     record["wiki_ppl"] = perplexity(model, ids, 2048, 2048, 8)["perplexity"]
     if args.tasks:

@@ -71,6 +71,8 @@ def configs(blocks: list[int]) -> list[tuple[str, list[str]]]:
                ("armor-b32-t2-distill", [*b32, *evening, "--distill-epochs", "1"]),
                ("armor-b32-t2-i20-distill", [*b32, *evening, "--iters", "20", "--distill-epochs", "1"]),
                ("sparsegpt-distill", ["--method", "sparsegpt", "--distill-epochs", "1"]),
+               # today's default with 20 BCD iterations: what a 1.5B model's layer-wise pass affords in a session
+               ("armor-b32-i20-default", [*b32, "--iters", "20"]),
                # the values' lr scaled to the matrix width (Qwen's 8960-wide down_proj, 2026-12-05)
                ("armor-b32-lr", [*before, "--scale-value-lr"]),
                # and gate/up rows weighed by their share of the MLP output (Qwen's hybrids: ARMOR's MLPs hurt there)

@@ -18,15 +18,19 @@ from model_executors.armor_linear import ArmorLinear
 
 
 class TunableArmor(nn.Module):
-    """An ArmorLinear's factors as trainable parameters, its 2:4 positions fixed."""
+    """An ArmorLinear's factors as trainable parameters, its 2:4 positions fixed.
 
-    def __init__(self, mod: ArmorLinear):
+    cache_columns: decode the input index of every kept value once rather than in every call (8 bytes per kept
+    weight: worth it for one layer, not for a whole 1.5B model at once)."""
+
+    def __init__(self, mod: ArmorLinear, cache_columns: bool = True):
         super().__init__()
         values, meta, a_blocks, b_blocks = (t.detach().clone() for t in mod.checkpoint_factors())
         self.values, self.a_blocks, self.b_blocks = (nn.Parameter(t.float()) for t in (values, a_blocks, b_blocks))
         self.register_buffer("meta", meta)
-        self.register_buffer("columns", sparsity.kept_columns(meta))  # decoded once, not in every step
+        self.register_buffer("columns", sparsity.kept_columns(meta) if cache_columns else None)
         self.bias = None if mod.bias is None else mod.bias.detach().float()
+        self.armor_dtype, self.armor_kernel = mod.a_blocks.dtype, mod.kernel  # what to_armor() gives back
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         core = sparsity.unpack(self.values, self.meta, self.columns)
@@ -35,16 +39,20 @@ class TunableArmor(nn.Module):
             weight = weight.to(x.dtype)
         return nn.functional.linear(x, weight, self.bias)
 
-    def to_armor(self, like: ArmorLinear) -> ArmorLinear:
-        """A fresh ArmorLinear (checkpoint layout, `like`'s kernel and dtype) holding the current factors."""
-        mod = ArmorLinear(like.in_features, like.out_features, self.a_blocks.shape[-1], self.b_blocks.shape[-1],
-                          like.bias is not None, like.a_blocks.dtype, kernel=like.kernel)
+    def checkpoint_tensors(self) -> dict[str, torch.Tensor]:
+        """The current factors under ArmorLinear's buffer names (float32; the writer casts)."""
+        tensors = {"sparse_values": self.values.detach(), "sparse_meta": self.meta,
+                   "a_blocks": self.a_blocks.detach(), "b_blocks": self.b_blocks.detach()}
+        return tensors if self.bias is None else {**tensors, "bias": self.bias}
+
+    def to_armor(self) -> ArmorLinear:
+        """A fresh ArmorLinear (checkpoint layout, the source's kernel and dtype) holding the current factors."""
+        out_features, half = self.values.shape
+        mod = ArmorLinear(half * 2, out_features, self.a_blocks.shape[-1], self.b_blocks.shape[-1],
+                          self.bias is not None, self.armor_dtype, kernel=self.armor_kernel)
         with torch.no_grad():
-            for buf, value in zip((mod.sparse_values, mod.sparse_meta, mod.a_blocks, mod.b_blocks),
-                                  (self.values, self.meta, self.a_blocks, self.b_blocks)):
-                buf.copy_(value)
-            if like.bias is not None:
-                mod.bias.copy_(like.bias)
+            for name, value in self.checkpoint_tensors().items():
+                getattr(mod, name).copy_(value)
         return mod
 
     def state(self) -> list[torch.Tensor]:
@@ -109,5 +117,5 @@ def tune_layer(layer: nn.Module, names: list[str], inputs: list[torch.Tensor], t
             best, best_epoch, best_state = error, epoch, {n: t.state() for n, t in tunables.items()}
     for name, tunable in tunables.items():
         tunable.load(best_state[name])
-        layer.set_submodule(name, tunable.to_armor(mods[name]))
+        layer.set_submodule(name, tunable.to_armor())
     return {"holdout_error_start": start, "holdout_error_final": best, "epochs_kept": best_epoch}

@@ -9,10 +9,14 @@ the calibration samples. The dense distribution is computed once, before the com
 as its top-k log-probabilities and the mass of the rest: the KL is taken between those k + 1 buckets, so the
 dense model never sits in memory beside the compressed one and its optimiser state, and costs no forward per
 step. The last samples are held out; the state with the lowest held-out KL is kept (the layer-wise result where
-no epoch beats it), so distillation never ends worse than the layer-wise pass on them.
+no epoch beats it), so distillation never ends worse than the layer-wise pass on them. A model too big to keep
+every layer's activations for the backward pass (a 1.5B one on 24 GB) recomputes each decoder layer instead.
 """
 from __future__ import annotations
 
+from typing import Callable
+
+import psutil
 import torch
 from torch import nn
 
@@ -49,51 +53,73 @@ def bucket_kl(logits: torch.Tensor, target: dict[str, torch.Tensor]) -> torch.Te
     return kl.mean()
 
 
-def trainable(model) -> tuple[list[nn.Parameter], list, dict]:
+def recompute_layers(model) -> bool:
+    """Whether a step should keep only each decoder layer's input and recompute the layer in the backward pass.
+    Otherwise autograd keeps, for every compressed matrix at once, its unpacked core and the two block-diagonal
+    products (float32) and the kept values' input index (int64): ~16 bytes per weight, SmolLM2-135M's 1.7 GB,
+    a 1.5B model's 21 GB. Recompute when that would take over half the memory available."""
+    weights = sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, ArmorLinear))
+    return 16 * weights > psutil.virtual_memory().available / 2
+
+
+def trainable(model, cache_columns: bool = True) -> tuple[list[nn.Parameter], list, dict]:
     """Swap every ArmorLinear for a TunableArmor (or, in a baseline's decoder layers, make the pruned weights
-    trainable): the parameters, the baseline weights' masks, and {name: (TunableArmor, ArmorLinear)} to swap back."""
+    trainable): the parameters, the baseline weights' masks, and {name: TunableArmor}; the ArmorLinears are
+    dropped (TunableArmor.to_armor() gives one back)."""
     model.requires_grad_(False)
     swapped = {}
     for name, mod in list(model.named_modules()):
         if isinstance(mod, ArmorLinear):
-            swapped[name] = (TunableArmor(mod), mod)
-            model.set_submodule(name, swapped[name][0])
+            swapped[name] = TunableArmor(mod, cache_columns)
+            model.set_submodule(name, swapped[name])
     masks = []
     if not swapped:
         for mod in model.model.layers.modules():
             if isinstance(mod, nn.Linear):
                 mod.weight.requires_grad_(True)
                 masks.append((mod.weight, mod.weight.data != 0))
-    params = [w for w, _ in masks] + [p for t, _ in swapped.values() for p in t.parameters()]
+    params = [w for w, _ in masks] + [p for t in swapped.values() for p in t.parameters()]
     return params, masks, swapped
 
 
-def distill(model, calib: torch.Tensor, target: dict, epochs: int, lr: float, matmuls) -> dict:
+def checkpoint_state(model) -> dict[str, torch.Tensor]:
+    """The model's tensors under their checkpoint names (a TunableArmor's factors under its ArmorLinear's)."""
+    state = model.state_dict()
+    for name, mod in model.named_modules():
+        if isinstance(mod, TunableArmor):
+            state.update({f"{name}.{key}": value for key, value in mod.checkpoint_tensors().items()})
+    return state
+
+
+def distill(model, calib: torch.Tensor, target: dict, epochs: int, lr: float, matmuls,
+            keep: Callable[[nn.Module], None]) -> dict:
     """Distil `model` (compressed, float32) towards `target` (teacher() on `calib`) in place.
 
     matmuls: a context the forwards run in (the calibration dtype's autocast). The last HOLDOUT samples only
-    measure. Returns the held-out KL before and after each epoch and the epochs kept (0: the model unchanged)."""
+    measure; `keep(model)` is called after every epoch that lowers their KL below the best so far (it writes
+    the state out: no copy of the best is held in memory). Returns the held-out KL before and after each epoch,
+    the last epoch kept (0: none) and whether the decoder layers were recomputed."""
     n_val = max(1, HOLDOUT // MICRO_BATCH)
     batches = [(x, {k: v[i:i + len(x)] for k, v in target.items()})
                for i, x in zip(range(0, len(calib), MICRO_BATCH), calib.split(MICRO_BATCH))]
     train, held_out = batches[:-n_val], batches[-n_val:]
-    params, masks, swapped = trainable(model)
+    recompute = recompute_layers(model)
+    params, masks, _ = trainable(model, cache_columns=not recompute)
+    if recompute:  # transformers recomputes only in training mode (the supported models have no dropout)
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.train()
     opt = torch.optim.Adam(params, lr=lr, fused=True)
 
     def held_out_kl() -> float:
         with torch.no_grad(), matmuls():
-            return sum(float(bucket_kl(model(x).logits, t)) for x, t in held_out) / len(held_out)
+            return sum(float(bucket_kl(model(x, use_cache=False).logits, t)) for x, t in held_out) / len(held_out)
 
-    def state() -> list[torch.Tensor]:
-        return [p.detach().clone() for p in params]
-
-    kls = [held_out_kl()]
-    best, kept = state(), 0
+    kls, kept = [held_out_kl()], 0
     for epoch in range(1, epochs + 1):
         for x, t in train:
             opt.zero_grad(set_to_none=True)
             with matmuls():
-                loss = bucket_kl(model(x).logits, t)
+                loss = bucket_kl(model(x, use_cache=False).logits, t)
             loss.backward()
             opt.step()
             with torch.no_grad():
@@ -101,11 +127,7 @@ def distill(model, calib: torch.Tensor, target: dict, epochs: int, lr: float, ma
                     weight.mul_(mask)
         kls.append(held_out_kl())
         if kls[-1] < kls[kept]:
-            best, kept = state(), epoch
-    with torch.no_grad():
-        for p, value in zip(params, best):
-            p.copy_(value)
+            kept = epoch
+            keep(model)
     model.requires_grad_(False)
-    for name, (tunable, like) in swapped.items():
-        model.set_submodule(name, tunable.to_armor(like))
-    return {"held_out_kl": kls, "epochs_kept": kept}
+    return {"held_out_kl": kls, "epochs_kept": kept, "recomputed_layers": recompute}

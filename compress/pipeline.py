@@ -749,18 +749,23 @@ class LayerwiseCompressor:
         def matmuls():  # the model is held in float32; its matmuls run in the calibration dtype
             return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.calib_dtype == torch.bfloat16)
 
+        for i in range(self.n_layers):  # what a run killed before its distillation's commit point wrote
+            self._distilled_path(i).unlink(missing_ok=True)
         with self._phase("distill"):
             dense = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32).eval()
             with matmuls():
                 target = distillation.teacher(dense, calib)
             del dense
             model = AutoModelForCausalLM.from_pretrained(self.out_dir, dtype=torch.float32).eval()
+            shards = {}  # each improving epoch rewrites the shards beside the layer-wise ones
             result = distillation.distill(model, calib, target, self.settings.distill_epochs,
-                                          self.settings.distill_lr, matmuls)
-            log.info("distillation: held-out KL to the dense model %s (%d epochs kept)",
-                     " -> ".join(f"{kl:.4f}" for kl in result["held_out_kl"]), result["epochs_kept"])
+                                          self.settings.distill_lr, matmuls,
+                                          keep=lambda tuned: shards.update(self._write_distilled(tuned)))
+            log.info("distillation: held-out KL to the dense model %s (%d epochs kept%s)",
+                     " -> ".join(f"{kl:.4f}" for kl in result["held_out_kl"]), result["epochs_kept"],
+                     ", decoder layers recomputed to fit in memory" if result["recomputed_layers"] else "")
             if result["epochs_kept"]:
-                result["shards"] = self._write_distilled(model)
+                result["shards"] = shards
         self.progress["seconds"] += time.time() - began
         self.progress["distillation"] = result  # the commit point: from here a resume moves the shards in
         _atomic_json(self.out_dir / PROGRESS, self.progress)
@@ -768,7 +773,7 @@ class LayerwiseCompressor:
 
     def _write_distilled(self, model) -> dict[str, str]:
         """Each layer shard with the distilled tensors, written beside it (`.NAME.distilled`); their digests."""
-        tuned, digests = model.state_dict(), {}
+        tuned, digests = distillation.checkpoint_state(model), {}
         for i in range(self.n_layers):
             path = self.out_dir / self.shard_name(i)
             tensors = {k: tuned[k].to(v.dtype).contiguous() for k, v in load_file(path).items()}

@@ -4,6 +4,7 @@ of the coarsened distributions; on the real model a distilled run keeps the 2:4 
 point resumes to the same checkpoint."""
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 
@@ -120,3 +121,38 @@ def test_a_distilled_baseline_keeps_its_zeros(dense_model, sparsegpt_ckpt, tmp_p
     for k in weights:
         assert torch.equal(tuned[k] == 0, pruned[k] == 0), k  # the same zeros, nothing else zeroed
         assert not torch.equal(tuned[k], pruned[k]), k
+
+
+def _distil_in_process(dense_model, armor_ckpt, tokenizer, recompute: bool, monkeypatch) -> tuple[dict, dict]:
+    """One epoch of distillation on a few short samples, in this process; the result and what keep() received."""
+    from compress.evaluation import load_model
+
+    monkeypatch.setattr(distillation, "recompute_layers", lambda model: recompute)
+    monkeypatch.setattr(distillation, "HOLDOUT", 2)
+    texts = ["The capital of France is Paris. It lies on the Seine, and about two million people live there.",
+             "Water boils at one hundred degrees Celsius at sea level, and at less than that on a mountain top."]
+    # the held-out pair repeats the training pair, so one small step surely lowers its KL and keep() runs
+    calib = torch.stack([torch.tensor(tokenizer(t).input_ids[:16]) for t in texts * 2])
+    target = distillation.teacher(load_model(dense_model)[1], calib)
+    torch.manual_seed(0)
+    model, kept, calls = load_model(armor_ckpt)[1], {}, []
+    model.model.layers[0].register_forward_pre_hook(lambda *_: calls.append(1))  # a recompute stops early: no post-hook
+    result = distillation.distill(model, calib, target, 1, 1e-4, contextlib.nullcontext,
+                                  keep=lambda tuned: kept.update({k: v.clone() for k, v in
+                                                                  distillation.checkpoint_state(tuned).items()}))
+    return {**result, "layer_0_forwards": len(calls)}, kept
+
+
+def test_recomputing_the_decoder_layers_gives_the_same_distillation(dense_model, armor_ckpt, tokenizer, monkeypatch):
+    # the path a model too big to keep every layer's activations takes (a 1.5B one on 24 GB), on SmolLM2
+    kept_all, state = _distil_in_process(dense_model, armor_ckpt, tokenizer, False, monkeypatch)
+    recomputed, state_recomputed = _distil_in_process(dense_model, armor_ckpt, tokenizer, True, monkeypatch)
+    assert not kept_all["recomputed_layers"] and recomputed["recomputed_layers"]
+    # held-out, the training step, held-out again; recomputed: the step's forward once more in its backward pass
+    assert kept_all["layer_0_forwards"] == 3 and recomputed["layer_0_forwards"] == 4
+    assert kept_all["epochs_kept"] == recomputed["epochs_kept"] == 1  # keep() ran once, on the improving epoch
+    assert recomputed["held_out_kl"] == pytest.approx(kept_all["held_out_kl"], rel=1e-4)
+    shard_keys = set(_meta(armor_ckpt))
+    assert shard_keys <= set(state) and shard_keys <= set(state_recomputed)  # keep() saw every checkpoint name
+    for k in shard_keys:
+        assert torch.allclose(state[k].float(), state_recomputed[k].float(), atol=1e-6), k
