@@ -164,6 +164,7 @@ def main() -> None:
                 continue
             summary = json.loads((ckpt / "compression_summary.json").read_text())
             row.update(compress_seconds=summary["seconds"], phase_seconds=summary.get("phase_seconds", {}),
+                       peak_rss_bytes=summary.get("peak_rss_bytes", {}),
                        overhead_pct=summary["overhead_pct_of_dense"],
                        checkpoint_bytes=summary["checkpoint_bytes"], mean_proxy_loss=summary["mean_proxy_loss"])
         row["checkpoint"] = str(ckpt)
@@ -263,9 +264,17 @@ def write(rows: list[dict], args) -> None:
         names = list(dict.fromkeys(n for r in phased for n in r["phase_seconds"]))  # older runs lack newer phases
         lines += ["", "Compression time per phase (s): " + ", ".join(names), ""]
         lines += [f"* {r['config']}: " + ", ".join(f"{r['phase_seconds'].get(n, 0):.0f}" for n in names) +
-                  f" (total {r['compress_seconds']:.0f})" for r in phased]
+                  f" (total {r['compress_seconds']:.0f}){peak_rss(r)}" for r in phased]
     (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     plot(rows, args)
+
+
+def peak_rss(row: dict) -> str:
+    """The compress process's peak resident memory, after the layer-wise pass and with the distillation (runs
+    before 2026-12-07 did not record it)."""
+    peaks = row.get("peak_rss_bytes") or {}
+    return "".join(f"; peak RSS {stage.replace('_', ' ')} {peaks[stage] / 2**30:.1f} GiB"
+                   for stage in ("layer_wise", "with_distillation") if stage in peaks)
 
 
 def gap_closed(rows: list[dict]) -> list[str]:

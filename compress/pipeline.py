@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import resource
 import shutil
 import time
 from contextlib import contextmanager
@@ -427,6 +428,12 @@ class LayerwiseCompressor:
             phases = self.progress.setdefault("phase_seconds", dict.fromkeys(PHASES, 0.0))
             phases[name] = phases.get(name, 0.0) + time.perf_counter() - began
 
+    def _record_peak_rss(self, stage: str) -> None:
+        """The process's peak resident memory so far as `stage`'s (the largest over resumed runs): "layer_wise" is
+        taken after each layer, before any distillation; "with_distillation" after it, so it covers both."""
+        peaks = self.progress.setdefault("peak_rss_bytes", {})
+        peaks[stage] = max(peaks.get(stage, 0), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)  # Linux: KiB
+
     @staticmethod
     def shard_name(i: int) -> str:
         return f"model-layer-{i:05d}.safetensors"
@@ -725,6 +732,7 @@ class LayerwiseCompressor:
                 self.progress["shards"][str(i)] = digest
                 self.progress["matrices"].extend(records)
                 self.progress["layers_done"] = i + 1
+                self._record_peak_rss("layer_wise")
                 self.progress["seconds"] += time.time() - started
                 started = time.time()
                 _atomic_json(self.out_dir / PROGRESS, self.progress)
@@ -767,6 +775,7 @@ class LayerwiseCompressor:
             if result["epochs_kept"]:
                 result["shards"] = shards
         self.progress["seconds"] += time.time() - began
+        self._record_peak_rss("with_distillation")
         self.progress["distillation"] = result  # the commit point: from here a resume moves the shards in
         _atomic_json(self.out_dir / PROGRESS, self.progress)
         self._move_distilled(self.progress)
@@ -841,6 +850,7 @@ class LayerwiseCompressor:
             "method": self.settings.method, "settings": self.settings.relevant(), "source": str(self.model_dir),
             "seconds": round(self.progress["seconds"], 1), "calib_dtype": str(self.calib_dtype).removeprefix("torch."),
             "phase_seconds": {k: round(v, 1) for k, v in self.progress.get("phase_seconds", {}).items()},
+            "peak_rss_bytes": self.progress.get("peak_rss_bytes", {}),
             "matrices": len(recs),
             "dense_params_compressed": dense_params,
             "overhead_params": overhead, "overhead_pct_of_dense": 100.0 * overhead / dense_params,

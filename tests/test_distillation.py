@@ -64,6 +64,7 @@ def test_distillation_keeps_the_2_4_positions_and_lowers_the_held_out_kl(distill
     kls, kept = result["held_out_kl"], result["epochs_kept"]
     assert len(kls) == 3 and kept >= 1 and kls[kept] == min(kls) < kls[0]
     assert summary["phase_seconds"]["distill"] > 0
+    assert summary["peak_rss_bytes"]["with_distillation"] > 2**29
     tuned, layerwise = _meta(out), _meta(armor_ckpt)
     assert tuned.keys() == layerwise.keys()
     moved = [k for k in tuned if k.endswith("sparse_values") and not torch.equal(tuned[k], layerwise[k])]
