@@ -270,11 +270,17 @@ def write(rows: list[dict], args) -> None:
 
 
 def peak_rss(row: dict) -> str:
-    """The compress process's peak resident memory, after the layer-wise pass and with the distillation (runs
-    before 2026-12-07 did not record it)."""
+    """The compress process's peak resident memory, after the layer-wise pass and with the distillation, and the
+    per-layer peaks of the layers after the first (whose own includes loading; runs before 2026-12-07 recorded no
+    peaks, runs before 2026-12-08 no per-layer ones)."""
     peaks = row.get("peak_rss_bytes") or {}
-    return "".join(f"; peak RSS {stage.replace('_', ' ')} {peaks[stage] / 2**30:.1f} GiB"
-                   for stage in ("layer_wise", "with_distillation") if stage in peaks)
+    out = "".join(f"; peak RSS {stage.replace('_', ' ')} {peaks[stage] / 2**30:.1f} GiB"
+                  for stage in ("layer_wise", "with_distillation") if stage in peaks)
+    later = [p for p in peaks.get("per_layer", [])[1:] if p]
+    if later:
+        out += (f"; per-layer peak, layers 2-{len(later) + 1}: {min(later) / 2**30:.1f}-{max(later) / 2**30:.1f} GiB"
+                f" (last {later[-1] / 2**30:.1f})")
+    return out
 
 
 def gap_closed(rows: list[dict]) -> list[str]:

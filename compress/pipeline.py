@@ -11,10 +11,12 @@ through the finished layers as stored on disk, then continues; the result equals
 """
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import logging
 import os
+import re
 import resource
 import shutil
 import time
@@ -179,6 +181,29 @@ def _atomic_write(path: Path, write) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     write(tmp)
     os.replace(tmp, path)
+
+
+def _return_freed_memory() -> None:
+    """Hand the memory freed by a finished layer back to the OS (glibc's malloc_trim). Without it glibc keeps
+    freed blocks for reuse, fragmented, and the resident memory crept with depth: SmolLM2's per-layer peak rose
+    from 1.06 to 1.38 GB over 30 layers while the live tensors stayed at 31 MB and, trimmed, the anonymous memory
+    stayed at 458 MB (2026-12-07). A no-op where the C library has no malloc_trim (musl, macOS)."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _peak_rss_since_reset() -> int:
+    """Bytes: the process's resident high-water mark since the last call (Linux's VmHWM, then reset through
+    /proc/self/clear_refs); where that cannot be read or reset, the process's whole-life peak (getrusage)."""
+    try:
+        status = Path("/proc/self/status").read_text()
+        peak = int(re.search(r"^VmHWM:\s+(\d+) kB", status, re.M).group(1)) * 1024
+        Path("/proc/self/clear_refs").write_text("5")
+        return peak
+    except (OSError, AttributeError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
 
 
 def _atomic_json(path: Path, payload: dict) -> None:
@@ -428,11 +453,19 @@ class LayerwiseCompressor:
             phases = self.progress.setdefault("phase_seconds", dict.fromkeys(PHASES, 0.0))
             phases[name] = phases.get(name, 0.0) + time.perf_counter() - began
 
-    def _record_peak_rss(self, stage: str) -> None:
-        """The process's peak resident memory so far as `stage`'s (the largest over resumed runs): "layer_wise" is
-        taken after each layer, before any distillation; "with_distillation" after it, so it covers both."""
+    def _record_peak_rss(self, stage: str, layer: int | None = None) -> None:
+        """The process's peak resident memory as `stage`'s (the largest over resumed runs): "layer_wise" is taken
+        after each layer, before any distillation; "with_distillation" after it, so it covers both. Linux's
+        high-water mark is reset after each reading, so `per_layer[i]` is the peak while layer i was compressed
+        (layer 0's, or a resumed run's first, includes loading the model and the calibration pass before it):
+        that is what shows whether the memory grows with depth."""
         peaks = self.progress.setdefault("peak_rss_bytes", {})
-        peaks[stage] = max(peaks.get(stage, 0), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)  # Linux: KiB
+        now = _peak_rss_since_reset()
+        peaks[stage] = max(peaks.get(stage, 0), peaks.get("layer_wise", 0), now)
+        if layer is not None:
+            per_layer = peaks.setdefault("per_layer", [])
+            per_layer[len(per_layer):] = [0] * (layer + 1 - len(per_layer))
+            per_layer[layer] = now
 
     @staticmethod
     def shard_name(i: int) -> str:
@@ -732,7 +765,7 @@ class LayerwiseCompressor:
                 self.progress["shards"][str(i)] = digest
                 self.progress["matrices"].extend(records)
                 self.progress["layers_done"] = i + 1
-                self._record_peak_rss("layer_wise")
+                self._record_peak_rss("layer_wise", layer=i)
                 self.progress["seconds"] += time.time() - started
                 started = time.time()
                 _atomic_json(self.out_dir / PROGRESS, self.progress)
@@ -744,6 +777,7 @@ class LayerwiseCompressor:
                 else:
                     log.info("layer %d/%d: mean proxy loss %.4f (%s)", i + 1, self.n_layers, final, s.method)
             body.layers[i] = body.layers[i].to("meta")  # drop the layer's memory before the next one
+            _return_freed_memory()
 
     # ---- end-to-end distillation (compress/distillation.py) ----
     def _distill(self, calib: torch.Tensor) -> None:

@@ -39,7 +39,10 @@ def test_armor_checkpoint_format(armor_ckpt):
     assert phases["bcd"] > 0 and phases["pruning"] > 0 and phases["gram"] > 0
     assert 0.8 * summary["seconds"] <= sum(phases.values()) <= summary["seconds"] + 1
     # the process's peak memory, taken after each layer: more than importing torch takes, less than this machine has
-    assert 2**28 < summary["peak_rss_bytes"]["layer_wise"] < 2**34
+    peaks = summary["peak_rss_bytes"]
+    assert 2**28 < peaks["layer_wise"] < 2**34
+    # ... and each layer's own (Linux's high-water mark, reset after each layer): none above the whole pass's
+    assert len(peaks["per_layer"]) == 30 and all(2**27 < p <= peaks["layer_wise"] for p in peaks["per_layer"])
 
 
 def test_every_armor_matrix_ends_at_or_below_its_start(armor_ckpt):

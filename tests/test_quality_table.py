@@ -34,7 +34,8 @@ def test_merge_keeps_earlier_rows_and_replaces_redone_ones(tmp_path, monkeypatch
     distill = {"phase_seconds": {"distill": 12.0}, "compress_seconds": 20.0}
     rows["sparsegpt-distill"] = {**_row("sparsegpt-distill", 20.3), **distill}
     rows["armor-b32-distill"] = {**_row("armor-b32-distill", 16.0), **distill,
-                                 "peak_rss_bytes": {"layer_wise": 3 * 2**30, "with_distillation": 13.5 * 2**30}}
+                                 "peak_rss_bytes": {"layer_wise": 3 * 2**30, "with_distillation": 13.5 * 2**30,
+                                                    "per_layer": [3 * 2**30, 2.2 * 2**30, 2.5 * 2**30, 2.4 * 2**30]}}
     args = argparse.Namespace(name="q", model=None, ppl_only=True, ppl_windows=4, limit=100, work=str(tmp_path))
     quality.write(list(rows.values()), args)
     table = (tmp_path / "q.md").read_text()
@@ -45,8 +46,8 @@ def test_merge_keeps_earlier_rows_and_replaces_redone_ones(tmp_path, monkeypatch
     assert f"* dense, sparsegpt: `{earlier['command']}` (2026-12-01)" in table
     assert "* armor-b32: new code" in table and "old code" not in table
     assert "armor-b32-lr:" not in table
-    assert "* armor-b32-distill: 12 (total 20); peak RSS layer wise 3.0 GiB; peak RSS with distillation 13.5 GiB" \
-        in table
+    assert ("* armor-b32-distill: 12 (total 20); peak RSS layer wise 3.0 GiB; peak RSS with distillation 13.5 GiB; "
+            "per-layer peak, layers 2-4: 2.2-2.5 GiB (last 2.4)\n") in table
     assert "* sparsegpt-distill: 12 (total 20)\n" in table  # recorded by runs since 2026-12-07 only
     assert [r["config"] for r in json.loads((tmp_path / "q.json").read_text())["rows"]] == list(rows)
 
