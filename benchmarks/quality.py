@@ -271,8 +271,8 @@ def write(rows: list[dict], args) -> None:
 
 def peak_rss(row: dict) -> str:
     """The compress process's peak resident memory, after the layer-wise pass and with the distillation, and the
-    per-layer peaks of the layers after the first (whose own includes loading; runs before 2026-12-07 recorded no
-    peaks, runs before 2026-12-08 no per-layer ones)."""
+    per-layer peaks of the layers after the first (whose own includes loading); runs before 2026-12-07 recorded no
+    peaks, and the first ones of that day no per-layer ones."""
     peaks = row.get("peak_rss_bytes") or {}
     out = "".join(f"; peak RSS {stage.replace('_', ' ')} {peaks[stage] / 2**30:.1f} GiB"
                   for stage in ("layer_wise", "with_distillation") if stage in peaks)

@@ -186,8 +186,8 @@ def _atomic_write(path: Path, write) -> None:
 def _return_freed_memory() -> None:
     """Hand the memory freed by a finished layer back to the OS (glibc's malloc_trim). Without it glibc keeps
     freed blocks for reuse, fragmented, and the resident memory crept with depth: SmolLM2's per-layer peak rose
-    from 1.06 to 1.38 GB over 30 layers while the live tensors stayed at 31 MB and, trimmed, the anonymous memory
-    stayed at 458 MB (2026-12-07). A no-op where the C library has no malloc_trim (musl, macOS)."""
+    from 1060 to 1344 MiB over 30 layers while the live tensors stayed at 31 MiB and, trimmed, the anonymous memory
+    at 458 MiB; with the trim it rose from 966 to 1100-1135 MiB (2026-12-07, docs/algorithm.md). A no-op where the C library has no malloc_trim (musl, macOS)."""
     try:
         ctypes.CDLL(None).malloc_trim(0)
     except (OSError, AttributeError):
