@@ -187,7 +187,8 @@ def _return_freed_memory() -> None:
     """Hand the memory freed by a finished layer back to the OS (glibc's malloc_trim). Without it glibc keeps
     freed blocks for reuse, fragmented, and the resident memory crept with depth: SmolLM2's per-layer peak rose
     from 1060 to 1344 MiB over 30 layers while the live tensors stayed at 31 MiB and, trimmed, the anonymous memory
-    at 458 MiB; with the trim it rose from 966 to 1100-1135 MiB (2026-12-07, docs/algorithm.md). A no-op where the C library has no malloc_trim (musl, macOS)."""
+    at 458 MiB; with the trim it rose from 966 to 1100-1135 MiB (2026-12-07, docs/algorithm.md). A no-op where the
+    C library has no malloc_trim (musl, macOS)."""
     try:
         ctypes.CDLL(None).malloc_trim(0)
     except (OSError, AttributeError):
@@ -464,7 +465,7 @@ class LayerwiseCompressor:
         peaks[stage] = max(peaks.get(stage, 0), peaks.get("layer_wise", 0), now)
         if layer is not None:
             per_layer = peaks.setdefault("per_layer", [])
-            per_layer[len(per_layer):] = [0] * (layer + 1 - len(per_layer))
+            per_layer.extend([0] * (layer + 1 - len(per_layer)))  # 0: layers a run before per-layer records did
             per_layer[layer] = now
 
     @staticmethod
