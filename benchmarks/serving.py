@@ -24,12 +24,12 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 
 
-def start_server(model: str, engine: str, port: int, log: Path) -> subprocess.Popen:
+def start_server(model: str, engine: str, port: int, log: Path, memory_fraction: float = 0.3) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "armor_serve", "serve", "--model", model, "--engine", engine, "--port", str(port),
            "--served-model-name", Path(model).name, "--max-model-len", "1024", "--max-concurrent", "64",
            "--max-queue", "256"]
     if engine == "vllm":
-        cmd += ["--enforce-eager", "--memory-fraction", "0.3"]
+        cmd += ["--enforce-eager", "--memory-fraction", str(memory_fraction)]
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2")}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
     deadline = time.time() + 900
@@ -71,6 +71,9 @@ def main() -> None:
     p.add_argument("--input-len", type=int, default=256)
     p.add_argument("--output-len", type=int, default=64)
     p.add_argument("--port", type=int, default=8790)
+    p.add_argument("--memory-fraction", type=float, default=0.3,
+                   help="vLLM's share of RAM for weights + KV cache (a 1.5B float32 model with the 2 GiB KV cache "
+                        "needs ~0.4 of 24 GiB)")
     p.add_argument("--work", default=str(ROOT / ".cache" / "serving"))
     p.add_argument("--out", default="serving", help="file stem under benchmarks/results/")
     p.add_argument("--rounds", type=int, default=1,
@@ -88,7 +91,7 @@ def main() -> None:
     rows = []
     runs = [(rnd, m) for rnd in range(1, args.rounds + 1) for m in (("dense", dense), ("armor", args.armor))]
     for rnd, (name, model) in runs:
-        server = start_server(model, args.engine, args.port, work / f"{name}-server.log")
+        server = start_server(model, args.engine, args.port, work / f"{name}-server.log", args.memory_fraction)
         try:
             metrics = httpx.get(f"http://127.0.0.1:{args.port}/metrics").text
             memory = {"weights_resident_bytes": sample(metrics, "armor_weights_resident_bytes"),
