@@ -22,9 +22,11 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
+MEMORY_FRACTION = 0.3  # vLLM's share of RAM for weights + KV cache: enough for SmolLM2 beside another server
 
 
-def start_server(model: str, engine: str, port: int, log: Path, memory_fraction: float = 0.3) -> subprocess.Popen:
+def start_server(model: str, engine: str, port: int, log: Path,
+                 memory_fraction: float = MEMORY_FRACTION) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "armor_serve", "serve", "--model", model, "--engine", engine, "--port", str(port),
            "--served-model-name", Path(model).name, "--max-model-len", "1024", "--max-concurrent", "64",
            "--max-queue", "256"]
@@ -71,7 +73,7 @@ def main() -> None:
     p.add_argument("--input-len", type=int, default=256)
     p.add_argument("--output-len", type=int, default=64)
     p.add_argument("--port", type=int, default=8790)
-    p.add_argument("--memory-fraction", type=float, default=0.3,
+    p.add_argument("--memory-fraction", type=float, default=MEMORY_FRACTION,
                    help="vLLM's share of RAM for weights + KV cache (a 1.5B float32 model with the 2 GiB KV cache "
                         "needs ~0.4 of 24 GiB)")
     p.add_argument("--work", default=str(ROOT / ".cache" / "serving"))
