@@ -293,7 +293,8 @@ def calibration_dtype(choice: str) -> torch.dtype:
 @contextmanager
 def gram_matmuls(calib_dtype: torch.dtype):
     """Float32 matmuls inside multiply bfloat16-rounded inputs (oneDNN, float32 sums and output: "bf32") where the
-    calibration runs in bfloat16 and the CPU has bfloat16 arithmetic, else plain float32. For Gram matrices: X's
+    calibration runs in bfloat16 and the CPU has AMX, else plain float32 (oneDNN ignores the setting without AMX:
+    Zen 4's AVX512-BF16 keeps float32 products at float32's speed). For Gram matrices: X's
     rounded entries are what the layer's bfloat16 matmuls read anyway, 1.6x float32's speed (SmolLM2's 4096 x 1536
     batches, Intel AMX), and unlike a bfloat16 product, whose output rounding leaves a near-singular H indefinite,
     the result is the exact Gram matrix of the rounded inputs."""

@@ -227,7 +227,9 @@ def test_dense_path_target_is_the_ridge_least_squares_fit_to_the_dense_output():
 
 
 def _bf16_gram_products() -> bool:
-    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    # oneDNN honours the "bf16" float32 precision on AMX CPUs only: on AVX512-BF16 without AMX (Zen 4, measured
+    # 2026-12-07) the products stay float32, in another summation order
+    return torch.backends.mkldnn.is_available() and torch.cpu._is_amx_tile_supported()
 
 
 def test_gram_matmuls_give_the_exact_gram_matrix_of_bfloat16_rounded_inputs():
@@ -242,7 +244,7 @@ def test_gram_matmuls_give_the_exact_gram_matrix_of_bfloat16_rounded_inputs():
     assert torch.backends.mkldnn.matmul.fp32_precision == "none"  # restored on leaving
     gap = lambda a, b: float((a - b).norm() / b.norm())  # noqa: E731
     assert gap(plain, exact) < 1e-6 and gap(rounded, exact) > 1e-4  # the rounding is visible at this scale
-    assert gap(fast, rounded if _bf16_gram_products() else exact) < 1e-6
+    assert gap(fast, rounded if _bf16_gram_products() else exact) < 1e-6, _bf16_gram_products()
     assert float(torch.linalg.eigvalsh(fast).min()) > 0  # a Gram matrix: positive definite here, never indefinite
 
 
@@ -278,9 +280,9 @@ def test_bfloat16_calibration_forwards_keep_the_statistics(dense_model, tmp_path
         for key in ("h", "H", "C"):
             gap = float((approx[key] - exact[key]).norm() / exact[key].norm())
             # bfloat16 really ran, and only rounded: only the first layer's own input precedes every matmul, so its
-            # h and H are exact where the CPU has no bfloat16 arithmetic (gram_matmuls then multiplies in float32)
+            # h and H are float32's, up to the sum order, where oneDNN does not round the Gram products' inputs (no AMX)
             exact_input = (layer_index, name) == (0, "attn_in") and key != "C" and not _bf16_gram_products()
-            assert (gap == 0 if exact_input else 1e-6 < gap < 0.03), (name, key, gap)
+            assert (gap < 1e-6 if exact_input else 1e-6 < gap < 0.03), (name, key, gap)
         assert approx["H"].dtype == torch.float64
         torch.linalg.cholesky(ridge(approx["H"].float(), 0.01))  # what SparseGPT factors
     out_gap = max(float((a - e).norm() / e.norm()) for a, e in zip(outputs["bfloat16"], outputs["float32"]))
