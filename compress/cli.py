@@ -60,7 +60,7 @@ def add_compress_arguments(parser) -> None:
                              "natively (AVX512-BF16/AMX), else float32")
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--batch-size", type=int, default=d.batch_size, help="calibration sequences per forward")
-    parser.add_argument("--distill-epochs", type=int, default=d.distill_epochs,
+    parser.add_argument("--distill-epochs", type=int, default=None,
                         help="epochs of end-to-end distillation after the last layer: every compressed matrix tuned "
                              "at once towards the dense model's next-token distribution on the calibration samples, "
                              "kept only where it lowers the KL on held-out ones (default: 1 for ARMOR, 0 for the "

@@ -19,6 +19,7 @@ from typing import Callable
 import psutil
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from compress.block_tuning import TunableArmor
 from model_executors.armor_linear import ArmorLinear
@@ -26,6 +27,7 @@ from model_executors.armor_linear import ArmorLinear
 TOP_K = 64  # dense log-probs kept per position
 HOLDOUT = 4  # calibration samples (the last ones) that only measure
 MICRO_BATCH = 2  # calibration samples per Adam step
+LOSS_CHUNK = 256  # positions per lm_head + KL piece (model_kl)
 
 
 @torch.no_grad()
@@ -51,6 +53,23 @@ def bucket_kl(logits: torch.Tensor, target: dict[str, torch.Tensor]) -> torch.Te
     p_top, p_rest = target["logp"], target["log_rest"]
     kl = (p_top.exp() * (p_top - q_top)).sum(-1) + p_rest.exp() * (p_rest - q_rest)
     return kl.mean()
+
+
+def _kl_sum(lm_head: nn.Module, hidden: torch.Tensor, target: dict[str, torch.Tensor]) -> torch.Tensor:
+    return bucket_kl(lm_head(hidden), target) * len(hidden)
+
+
+def model_kl(model, ids: torch.Tensor, target: dict[str, torch.Tensor]) -> torch.Tensor:
+    """bucket_kl of model(ids)'s logits against `target`, the lm_head and the KL taken LOSS_CHUNK positions at a
+    time and recomputed in the backward pass: a step never holds the whole (tokens, vocab) logits, their float32
+    log-softmax and its scatter and their gradients at once, ~3 GB for a micro-batch of 1024 tokens of a
+    151936-word vocabulary (Qwen2.5); the lm_head's product is computed twice."""
+    hidden = model.model(ids, use_cache=False).last_hidden_state.flatten(0, 1)
+    flat = {k: v.flatten(0, 1) for k, v in target.items()}
+    total = sum(checkpoint(_kl_sum, model.lm_head, hidden[i:i + LOSS_CHUNK],
+                           {k: v[i:i + LOSS_CHUNK] for k, v in flat.items()}, use_reentrant=False)
+                for i in range(0, len(hidden), LOSS_CHUNK))
+    return total / len(hidden)
 
 
 def recompute_layers(model) -> bool:
@@ -112,14 +131,14 @@ def distill(model, calib: torch.Tensor, target: dict, epochs: int, lr: float, ma
 
     def held_out_kl() -> float:
         with torch.no_grad(), matmuls():
-            return sum(float(bucket_kl(model(x, use_cache=False).logits, t)) for x, t in held_out) / len(held_out)
+            return sum(float(model_kl(model, x, t)) for x, t in held_out) / len(held_out)
 
     kls, kept = [held_out_kl()], 0
     for epoch in range(1, epochs + 1):
         for x, t in train:
             opt.zero_grad(set_to_none=True)
             with matmuls():
-                loss = bucket_kl(model(x, use_cache=False).logits, t)
+                loss = model_kl(model, x, t)
             loss.backward()
             opt.step()
             with torch.no_grad():

@@ -800,6 +800,7 @@ class LayerwiseCompressor:
             with matmuls():
                 target = distillation.teacher(dense, calib)
             del dense
+            _return_freed_memory()  # what glibc kept of the dense model (SmolLM2: ~100 of its ~600 MiB)
             model = AutoModelForCausalLM.from_pretrained(self.out_dir, dtype=torch.float32).eval()
             shards = {}  # each improving epoch rewrites the shards beside the layer-wise ones
             result = distillation.distill(model, calib, target, self.settings.distill_epochs,

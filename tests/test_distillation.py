@@ -41,6 +41,32 @@ def test_bucket_kl_is_the_kl_of_the_top_k_buckets_and_the_rest(monkeypatch):
     assert float(distillation.bucket_kl(dense_logits, target)) == pytest.approx(0, abs=1e-5)
 
 
+def test_the_kl_taken_in_pieces_is_the_kl_of_the_whole_logits_with_the_same_gradients(monkeypatch):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    monkeypatch.setattr(distillation, "LOSS_CHUNK", 256)  # 600 positions: two whole pieces and a partial one
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=5000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2)
+    model, ids = LlamaForCausalLM(config).eval(), torch.randint(0, 5000, (2, 300))
+    dense_logits = torch.randn(2, 300, 5000)
+
+    class Fixed(torch.nn.Module):
+        def forward(self, _ids):
+            return type("Out", (), {"logits": dense_logits})
+
+    target = distillation.teacher(Fixed(), ids)
+    whole = distillation.bucket_kl(model(ids).logits, target)
+    whole.backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad()
+    pieces = distillation.model_kl(model, ids, target)
+    pieces.backward()
+    assert float(pieces) == pytest.approx(float(whole), rel=1e-5) and float(whole) > 0.01
+    for name, p in model.named_parameters():
+        assert torch.allclose(p.grad, grads[name], rtol=1e-4, atol=1e-6 * float(grads[name].abs().max())), name
+
+
 def _meta(ckpt) -> dict[str, torch.Tensor]:
     return {k: v for f in sorted(ckpt.glob("model-layer-*.safetensors")) for k, v in load_file(f).items()}
 
@@ -157,3 +183,22 @@ def test_recomputing_the_decoder_layers_gives_the_same_distillation(dense_model,
     assert shard_keys <= set(state) and shard_keys <= set(state_recomputed)  # keep() saw every checkpoint name
     for k in shard_keys:
         assert torch.allclose(state[k].float(), state_recomputed[k].float(), atol=1e-6), k
+
+
+def test_armor_compress_distils_armor_by_default_and_a_baseline_only_when_asked():
+    # the flag's default once came from Settings() (method armor), so `--method sparsegpt` was distilled too
+    import argparse
+
+    from compress.cli import add_compress_arguments
+    from compress.pipeline import Settings
+
+    parser = argparse.ArgumentParser()
+    add_compress_arguments(parser)
+
+    def epochs(*flags):
+        args = parser.parse_args(["--model", "M", "--out", "O", *flags])
+        return Settings(method=args.method, distill_epochs=args.distill_epochs).distill_epochs
+
+    assert epochs() == 1 and epochs("--method", "armor") == 1
+    assert epochs("--method", "sparsegpt") == epochs("--method", "wanda") == 0
+    assert epochs("--method", "sparsegpt", "--distill-epochs", "1") == 1 and epochs("--distill-epochs", "0") == 0
