@@ -69,20 +69,25 @@ def add_compress_arguments(parser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="discard what --out holds and start again")
 
 
+def settings_from(args) -> Settings:
+    """The Settings the parsed `armor compress` arguments ask for (method-dependent defaults resolved)."""
+    return Settings(method=args.method, block_size=args.block_size, proxy=args.proxy,
+                    hessian_damp=args.hessian_damp, iters=args.iters, lr=args.lr, patience=args.patience,
+                    discrete_steps=args.discrete_steps, bcd_holdout=args.bcd_holdout,
+                    scale_value_lr=args.scale_value_lr, tune_epochs=args.tune_epochs, tune_lr=args.tune_lr,
+                    tune_micro_batch=args.tune_micro_batch,
+                    input_correction=args.input_correction, mlp_row_weights=args.mlp_row_weights,
+                    residual_row_weights=args.residual_row_weights,
+                    calib_samples=args.calib_samples, calib_generated=args.calib_generated,
+                    calib_generated_len=args.calib_generated_len,
+                    seq_len=args.seq_len, calib_dtype=args.calib_dtype,
+                    seed=args.seed, batch_size=args.batch_size, distill_epochs=args.distill_epochs,
+                    distill_lr=args.distill_lr)
+
+
 def run_compress(args) -> None:
     from compress.model_import import require_checkpoint
 
-    settings = Settings(method=args.method, block_size=args.block_size, proxy=args.proxy,
-                        hessian_damp=args.hessian_damp, iters=args.iters, lr=args.lr, patience=args.patience,
-                        discrete_steps=args.discrete_steps, bcd_holdout=args.bcd_holdout,
-                        scale_value_lr=args.scale_value_lr, tune_epochs=args.tune_epochs, tune_lr=args.tune_lr,
-                        tune_micro_batch=args.tune_micro_batch,
-                        input_correction=args.input_correction, mlp_row_weights=args.mlp_row_weights,
-                        residual_row_weights=args.residual_row_weights,
-                        calib_samples=args.calib_samples, calib_generated=args.calib_generated,
-                        calib_generated_len=args.calib_generated_len,
-                        seq_len=args.seq_len, calib_dtype=args.calib_dtype,
-                        seed=args.seed, batch_size=args.batch_size, distill_epochs=args.distill_epochs,
-                        distill_lr=args.distill_lr)
-    summary = compress_checkpoint(require_checkpoint(args.model), Path(args.out), settings, overwrite=args.overwrite)
+    summary = compress_checkpoint(require_checkpoint(args.model), Path(args.out), settings_from(args),
+                                  overwrite=args.overwrite)
     print(json.dumps(summary, indent=2))

@@ -189,15 +189,13 @@ def test_armor_compress_distils_armor_by_default_and_a_baseline_only_when_asked(
     # the flag's default once came from Settings() (method armor), so `--method sparsegpt` was distilled too
     import argparse
 
-    from compress.cli import add_compress_arguments
-    from compress.pipeline import Settings
+    from compress.cli import add_compress_arguments, settings_from
 
     parser = argparse.ArgumentParser()
     add_compress_arguments(parser)
 
     def epochs(*flags):
-        args = parser.parse_args(["--model", "M", "--out", "O", *flags])
-        return Settings(method=args.method, distill_epochs=args.distill_epochs).distill_epochs
+        return settings_from(parser.parse_args(["--model", "M", "--out", "O", *flags])).distill_epochs
 
     assert epochs() == 1 and epochs("--method", "armor") == 1
     assert epochs("--method", "sparsegpt") == epochs("--method", "wanda") == 0
