@@ -24,14 +24,6 @@ NEVER = 1 << 40
 PATHS = {"decode": (NEVER, NEVER), "tiled": (1, NEVER), "prefill": (NEVER, 0)}  # (tiled_min, prefill_min) tokens
 
 
-def default_path(tokens: int, bf16: bool, tiled_min: int, prefill_min: int) -> str:
-    """The path armor_op.cpp takes by default (a bfloat16 decode on AVX512-BF16 runs its own product, never tiled)."""
-    if tokens >= prefill_min:
-        return "prefill"
-    bf16_rows = bf16 and cpu_kernel.isa() == "avx512_bf16"
-    return "tiled" if cpu_kernel._C.has_tiled() and tokens >= tiled_min and not bf16_rows else "decode"
-
-
 def forced(mod, x, bf16: bool, tiled_min: int, prefill_min: int):
     """A call of `mod` on `x` through the path these thresholds force."""
     def call():
@@ -59,7 +51,6 @@ def main() -> None:
     rows = []
     for dtype in (getattr(torch, d) for d in args.dtypes.split(",")):
         bf16 = dtype == torch.bfloat16
-        saved = cpu_kernel._C.tiled_min_tokens(), cpu_kernel._C.prefill_min_tokens(bf16)
         paths = {k: v for k, v in PATHS.items() if k != "tiled" or cpu_kernel._C.has_tiled()}
         mod = random_armor(d_out, d_in, args.block, dtype, "cpu")
         dense_w = torch.randn(d_out, d_in, dtype=dtype) / d_in ** 0.5
@@ -71,9 +62,8 @@ def main() -> None:
                 fns["dense_onednn_s"] = lambda: onednn(x)
             fns.update({f"{path}_s": forced(mod, x, bf16, *mins) for path, mins in paths.items()})
             row = {"dtype": str(dtype), "tokens": tokens, **time_calls(fns, args.reps)}
-            cpu_kernel._C.set_tiled_min_tokens(saved[0])
-            cpu_kernel._C.set_prefill_min_tokens(bf16, saved[1])
-            row["default_path"] = default_path(tokens, bf16, *saved)
+            cpu_kernel.use_isa(cpu_kernel.isa())  # the measured thresholds again
+            row["default_path"] = cpu_kernel._C.path(d_out, d_in, args.block, args.block, 1, tokens, bf16)
             rows.append(row)
             print(json.dumps(row), flush=True)
     command = "python -m benchmarks.kernel_crossover " + " ".join(sys.argv[1:])

@@ -74,14 +74,11 @@ def path(request):
     the path in use has it); restore the measured thresholds after."""
     if request.param == "tiled" and not cpu_kernel._C.has_tiled():
         pytest.skip(f"the {cpu_kernel.isa()} path has no tiled product")
-    saved = cpu_kernel._C.tiled_min_tokens(), {bf: cpu_kernel._C.prefill_min_tokens(bf) for bf in (False, True)}
     cpu_kernel._C.set_tiled_min_tokens(1 if request.param == "tiled" else NEVER)
     for bf in (False, True):
         cpu_kernel._C.set_prefill_min_tokens(bf, 0 if request.param == "prefill" else NEVER)
     yield request.param
-    cpu_kernel._C.set_tiled_min_tokens(saved[0])
-    for bf, n in saved[1].items():
-        cpu_kernel._C.set_prefill_min_tokens(bf, n)
+    cpu_kernel.use_isa(cpu_kernel.isa())  # the path in use again, with its measured thresholds
 
 
 @pytest.fixture(params=ISAS)
@@ -198,6 +195,27 @@ def test_fused_qkv_and_gate_up_layouts(path, dtype, tokens):
         bias = torch.randn(sum(sizes)).to(dtype)
         y = cpu_kernel.linear(x, *kernel_layout(values, codes, a, b), sizes, bias)
         assert relerr(y, reference(x, values, codes, a, b, sizes, bias)) < TOL[dtype]
+
+
+def test_transform_heavy_float32_layers_take_the_prefill_path_first():
+    """Where the path in use has a separate threshold for float32 layers whose A/B transforms are a large share of
+    the sparse product (Zen 4), SmolLM2's fused qkv (3 B transforms of 576 inputs, 960 rows) takes the prefill path
+    from it while its gate_up (2 shards, 3072 rows) stays on the tiled product; every layer takes it from the
+    general threshold; bfloat16 layers never use the float32 one."""
+    general = cpu_kernel._C.prefill_min_tokens(False)
+    heavy = next((t for t in (64, 128, 256, 512, 1024, 2048, 4096) if cpu_kernel._C.path(960, 576, 32, 32, 3, t, False)
+                  == "prefill"), general)
+    if heavy >= general:
+        pytest.skip(f"the {cpu_kernel.isa()} path has one float32 prefill threshold ({general} tokens)")
+    assert cpu_kernel._C.path(960, 576, 32, 32, 3, heavy - 1, False) != "prefill"
+    assert cpu_kernel._C.path(3072, 576, 32, 32, 2, heavy, False) == "tiled"
+    assert cpu_kernel._C.path(4096, 4096, 32, 32, 1, heavy, False) == "tiled"  # Llama-3-8B: transforms ~3%
+    assert cpu_kernel._C.path(3072, 576, 32, 32, 2, general, False) == "prefill"
+    assert cpu_kernel._C.path(960, 576, 32, 32, 3, heavy, True) == cpu_kernel._C.path(3072, 576, 32, 32, 2, heavy, True)
+    values, codes, a, b = layer(960, 576, 32, 32, torch.float32, shards=3)
+    x = torch.randn(heavy, 576)
+    y = cpu_kernel.linear(x, *kernel_layout(values, codes, a, b), [576, 192, 192], None)
+    assert relerr(y, reference(x, values, codes, a, b, [576, 192, 192], None)) < TOL[torch.float32]
 
 
 def test_prefill_fold_over_the_whole_panel_budget():

@@ -3,7 +3,8 @@
 // and the A/B blocks stored transposed: the kernel layout model_executors/cpu_kernel.py makes once at load
 // time. Never a dense S.
 //
-// Two paths, picked by token count:
+// Two paths, picked by token count (path_for; float32 layers whose A/B transforms are a large share of the work
+// may switch to prefill earlier):
 // * decode (T < prefill_min_tokens): B x, then per A-block of rows the sparse product from the packed
 //   core (accumulators in registers, the core read once) and A applied while those rows are in cache; where
 //   the ISA file has a tiled product (AVX2, AVX-512), x goes to it in tiles of 8 / 16 tokens from
@@ -113,7 +114,23 @@ constexpr int64_t kTiledMinTokensAvx512 = 128;
 // at 1024, 0.98 / 0.86 at 2048 (benchmarks/results/kernel-crossover-cpu-zen4.md); SmolLM2's 30 layers (ad hoc,
 // best of 3) one thread 1.05 / 0.77 at 512, 0.94 / 0.87 at 1024, 0.83 / 0.90 at 2048, two threads 0.89 / 0.67,
 // 0.83 / 0.79, 0.75 / 0.93.
-constexpr int64_t kPrefillMinTokensZen4 = 2048;
+// Since passes of up to 128 rows (kernel_avx512.cpp tiled_driver) it leads beyond that (Zen 4, float32, against
+// oneDNN, tiled / prefill, 2026-12-07): 4096x4096 on two threads 0.98 / 0.85 at 1024 tokens, 1.10 / 0.88 at 2048,
+// 1.12 / 0.83 at 4096; SmolLM2's 30 layers on one thread 0.97 / 0.91-0.94 at 2048 (ad hoc, two alternated runs).
+// Not measured beyond 4096 tokens; from 8192 the prefill path runs again.
+constexpr int64_t kPrefillMinTokensZen4 = 8192;
+// ... except in layers whose A and B transforms are a large share of the sparse product's multiply-adds (SmolLM2's
+// fused qkv: three B transforms of 576 inputs for 960 rows, 31%; its o_proj 22%, gate_up and down 15%, every
+// Llama-3-8B layer under 5%): the prefill path folds them into the weights. SmolLM2's qkv on Zen 4, one thread,
+// against oneDNN, tiled / prefill (ad hoc, 2026-12-07): 0.85 / 0.79 at 512 tokens, 0.82 / 0.89 at 1024, 0.73 / 0.90
+// at 2048; its o_proj 1.05 / 0.82, 1.07 / 0.91, 0.94 / 0.95.
+constexpr double kHeavyTransformShare = 0.25;
+constexpr int64_t kPrefillMinTokensZen4Heavy = 1024;
+
+// (n_shards B transforms of d_in inputs + one A transform of d_out outputs) / the sparse product, in multiply-adds
+double transform_share(const armor::Layer& L) {
+  return double(L.n_shards * L.d_in * L.bb + L.d_out * L.ba) / (double(L.d_out) * (L.d_in / 2));
+}
 
 bool double_pumped_avx512() {
 #if defined(__x86_64__)
@@ -130,19 +147,33 @@ struct Active {
   armor::Kernels k;
   int64_t prefill_min_tokens[2];
   int64_t tiled_min_tokens;
+  int64_t prefill_min_tokens_heavy;  // float32 layers over kHeavyTransformShare
 };
 
 Active make_active(const std::string& isa) {
   const bool avx2 = isa == "avx2";
   const bool avx512 = isa.rfind("avx512", 0) == 0, zen4 = avx512 && double_pumped_avx512();
-  return {kernels_for(isa),
-          {zen4 ? kPrefillMinTokensZen4 : avx2 || avx512 ? 1024 : 64, avx2 ? INT64_MAX : isa == "avx512_bf16" ? 1024 : 48},
-          avx512 ? kTiledMinTokensAvx512 : kTiledMinTokens};
+  const int64_t f32_min = zen4 ? kPrefillMinTokensZen4 : avx2 || avx512 ? 1024 : 64;
+  return {kernels_for(isa), {f32_min, avx2 ? INT64_MAX : isa == "avx512_bf16" ? 1024 : 48},
+          avx512 ? kTiledMinTokensAvx512 : kTiledMinTokens, zen4 ? kPrefillMinTokensZen4Heavy : f32_min};
 }
 
 Active& active() {
   static Active a = make_active(best_isa());
   return a;
+}
+
+enum class Path { kDecode, kTiled, kPrefill };
+
+// The path a call of T tokens on this layer takes: the prefill path from its dtype's token count (float32 layers
+// over kHeavyTransformShare from theirs), else the decode path, which hands x to the tiled product from
+// tiled_min_tokens where the ISA file has one (not for bfloat16 where it has a bfloat16 product).
+Path path_for(const armor::Layer& L, int64_t T) {
+  const Active& a = active();
+  const bool heavy = !L.bf16 && transform_share(L) > kHeavyTransformShare;
+  if (T >= (heavy ? a.prefill_min_tokens_heavy : a.prefill_min_tokens[L.bf16])) return Path::kPrefill;
+  const bool bf16_rows = L.bf16 && a.k.sparse_rows_bf16;
+  return a.k.sparse_rows_tiled && !bf16_rows && T >= a.tiled_min_tokens ? Path::kTiled : Path::kDecode;
 }
 
 constexpr int64_t kMaxBlock = 128;  // largest A/B block (generic.h block_matvec's buffer)
@@ -175,7 +206,7 @@ at::Tensor decode_tiled(const armor::Layer& L, const armor::Kernels& k, const at
   });
   at::Tensor y = at::empty({Tp, L.d_out}, xb.options());
   at::parallel_for(0, L.d_out / L.ba, 1, [&](int64_t j0, int64_t j1) {
-    std::vector<float> scratch(Tp * L.ba);
+    std::vector<float> scratch(k.tiled_scratch_floats(Tp, L.ba));
     k.sparse_rows_tiled(L, j0, j1, xt.data_ptr<float>(), Tp, y.data_ptr<float>(), scratch.data());
   });
   return y.narrow(0, 0, T);
@@ -193,7 +224,7 @@ at::Tensor decode(const armor::Layer& L, const armor::Kernels& k, const at::Tens
     }
   });
   const at::Tensor xb16 = L.bf16 && k.sparse_rows_bf16 ? xb.to(at::kBFloat16) : at::Tensor();
-  if (k.sparse_rows_tiled && !xb16.defined() && T >= active().tiled_min_tokens) return decode_tiled(L, k, xb);
+  if (path_for(L, T) == Path::kTiled) return decode_tiled(L, k, xb);
   at::Tensor y = at::empty({T, L.d_out}, x.options());
   at::parallel_for(0, L.d_out / L.ba, 1, [&](int64_t j0, int64_t j1) {
     std::vector<float> scratch(T * L.ba);
@@ -382,9 +413,9 @@ at::Tensor armor_linear(const at::Tensor& x, const at::Tensor& values, const at:
   out_shape.back() = d_out;
   if (T == 0) return at::empty(out_shape, x.options());
 
-  const at::Tensor y = T < active().prefill_min_tokens[L.bf16]
-                           ? decode(L, k, x2.to(at::kFloat).contiguous(), shard_rows)
-                           : prefill(L, k, x2.to(wtype).contiguous(), vals, b, shard_rows, bias32);
+  const at::Tensor y = path_for(L, T) == Path::kPrefill
+                           ? prefill(L, k, x2.to(wtype).contiguous(), vals, b, shard_rows, bias32)
+                           : decode(L, k, x2.to(at::kFloat).contiguous(), shard_rows);
   const at::Tensor out = y.to(x.scalar_type());
   return x.dim() == 2 ? out : out.reshape(out_shape);
 }
@@ -413,12 +444,21 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
           return never ? 0 : whole <= kWholePanelBytes ? whole : panel_rows(d_out, d_in, ba, esize) * d_in * esize; },
         "bytes of the prefill path's panel of dense S for one (fused) layer; 0 where that path never runs");
   m.def("max_block", [] { return kMaxBlock; });
+  m.def("path", [](int64_t d_out, int64_t d_in, int64_t ba, int64_t bb, int64_t n_shards, int64_t tokens, bool bf16) {
+          armor::Layer L{};
+          L.d_in = d_in, L.d_out = d_out, L.ba = ba, L.bb = bb, L.n_shards = n_shards, L.bf16 = bf16;
+          static const char* names[] = {"decode", "tiled", "prefill"};
+          return std::string(names[static_cast<int>(path_for(L, tokens))]); },
+        "the path a call of this many tokens takes on a (fused) layer of these sizes: decode, tiled or prefill");
   m.def("prefill_min_tokens", [](bool bf16) { return active().prefill_min_tokens[bf16]; });
   m.def("has_tiled", [] { return active().k.sparse_rows_tiled != nullptr; },
         "whether the path in use has a tiled product (x in tiles of tokens)");
   m.def("tiled_min_tokens", [] { return active().tiled_min_tokens; });
   m.def("set_tiled_min_tokens", [](int64_t n) { active().tiled_min_tokens = n; },
         "token count from which the decode path runs the tiled product (benchmarks)");
-  m.def("set_prefill_min_tokens", [](bool bf16, int64_t n) { active().prefill_min_tokens[bf16] = n; },
-        "token count from which the decompress + dense GEMM path runs (benchmarks)");
+  m.def("set_prefill_min_tokens", [](bool bf16, int64_t n) {
+          active().prefill_min_tokens[bf16] = n;
+          if (!bf16) active().prefill_min_tokens_heavy = n;
+        },
+        "token count from which the decompress + dense GEMM path runs, in every layer of that dtype (benchmarks)");
 }

@@ -3,6 +3,7 @@
 // keeping torch's inline functions out of them means no AVX-512 copy of a shared inline function can be
 // picked by the linker for code that runs on a CPU without AVX-512.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 
 namespace armor {
@@ -56,7 +57,7 @@ struct Kernels {
   // sparse_rows for x in the tiled layout: T zero-padded to a multiple of tile_tokens, each shard's tokens
   // in blocks of block_tokens (the last block narrower, a multiple of tile_tokens), a block of w tokens
   // stored input by input, [d_in][w], from offset t0 * d_in of its shard (t0: its first token); y (T, d_out).
-  // nullptr where the ISA file has none.
+  // scratch: tiled_scratch_floats(T, ba) floats. nullptr where the ISA file has none.
   void (*sparse_rows_tiled)(const Layer&, int64_t j0, int64_t j1, const float* xt, int64_t T, float* y, float* scratch);
   // the kernel layout these kernels read, per weight dtype {float32, bfloat16}: values interleaved this many at
   // a time where the shape allows (0: never), and whether the mask holds codes (cpu_kernel.to_kernel_layout
@@ -65,6 +66,8 @@ struct Kernels {
   bool codes[2];
   int64_t tile_tokens;  // sparse_rows_tiled's granularity: one vector of float32 tokens
   int64_t block_tokens;  // and its widest token block (a multiple of tile_tokens)
+  // sparse_rows_tiled's scratch: a token block of up to 128 rows (AVX-512 passes span A-blocks), or T x ba
+  int64_t tiled_scratch_floats(int64_t T, int64_t ba) const { return std::max(T * ba, 128 * block_tokens); }
   // the prefill path's A folded into the weights (above d_in tokens): out = A_j S_j, s holding A-block j's rows
   // of S dense (decompress), out ba rows (row stride d_in), both in the weight dtype
   void (*fold_a)(const Layer&, int64_t j, const void* s, void* out);
