@@ -176,7 +176,7 @@ Path path_for(const armor::Layer& L, int64_t T) {
   return a.k.sparse_rows_tiled && !bf16_rows && T >= a.tiled_min_tokens ? Path::kTiled : Path::kDecode;
 }
 
-constexpr int64_t kMaxBlock = 128;  // largest A/B block (generic.h block_matvec's buffer)
+constexpr int64_t kMaxBlock = armor::kMaxRows;  // largest A/B block (generic.h block_matvec's buffer)
 constexpr int64_t kPanelBytes = 4 << 20;  // the prefill path's scratch budget: one panel of S, dense
 constexpr int64_t kWholePanelBytes = 16 << 20;  // ... and for a whole layer's folded panel (prefill)
 
@@ -213,7 +213,7 @@ at::Tensor decode_tiled(const armor::Layer& L, const armor::Kernels& k, const at
 }
 
 // Few tokens (memory-bound): B x, then the packed core read once, A applied per block of rows in cache.
-at::Tensor decode(const armor::Layer& L, const armor::Kernels& k, const at::Tensor& x, const std::vector<int64_t>& shard_rows) {
+at::Tensor decode(const armor::Layer& L, const armor::Kernels& k, const at::Tensor& x, bool tiled) {
   const int64_t T = x.size(0), d_in = L.d_in, nb = d_in / L.bb;
   at::Tensor xb = at::empty({L.n_shards, T, d_in}, x.options());
   at::parallel_for(0, L.n_shards * nb, 1, [&](int64_t i0, int64_t i1) {
@@ -224,7 +224,7 @@ at::Tensor decode(const armor::Layer& L, const armor::Kernels& k, const at::Tens
     }
   });
   const at::Tensor xb16 = L.bf16 && k.sparse_rows_bf16 ? xb.to(at::kBFloat16) : at::Tensor();
-  if (path_for(L, T) == Path::kTiled) return decode_tiled(L, k, xb);
+  if (tiled) return decode_tiled(L, k, xb);
   at::Tensor y = at::empty({T, L.d_out}, x.options());
   at::parallel_for(0, L.d_out / L.ba, 1, [&](int64_t j0, int64_t j1) {
     std::vector<float> scratch(T * L.ba);
@@ -413,9 +413,9 @@ at::Tensor armor_linear(const at::Tensor& x, const at::Tensor& values, const at:
   out_shape.back() = d_out;
   if (T == 0) return at::empty(out_shape, x.options());
 
-  const at::Tensor y = path_for(L, T) == Path::kPrefill
-                           ? prefill(L, k, x2.to(wtype).contiguous(), vals, b, shard_rows, bias32)
-                           : decode(L, k, x2.to(at::kFloat).contiguous(), shard_rows);
+  const Path path = path_for(L, T);
+  const at::Tensor y = path == Path::kPrefill ? prefill(L, k, x2.to(wtype).contiguous(), vals, b, shard_rows, bias32)
+                                              : decode(L, k, x2.to(at::kFloat).contiguous(), path == Path::kTiled);
   const at::Tensor out = y.to(x.scalar_type());
   return x.dim() == 2 ? out : out.reshape(out_shape);
 }

@@ -73,7 +73,6 @@ inline const uint8_t* row_meta(const armor::Layer& L, int64_t r) {
 }
 inline int64_t meta_unit(const armor::Layer& L, int64_t c) { return meta_of_unit(L.interleave, c); }
 
-constexpr int64_t kMaxRows = 128;  // an A-block's rows (armor_op.cpp kMaxBlock)
 
 // The tiled products' pass (kernel_avx2.cpp, kernel_avx512.cpp): rows [r, r + n) on one block of Tile::kLanes *
 // NT tokens at xt, the inputs in chunks of `chunk` 8-input units. Every row sweeps a chunk before the next one,
@@ -85,7 +84,7 @@ inline void tiled_pass(const armor::Layer& L, int64_t r, int64_t n, int64_t chun
                        int64_t ld_z) {
   constexpr int lanes = Tile::kLanes;
   const int64_t units = L.d_in / 8;
-  alignas(64) float acc_mem[kMaxRows * NT * lanes];
+  alignas(64) float acc_mem[armor::kMaxRows * NT * lanes];
   for (int64_t i = 0; i < n * NT * lanes; ++i) acc_mem[i] = 0.f;
   for (int64_t c0 = 0; c0 < units; c0 += chunk) {
     const int64_t c1 = c0 + chunk < units ? c0 + chunk : units;

@@ -2,8 +2,6 @@
 // the lane indices from the row's 2-bit position codes) and multiplied by one FMA per token; bfloat16: per 16
 // inputs, 8 kept values are expanded into their lanes by the 16-bit mask of kept positions (vexpandps). Either
 // way the packed core is read once, never unpacked.
-#include <algorithm>
-#include <vector>
 #include "kernels.h"
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")
 #include <immintrin.h>
@@ -365,7 +363,7 @@ struct Avx512 {
 // span's token blocks, and the weights stream from DRAM once per span. Over all tokens at once (generic.h
 // sparse_rows_driver) x outgrows L3 at thousands of tokens: 4096x4096 at 2048 tokens ran at 0.72x oneDNN that way.
 constexpr int64_t kSpanBytes = 4 << 20;
-// A pass takes as many A-blocks as keep its packed rows within kPassBytes (up to kMaxRows rows): every row of a
+// A pass takes as many A-blocks as keep its packed rows within kPassBytes (up to armor::kMaxRows rows): every row of a
 // pass reads the same x chunk from L1, so narrow layers, whose A-block holds little weight, get more rows per
 // chunk. SmolLM2's 30 layers, one thread, float32, against oneDNN (Zen 4, ad hoc, 2026-12-07, two alternated
 // runs), one A-block (32 rows) / 128 rows per pass: 0.98-1.01 / 1.04 at 256 tokens, 0.91-0.93 / 0.97 at 2048.
@@ -376,13 +374,16 @@ template <typename W>
 void tiled_driver(const armor::Layer& L, int64_t j0, int64_t j1, const float* xt, int64_t T, float* y, float* z) {
   const int64_t ba = L.ba, span = kSpanBytes / (L.d_in * 4) / 64 * 64 + 64;
   const int64_t row_bytes = L.d_in / 2 * sizeof(W) + L.d_in / 8;  // kept values and their codes
-  const int64_t per_pass = std::max<int64_t>(1, std::min(kPassBytes / row_bytes, kMaxRows) / ba);
+  const int64_t pass_rows = kPassBytes / row_bytes < armor::kMaxRows ? kPassBytes / row_bytes : armor::kMaxRows;
+  const int64_t per_pass = pass_rows / ba > 1 ? pass_rows / ba : 1;  // whole A-blocks, at least one
   for (int64_t t1 = 0; t1 < T; t1 += span) {
     int64_t s = 0;
     for (int64_t j = j0; j < j1;) {
       const int64_t r0 = j * ba;
       while (r0 >= L.shard_rows[s + 1]) ++s;
-      const int64_t jn = std::min({j1, j + per_pass, L.shard_rows[s + 1] / ba}), rows = (jn - j) * ba;
+      int64_t jn = j + per_pass < j1 ? j + per_pass : j1;  // within this thread's A-blocks and this shard
+      if (jn > L.shard_rows[s + 1] / ba) jn = L.shard_rows[s + 1] / ba;
+      const int64_t rows = (jn - j) * ba;
       for (int64_t t0 = t1; t0 < T && t0 < t1 + span; t0 += 64) {
         const int64_t tn = T - t0 < 64 ? T - t0 : 64;
         Avx512::tiled_rows<W>(L, r0, rows, xt + (s * T + t0) * L.d_in, tn, z, rows);

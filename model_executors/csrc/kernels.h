@@ -3,10 +3,12 @@
 // keeping torch's inline functions out of them means no AVX-512 copy of a shared inline function can be
 // picked by the linker for code that runs on a CPU without AVX-512.
 #pragma once
-#include <algorithm>
 #include <cstdint>
 
 namespace armor {
+
+// The largest A/B block, and the most rows a tiled pass takes (generic.h tiled_pass keeps their sums)
+constexpr int64_t kMaxRows = 128;
 
 // One (possibly fused) ARMOR layer, y = A [S_s (B_s x)]_s + bias, on T tokens.
 //   values  (d_out, d_in/2)  kept weights of the 2:4 core, float32 or bfloat16 (raw uint16); row by row, or
@@ -66,8 +68,10 @@ struct Kernels {
   bool codes[2];
   int64_t tile_tokens;  // sparse_rows_tiled's granularity: one vector of float32 tokens
   int64_t block_tokens;  // and its widest token block (a multiple of tile_tokens)
-  // sparse_rows_tiled's scratch: a token block of up to 128 rows (AVX-512 passes span A-blocks), or T x ba
-  int64_t tiled_scratch_floats(int64_t T, int64_t ba) const { return std::max(T * ba, 128 * block_tokens); }
+  // sparse_rows_tiled's scratch: a token block of up to kMaxRows rows (AVX-512 passes span A-blocks), or T x ba
+  int64_t tiled_scratch_floats(int64_t T, int64_t ba) const {
+    return T * ba > kMaxRows * block_tokens ? T * ba : kMaxRows * block_tokens;
+  }
   // the prefill path's A folded into the weights (above d_in tokens): out = A_j S_j, s holding A-block j's rows
   // of S dense (decompress), out ba rows (row stride d_in), both in the weight dtype
   void (*fold_a)(const Layer&, int64_t j, const void* s, void* out);
