@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import statistics
 import subprocess
@@ -24,8 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
+from benchmarks.serving import RESULTS, ROOT, bundled_dense, engine_env
 
 
 def run_child(args) -> None:
@@ -54,8 +52,7 @@ def measure(model: str, args) -> dict:
     cmd = [sys.executable, "-m", "benchmarks.engine_throughput", "--child", model, "--reps", str(args.reps),
            "--num-prompts", str(args.num_prompts), "--input-len", str(args.input_len), "--output-len",
            str(args.output_len), "--memory-fraction", str(args.memory_fraction)]
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2")}
-    out = subprocess.run(cmd, cwd=ROOT, env=env, text=True, capture_output=True)
+    out = subprocess.run(cmd, cwd=ROOT, env=engine_env(), text=True, capture_output=True)
     rows = [line[4:] for line in out.stdout.splitlines() if line.startswith("ROW ")]
     if out.returncode or not rows:
         raise SystemExit(f"engine run for {model} failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
@@ -102,8 +99,7 @@ def main() -> None:
         return run_child(args)
     if not (Path(args.armor) / "config.json").exists():
         raise SystemExit(f"no ARMOR checkpoint at {args.armor}: pass --armor DIR (an `armor compress` output)")
-    dense = args.dense or subprocess.run([sys.executable, "-m", "armor_serve", "model", "import", "smollm2"], cwd=ROOT,
-                                         check=True, text=True, stdout=subprocess.PIPE).stdout.strip().splitlines()[-1]
+    dense = args.dense or bundled_dense()
     rows = []
     for rnd in range(1, args.rounds + 1):
         for name, model in (("dense", dense), ("armor", args.armor)):

@@ -25,6 +25,17 @@ RESULTS = ROOT / "benchmarks" / "results"
 MEMORY_FRACTION = 0.3  # vLLM's share of RAM for weights + KV cache: enough for SmolLM2 beside another server
 
 
+def engine_env() -> dict:
+    """The environment vLLM's CPU engine runs in here: a 2 GiB KV cache unless the caller set one."""
+    return {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2")}
+
+
+def bundled_dense() -> str:
+    """The imported bundled SmolLM2 checkpoint (imported now if it is not yet)."""
+    return subprocess.run([sys.executable, "-m", "armor_serve", "model", "import", "smollm2"], cwd=ROOT, check=True,
+                          text=True, stdout=subprocess.PIPE).stdout.strip().splitlines()[-1]
+
+
 def start_server(model: str, engine: str, port: int, log: Path,
                  memory_fraction: float = MEMORY_FRACTION) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "armor_serve", "serve", "--model", model, "--engine", engine, "--port", str(port),
@@ -32,8 +43,7 @@ def start_server(model: str, engine: str, port: int, log: Path,
            "--max-queue", "256"]
     if engine == "vllm":
         cmd += ["--enforce-eager", "--memory-fraction", str(memory_fraction)]
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2")}
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=engine_env(), stdout=log.open("w"), stderr=subprocess.STDOUT)
     deadline = time.time() + 900
     while time.time() < deadline:
         if proc.poll() is not None:
@@ -86,8 +96,7 @@ def main() -> None:
     if not (Path(args.armor) / "config.json").exists():
         raise SystemExit(f"no ARMOR checkpoint at {args.armor}: run `python -m benchmarks.quality --only armor-b32` "
                          "or pass --armor DIR")
-    dense = args.dense or subprocess.run([sys.executable, "-m", "armor_serve", "model", "import", "smollm2"], cwd=ROOT,
-                                         check=True, text=True, stdout=subprocess.PIPE).stdout.strip().splitlines()[-1]
+    dense = args.dense or bundled_dense()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     rows = []
