@@ -147,12 +147,13 @@ def checkpoint_layout(values: torch.Tensor, mask: torch.Tensor, a_blocks_t: torc
 
 
 def scratch_bytes(d_out: int, d_in: int, block: int, dtype: torch.dtype) -> int:
-    """The buffer a call on a (shard of a) d_out x d_in layer needs besides activations: the prefill path's
-    panel of dense S (a 4 MB budget, but at least 512 rows), which the calling thread keeps from call to call,
-    grown to the widest seen (so a model holds its largest layer's); 0 where the path in use never takes the
-    prefill path for this dtype (bfloat16 on AVX2, whose tiled product replaces it)."""
+    """The buffer a call on a (shard of a) d_out x d_in layer needs besides activations, which the calling thread
+    keeps from call to call, grown to the largest seen (so a model holds its largest layer's): the prefill path's
+    panel of dense S (a 4 MB budget, but at least 512 rows; the whole layer up to 16 MB) or the AVX-512 tiled
+    path's span of B x (about 1 MB, at least 256 tokens), where the path in use takes them for this dtype; 0 where
+    it takes neither (bfloat16 on AVX2, whose tiled product replaces the prefill path)."""
     esize = torch.empty(0, dtype=dtype).element_size()
-    return _C.prefill_scratch_bytes(d_out, d_in, block, esize) if _C else 0
+    return _C.scratch_bytes(d_out, d_in, block, esize) if _C else 0
 
 
 def use_isa(name: str) -> None:

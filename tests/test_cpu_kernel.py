@@ -110,16 +110,19 @@ def test_kernel_matches_reference(isa, path, dtype, tokens, d_in):
 @pytest.mark.parametrize("tiled_isa", [i for i in ("avx512", "avx2") if i in ISAS] or
                          [pytest.param("avx2", marks=pytest.mark.skip(reason="this CPU has no AVX2"))])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_tiled_product(tiled_isa, dtype):
+@pytest.mark.parametrize("bb", [8, 48])
+def test_tiled_product(tiled_isa, dtype, bb):
     """The tiled product (x in tiles of 8 (AVX2) or 16 (AVX-512) tokens), from 1 token: every pass width (AVX2
     8 / 16 / 32 tokens of 4 / 4 / 3 rows, AVX-512 16 / 32 / 48 / 64 tokens of 4 rows), a zero-padded last tile,
     A-blocks of 10 rows (whole row groups plus leftovers; AVX2's values interleaved 4 rows at a time: groups that
     cross A-blocks), inputs in several passes (8208 > 8 * 1024, the kChunk of kernel_avx2.cpp; AVX-512 sweeps 128
-    at a time) and, on AVX-512, more tokens than one span of kernel_avx512.cpp's driver (128 at this width)."""
+    at a time) and, on AVX-512, more tokens than one span of kernel_avx512.cpp's driver (128 at this width).
+    B blocks of 8 take b_transform and the transposition into tiles; of 48 (3 x 16), AVX-512's fused
+    b_transform_tiled (16 x 16 tiles transposed in registers, the last 16 tokens zero-padded)."""
     cpu_kernel.use_isa(tiled_isa)
     cpu_kernel._C.set_tiled_min_tokens(1)
     try:
-        values, codes, a, b = layer(40, 8208, 10, 8, dtype, seed=5)
+        values, codes, a, b = layer(40, 8208, 10, bb, dtype, seed=5)
         layout = kernel_layout(values, codes, a, b)
         for tokens in (1, 2, 3, 5, 8, 13, 16, 24, 40, 61, 64, 100, 130):
             x = torch.randn(tokens, 8208).to(dtype)
@@ -197,25 +200,30 @@ def test_fused_qkv_and_gate_up_layouts(path, dtype, tokens):
         assert relerr(y, reference(x, values, codes, a, b, sizes, bias)) < TOL[dtype]
 
 
-def test_transform_heavy_float32_layers_take_the_prefill_path_first():
-    """Where the path in use has a separate threshold for float32 layers whose A/B transforms are a large share of
-    the sparse product (Zen 4), SmolLM2's fused qkv (3 B transforms of 576 inputs, 960 rows) takes the prefill path
-    from it while its gate_up (2 shards, 3072 rows) stays on the tiled product; every layer takes it from the
-    general threshold; bfloat16 layers never use the float32 one."""
-    general = cpu_kernel._C.prefill_min_tokens(False)
-    heavy = next((t for t in (64, 128, 256, 512, 1024, 2048, 4096) if cpu_kernel._C.path(960, 576, 32, 32, 3, t, False)
-                  == "prefill"), general)
-    if heavy >= general:
-        pytest.skip(f"the {cpu_kernel.isa()} path has one float32 prefill threshold ({general} tokens)")
-    assert cpu_kernel._C.path(960, 576, 32, 32, 3, heavy - 1, False) != "prefill"
-    assert cpu_kernel._C.path(3072, 576, 32, 32, 2, heavy, False) == "tiled"
-    assert cpu_kernel._C.path(4096, 4096, 32, 32, 1, heavy, False) == "tiled"  # Llama-3-8B: transforms ~3%
-    assert cpu_kernel._C.path(3072, 576, 32, 32, 2, general, False) == "prefill"
-    assert cpu_kernel._C.path(960, 576, 32, 32, 3, heavy, True) == cpu_kernel._C.path(3072, 576, 32, 32, 2, heavy, True)
-    values, codes, a, b = layer(960, 576, 32, 32, torch.float32, shards=3)
-    x = torch.randn(heavy, 576)
-    y = cpu_kernel.linear(x, *kernel_layout(values, codes, a, b), [576, 192, 192], None)
-    assert relerr(y, reference(x, values, codes, a, b, [576, 192, 192], None)) < TOL[torch.float32]
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_tiled_spans_over_fused_shards(dtype):
+    """AVX-512's tiled path with B fused into its layout runs shard by shard, span by span of tokens (here spans of
+    256 tokens, its least): spans that end mid-way, a last span of one zero-padded tile, shards of different heights
+    (qkv), A-blocks of 16 rows in passes of several; its scratch is counted as the span of B x."""
+    if cpu_kernel.isa() not in ("avx512", "avx512_bf16"):
+        pytest.skip(f"the {cpu_kernel.isa()} path has no fused tiled path")
+    if dtype == torch.bfloat16 and cpu_kernel.isa() == "avx512_bf16":
+        pytest.skip("bfloat16 weights take the paired bfloat16 product on AVX512-BF16, not the tiled one")
+    cpu_kernel._C.set_tiled_min_tokens(1)
+    cpu_kernel._C.set_tiled_span_bytes(0)  # spans of its least, 256 tokens
+    try:
+        sizes = [64, 32, 32]
+        values, codes, a, b = layer(sum(sizes), 96, 16, 32, dtype, seed=11, shards=3)
+        layout = kernel_layout(values, codes, a, b)
+        for tokens in (1, 17, 255, 256, 257, 600):
+            x = torch.randn(tokens, 96).to(dtype)
+            bias = torch.randn(sum(sizes)).to(dtype)
+            y = cpu_kernel.linear(x, *layout, sizes, bias)
+            assert relerr(y, reference(x, values, codes, a, b, sizes, bias)) < TOL[dtype], tokens
+        if dtype == torch.float32:  # the span outgrows the prefill path's panel of this small layer
+            assert cpu_kernel.scratch_bytes(8, 96, 16, dtype) == 256 * 96 * 4
+    finally:
+        cpu_kernel.use_isa(cpu_kernel.isa())  # its thresholds and span again
 
 
 def test_prefill_fold_over_the_whole_panel_budget():

@@ -3,12 +3,12 @@
 // and the A/B blocks stored transposed: the kernel layout model_executors/cpu_kernel.py makes once at load
 // time. Never a dense S.
 //
-// Two paths, picked by token count (path_for; float32 layers whose A/B transforms are a large share of the work
-// may switch to prefill earlier):
+// Two paths, picked by token count (path_for):
 // * decode (T < prefill_min_tokens): B x, then per A-block of rows the sparse product from the packed
 //   core (accumulators in registers, the core read once) and A applied while those rows are in cache; where
 //   the ISA file has a tiled product (AVX2, AVX-512), x goes to it in tiles of 8 / 16 tokens from
-//   tiled_min_tokens on: each kept weight times a vector of tokens, half a dense GEMM's FMAs;
+//   tiled_min_tokens on: each kept weight times a vector of tokens, half a dense GEMM's FMAs (AVX-512 writes
+//   B x straight into those tiles, span by span of tokens: decode_tiled_fused);
 // * prefill (larger T, compute-bound): S is decompressed panel by panel into a small scratch buffer that
 //   feeds oneDNN's dense GEMM, then A (or, above d_in tokens, A and B folded into the panel first).
 // The kernels come in AVX-512, AVX2 and portable builds (kernel_*.cpp), picked at run time by CPUID.
@@ -119,18 +119,18 @@ constexpr int64_t kTiledMinTokensAvx512 = 128;
 // 1.12 / 0.83 at 4096; SmolLM2's 30 layers on one thread 0.97 / 0.91-0.94 at 2048 (ad hoc, two alternated runs).
 // Not measured beyond 4096 tokens; from 8192 the prefill path runs again.
 constexpr int64_t kPrefillMinTokensZen4 = 8192;
-// ... except in layers whose A and B transforms are a large share of the sparse product's multiply-adds (SmolLM2's
-// fused qkv: three B transforms of 576 inputs for 960 rows, 31%; its o_proj 22%, gate_up and down 15%, every
-// Llama-3-8B layer under 5%): the prefill path folds them into the weights. SmolLM2's qkv on Zen 4, one thread,
-// against oneDNN, tiled / prefill (ad hoc, 2026-12-07): 0.85 / 0.79 at 512 tokens, 0.82 / 0.89 at 1024, 0.73 / 0.90
-// at 2048; its o_proj 1.05 / 0.82, 1.07 / 0.91, 0.94 / 0.95.
-constexpr double kHeavyTransformShare = 0.25;
-constexpr int64_t kPrefillMinTokensZen4Heavy = 1024;
-
-// (n_shards B transforms of d_in inputs + one A transform of d_out outputs) / the sparse product, in multiply-adds
-double transform_share(const armor::Layer& L) {
-  return double(L.n_shards * L.d_in * L.bb + L.d_out * L.ba) / (double(L.d_out) * (L.d_in / 2));
-}
+// The tiled path with B fused into its layout (kernels.h b_transform_tiled, decode_tiled_fused) works through the
+// tokens in spans of about kTiledSpanBytes of x, at least kMinSpanTokens: a span's B x is re-read by every pass of
+// rows, and each pass's rows are re-read for every token block of the span. Zen 4, float32, against oneDNN
+// (ad hoc, alternated in one process, 2026-12-07): SmolLM2's 30 layers on one thread at 2048 tokens 1.03 / 1.07-1.09
+// / 1.06-1.11 with spans of 4 MB / 1 MB / 512 KB of x, at 256-1024 tokens 1.09-1.13 with any; Llama-3-8B's down_proj
+// (14336 inputs) on two threads 1.00 with spans of 64 tokens (4 MB), 1.13 with 128, 1.12 with 256; its o_proj 0.94
+// with 64 tokens (1 MB), 1.13 with 256. Before the fusion (B x written whole, then transposed into tiles; the
+// driver's 4 MB spans) SmolLM2's fused qkv had its own, lower prefill threshold (1024 tokens, for its three B
+// transforms); fused, the tiled product leads for it too: the 30 layers 1.08-1.10x against 1.07-1.10x with that
+// threshold at 1024 tokens, 1.10-1.12 / 1.07-1.10 at 2048, 1.09 / 1.07 at 4096.
+constexpr int64_t kTiledSpanBytes = 1 << 20;
+constexpr int64_t kMinSpanTokens = 256;
 
 bool double_pumped_avx512() {
 #if defined(__x86_64__)
@@ -147,7 +147,7 @@ struct Active {
   armor::Kernels k;
   int64_t prefill_min_tokens[2];
   int64_t tiled_min_tokens;
-  int64_t prefill_min_tokens_heavy;  // float32 layers over kHeavyTransformShare
+  int64_t tiled_span_bytes;  // decode_tiled_fused's span of B x
 };
 
 Active make_active(const std::string& isa) {
@@ -155,7 +155,7 @@ Active make_active(const std::string& isa) {
   const bool avx512 = isa.rfind("avx512", 0) == 0, zen4 = avx512 && double_pumped_avx512();
   const int64_t f32_min = zen4 ? kPrefillMinTokensZen4 : avx2 || avx512 ? 1024 : 64;
   return {kernels_for(isa), {f32_min, avx2 ? INT64_MAX : isa == "avx512_bf16" ? 1024 : 48},
-          avx512 ? kTiledMinTokensAvx512 : kTiledMinTokens, zen4 ? kPrefillMinTokensZen4Heavy : f32_min};
+          avx512 ? kTiledMinTokensAvx512 : kTiledMinTokens, kTiledSpanBytes};
 }
 
 Active& active() {
@@ -165,13 +165,12 @@ Active& active() {
 
 enum class Path { kDecode, kTiled, kPrefill };
 
-// The path a call of T tokens on this layer takes: the prefill path from its dtype's token count (float32 layers
-// over kHeavyTransformShare from theirs), else the decode path, which hands x to the tiled product from
-// tiled_min_tokens where the ISA file has one (not for bfloat16 where it has a bfloat16 product).
+// The path a call of T tokens takes: the prefill path from its dtype's token count, else the decode path, which
+// hands x to the tiled product from tiled_min_tokens where the ISA file has one (not for bfloat16 where it has a
+// bfloat16 product).
 Path path_for(const armor::Layer& L, int64_t T) {
   const Active& a = active();
-  const bool heavy = !L.bf16 && transform_share(L) > kHeavyTransformShare;
-  if (T >= (heavy ? a.prefill_min_tokens_heavy : a.prefill_min_tokens[L.bf16])) return Path::kPrefill;
+  if (T >= a.prefill_min_tokens[L.bf16]) return Path::kPrefill;
   const bool bf16_rows = L.bf16 && a.k.sparse_rows_bf16;
   return a.k.sparse_rows_tiled && !bf16_rows && T >= a.tiled_min_tokens ? Path::kTiled : Path::kDecode;
 }
@@ -180,11 +179,32 @@ constexpr int64_t kMaxBlock = armor::kMaxRows;  // largest A/B block (generic.h 
 constexpr int64_t kPanelBytes = 4 << 20;  // the prefill path's scratch budget: one panel of S, dense
 constexpr int64_t kWholePanelBytes = 16 << 20;  // ... and for a whole layer's folded panel (prefill)
 
-// The decode path's product where the ISA file has a tiled one: xb (n_shards, T, d_in) laid out in token blocks,
-// each input by input and zero-padded to whole tiles (kernels.h); the padding's outputs are dropped. The layout
-// is a blocked transposition here (16 inputs x one block of tokens at a time, in L1): torch's strided copy_
-// took ~17% of the op on Llama-3-8B's k_proj at 128 tokens.
-at::Tensor decode_tiled(const armor::Layer& L, const armor::Kernels& k, const at::Tensor& xb) {
+// The calling thread's scratch, kept from call to call (grown to the largest seen, which is what resident-bytes
+// metrics count as scratch): the prefill path's panel of dense S, or the fused tiled path's span of B x. A fresh one
+// per call is fresh pages, and page faults plus zeroing took ~15% of SmolLM2's 30 layers at 2048 tokens.
+at::Tensor thread_scratch(int64_t rows, int64_t d_in, at::ScalarType dtype) {
+  static thread_local at::Tensor buf;
+  const int64_t bytes = rows * d_in * c10::elementSize(dtype);
+  if (!buf.defined() || buf.numel() < bytes) buf = at::empty({bytes}, at::kByte);
+  return buf.narrow(0, 0, bytes).view(dtype).view({rows, d_in});
+}
+
+// The decode path's product where the ISA file has a tiled one, on xt (n_shards, Tp * d_in): B x laid out in
+// token blocks, each input by input and zero-padded to whole tiles (kernels.h); the padding's outputs are dropped.
+at::Tensor tiled_product(const armor::Layer& L, const armor::Kernels& k, const at::Tensor& xt, int64_t T) {
+  const int64_t Tp = xt.size(1) / L.d_in;
+  at::Tensor y = at::empty({Tp, L.d_out}, xt.options());
+  at::parallel_for(0, L.d_out / L.ba, 1, [&](int64_t j0, int64_t j1) {
+    std::vector<float> scratch(k.tiled_scratch_floats(Tp, L.ba));
+    k.sparse_rows_tiled(L, j0, j1, xt.data_ptr<float>(), Tp, y.data_ptr<float>(), scratch.data());
+  });
+  return y.narrow(0, 0, T);
+}
+
+// B x (n_shards, T, d_in) into the tiled layout: a blocked transposition (16 inputs x one block of tokens at a time,
+// in L1; torch's strided copy_ took ~17% of the op on Llama-3-8B's k_proj at 128 tokens). The ISA files' fused
+// b_transform_tiled replaces it where they have one.
+at::Tensor tiled_layout(const armor::Layer& L, const armor::Kernels& k, const at::Tensor& xb) {
   const int64_t T = xb.size(1), tile = k.tile_tokens, Tp = (T + tile - 1) / tile * tile, d_in = L.d_in;
   const int64_t bt = k.block_tokens, blocks = (Tp + bt - 1) / bt;
   at::Tensor xt = at::empty({L.n_shards, Tp * d_in}, xb.options());
@@ -204,27 +224,64 @@ at::Tensor decode_tiled(const armor::Layer& L, const armor::Kernels& k, const at
       }
     }
   });
-  at::Tensor y = at::empty({Tp, L.d_out}, xb.options());
-  at::parallel_for(0, L.d_out / L.ba, 1, [&](int64_t j0, int64_t j1) {
-    std::vector<float> scratch(k.tiled_scratch_floats(Tp, L.ba));
-    k.sparse_rows_tiled(L, j0, j1, xt.data_ptr<float>(), Tp, y.data_ptr<float>(), scratch.data());
+  return xt;
+}
+
+// B x for every shard, in parallel over (shard, B-block) pairs: fn(s, blk0, blk1) transforms blocks of one shard
+template <typename Fn>
+void each_b_block(const armor::Layer& L, Fn fn) {
+  const int64_t nb = L.d_in / L.bb;
+  at::parallel_for(0, L.n_shards * nb, 1, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1;) {
+      const int64_t s = i / nb, end = std::min(i1, (s + 1) * nb);
+      fn(s, i % nb, i % nb + (end - i));
+      i = end;
+    }
   });
+}
+
+int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
+
+// decode_tiled_fused's tokens per span (kTiledSpanBytes above): whole token blocks
+int64_t tiled_span_tokens(const armor::Kernels& k, int64_t d_in, int64_t span_bytes) {
+  return std::max(span_bytes / (d_in * 4), kMinSpanTokens) / k.block_tokens * k.block_tokens;
+}
+
+// The tiled product with B fused into the layout (kernels.h b_transform_tiled): shard by shard, span by span of
+// tokens, B x into the calling thread's scratch, then the shard's rows on it. A span's x (span_bytes) stays in
+// cache while every pass of rows reads it, and the scratch stays that small at any token count.
+at::Tensor decode_tiled_fused(const armor::Layer& L, const armor::Kernels& k, const at::Tensor& x, int64_t span_bytes) {
+  const int64_t T = x.size(0), d_in = L.d_in, Tp = round_up(T, k.tile_tokens), bt = k.block_tokens;
+  const int64_t span = std::min(tiled_span_tokens(k, d_in, span_bytes), round_up(Tp, bt));
+  at::Tensor y = at::empty({Tp, L.d_out}, x.options());
+  float* xt = thread_scratch(std::min(span, Tp), d_in, at::kFloat).data_ptr<float>();
+  const int64_t one_shard[2] = {0, L.d_out};
+  armor::Layer Ls = L;  // the product sees one shard: the span's B x
+  Ls.n_shards = 1, Ls.shard_rows = one_shard;
+  for (int64_t s = 0; s < L.n_shards; ++s)
+    for (int64_t t1 = 0; t1 < T; t1 += span) {
+      const int64_t n = std::min(span, T - t1), np = round_up(n, k.tile_tokens);
+      at::parallel_for(0, d_in / L.bb, 1, [&](int64_t b0, int64_t b1) {
+        k.b_transform_tiled(L, s, b0, b1, x.data_ptr<float>() + t1 * d_in, n, xt);
+      });
+      at::parallel_for(L.shard_rows[s] / L.ba, L.shard_rows[s + 1] / L.ba, 1, [&](int64_t j0, int64_t j1) {
+        std::vector<float> scratch(k.tiled_scratch_floats(np, L.ba));
+        k.sparse_rows_tiled(Ls, j0, j1, xt, np, y.data_ptr<float>() + t1 * L.d_out, scratch.data());
+      });
+    }
   return y.narrow(0, 0, T);
 }
 
 // Few tokens (memory-bound): B x, then the packed core read once, A applied per block of rows in cache.
 at::Tensor decode(const armor::Layer& L, const armor::Kernels& k, const at::Tensor& x, bool tiled) {
-  const int64_t T = x.size(0), d_in = L.d_in, nb = d_in / L.bb;
+  const int64_t T = x.size(0), d_in = L.d_in;
+  if (tiled && k.b_transform_tiled && L.bb % k.tile_tokens == 0) return decode_tiled_fused(L, k, x, active().tiled_span_bytes);
   at::Tensor xb = at::empty({L.n_shards, T, d_in}, x.options());
-  at::parallel_for(0, L.n_shards * nb, 1, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1;) {
-      const int64_t s = i / nb, end = std::min(i1, (s + 1) * nb);
-      k.b_transform(L, s, i % nb, i % nb + (end - i), x.data_ptr<float>(), T, xb.data_ptr<float>() + s * T * d_in);
-      i = end;
-    }
+  each_b_block(L, [&](int64_t s, int64_t b0, int64_t b1) {
+    k.b_transform(L, s, b0, b1, x.data_ptr<float>(), T, xb.data_ptr<float>() + s * T * d_in);
   });
+  if (tiled) return tiled_product(L, k, tiled_layout(L, k, xb), T);
   const at::Tensor xb16 = L.bf16 && k.sparse_rows_bf16 ? xb.to(at::kBFloat16) : at::Tensor();
-  if (tiled) return decode_tiled(L, k, xb);
   at::Tensor y = at::empty({T, L.d_out}, x.options());
   at::parallel_for(0, L.d_out / L.ba, 1, [&](int64_t j0, int64_t j1) {
     std::vector<float> scratch(T * L.ba);
@@ -264,16 +321,6 @@ int64_t panel_rows(int64_t d_out, int64_t d_in, int64_t ba, int64_t esize) {
   return std::min(std::max<int64_t>(rows / ba, 1) * ba, d_out);
 }
 
-// The prefill path's panel, kept from call to call by the calling thread (grown to the widest panel seen, which
-// is what resident-bytes metrics count as scratch): a fresh one per call is fresh pages, and page faults plus
-// zeroing took ~15% of SmolLM2's 30 layers at 2048 tokens.
-at::Tensor panel_buffer(int64_t rows, int64_t d_in, at::ScalarType dtype) {
-  static thread_local at::Tensor buf;
-  const int64_t bytes = rows * d_in * c10::elementSize(dtype);
-  if (!buf.defined() || buf.numel() < bytes) buf = at::empty({bytes}, at::kByte);
-  return buf.narrow(0, 0, bytes).view(dtype).view({rows, d_in});
-}
-
 // The fold's panel rows: A_j S_j, or with B folded too (Lb: the layer with B_s's blocks untransposed, so the
 // B transform with them as its transposed blocks right-multiplies by B_s) A_j S_j B_s, for A-blocks [j0, j1),
 // dense into out (row stride d_in).
@@ -310,7 +357,7 @@ at::Tensor prefill(const armor::Layer& L, const armor::Kernels& k, const at::Ten
   const int64_t T = x.size(0), d_in = L.d_in, esize = values.element_size(), nb = d_in / L.bb;
   const bool fold = T > d_in;
   if (fold && L.d_out * d_in * esize <= kWholePanelBytes) {
-    at::Tensor dense = panel_buffer(L.d_out, d_in, values.scalar_type());
+    at::Tensor dense = thread_scratch(L.d_out, d_in, values.scalar_type());
     for (int64_t s = 0; s < L.n_shards; ++s) {
       const at::Tensor b_rows = b_rows_of(b_blocks, s);
       armor::Layer Lb = L;
@@ -325,7 +372,7 @@ at::Tensor prefill(const armor::Layer& L, const armor::Kernels& k, const at::Ten
   int64_t widest = 0;  // a panel never spans two shards
   for (int64_t s = 0; s < L.n_shards; ++s) widest = std::max(widest, shard_rows[s + 1] - shard_rows[s]);
   const int64_t panel = panel_rows(widest, d_in, L.ba, esize);
-  at::Tensor scratch = panel_buffer(panel, d_in, values.scalar_type());
+  at::Tensor scratch = thread_scratch(panel, d_in, values.scalar_type());
   at::Tensor xs, y;  // xs = B_s x, made where B is not folded; y where no one GEMM output is y
   const auto output = [&] { return y.defined() ? y : (y = at::empty({T, L.d_out}, x.options())); };
   for (int64_t s = 0; s < L.n_shards; ++s) {
@@ -359,6 +406,19 @@ at::Tensor prefill(const armor::Layer& L, const armor::Kernels& k, const at::Ten
   }
   if (fold && bias.defined()) y.add_(bias);
   return y;
+}
+
+// The largest thread_scratch a call on a (fused) layer of this shape and weight size (esize: 4 or 2 bytes) can ask
+// for: the prefill path's panel where that path runs for this dtype, the fused tiled path's widest span where it
+// runs (float32 x; blocks a multiple of its tile).
+int64_t scratch_bytes(int64_t d_out, int64_t d_in, int64_t block, int64_t esize) {
+  const Active& a = active();
+  const bool bf16 = esize == 2, prefill = a.prefill_min_tokens[bf16] != INT64_MAX;
+  const int64_t whole = d_out * d_in * esize;
+  const int64_t panel = !prefill ? 0 : whole <= kWholePanelBytes ? whole : panel_rows(d_out, d_in, block, esize) * d_in * esize;
+  const bool fused = a.k.b_transform_tiled && !(bf16 && a.k.sparse_rows_bf16) && block % a.k.tile_tokens == 0 &&
+                     a.prefill_min_tokens[bf16] > a.tiled_min_tokens;
+  return std::max(panel, fused ? tiled_span_tokens(a.k, d_in, a.tiled_span_bytes) * d_in * 4 : 0);
 }
 
 at::Tensor armor_linear(const at::Tensor& x, const at::Tensor& values, const at::Tensor& mask,
@@ -438,11 +498,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cpu_has", &cpu_has, "whether this CPU can run the named path (avx512, avx2, portable)");
   m.def("use_isa", [](const std::string& isa) { active() = make_active(isa); },
         "pin a path, with its prefill thresholds (tests, benchmarks)");
-  m.def("prefill_scratch_bytes", [](int64_t d_out, int64_t d_in, int64_t ba, int64_t esize) {
-          const bool never = active().prefill_min_tokens[esize == 2] == INT64_MAX;
-          const int64_t whole = d_out * d_in * esize;
-          return never ? 0 : whole <= kWholePanelBytes ? whole : panel_rows(d_out, d_in, ba, esize) * d_in * esize; },
-        "bytes of the prefill path's panel of dense S for one (fused) layer; 0 where that path never runs");
+  m.def("scratch_bytes", &scratch_bytes,
+        "bytes of the calling thread's scratch a call on this (fused) layer can grow it to: the prefill path's panel of "
+        "dense S, or the fused tiled path's widest span of B x, where those paths run; 0 where neither does");
   m.def("max_block", [] { return kMaxBlock; });
   m.def("path", [](int64_t d_out, int64_t d_in, int64_t ba, int64_t bb, int64_t n_shards, int64_t tokens, bool bf16) {
           armor::Layer L{};
@@ -454,11 +512,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("has_tiled", [] { return active().k.sparse_rows_tiled != nullptr; },
         "whether the path in use has a tiled product (x in tiles of tokens)");
   m.def("tiled_min_tokens", [] { return active().tiled_min_tokens; });
+  m.def("set_tiled_span_bytes", [](int64_t n) { active().tiled_span_bytes = n; },
+        "bytes of float32 x per span of the fused tiled path (benchmarks)");
   m.def("set_tiled_min_tokens", [](int64_t n) { active().tiled_min_tokens = n; },
         "token count from which the decode path runs the tiled product (benchmarks)");
-  m.def("set_prefill_min_tokens", [](bool bf16, int64_t n) {
-          active().prefill_min_tokens[bf16] = n;
-          if (!bf16) active().prefill_min_tokens_heavy = n;
-        },
+  m.def("set_prefill_min_tokens", [](bool bf16, int64_t n) { active().prefill_min_tokens[bf16] = n; },
         "token count from which the decompress + dense GEMM path runs, in every layer of that dtype (benchmarks)");
 }

@@ -273,6 +273,8 @@ inline void tiled_tile(const W* const* v, const uint8_t* const* m, const float* 
 // A pass sweeps kChunkUnits units (8 inputs each) of x at a time, 16-32 KB at 64 tokens, in L1 while every
 // row of the A-block reads them.
 constexpr int64_t kChunkUnits = 16;
+// The tiled layout's widest token block (kernels.h block_tokens): 4 vectors of tokens per row in registers
+constexpr int64_t kBlockTokens = 64;
 
 // generic.h tiled_pass's tile: 16-token vectors, any kernel layout
 struct Tiles {
@@ -285,6 +287,85 @@ struct Tiles {
                  : tiled_tile<W, R, NT, f32, false>(v, m, xt, c0, c1, acc_mem);
   }
 };
+
+// 16 x 16 floats transposed in registers (r[i] lane j <-> r[j] lane i): pairs, then quads within 128-bit lanes,
+// then 128-bit lanes twice.
+inline void transpose16(__m512 (&r)[16]) {
+  __m512 t[16];
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; ++i) {
+    const __m512d a = _mm512_castps_pd(t[4 * i]), b = _mm512_castps_pd(t[4 * i + 1]);
+    const __m512d c = _mm512_castps_pd(t[4 * i + 2]), d = _mm512_castps_pd(t[4 * i + 3]);
+    r[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+    r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+    r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+    r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+  }
+  // r[4i + c] lane l: row 4i + (l % 4), column 4 (l / 4) + c
+#pragma GCC unroll 4
+  for (int c = 0; c < 4; ++c) {
+    t[c] = _mm512_shuffle_f32x4(r[c], r[4 + c], 0x88);  // 128-bit lanes 0, 2 of each
+    t[4 + c] = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0x88);
+    t[8 + c] = _mm512_shuffle_f32x4(r[c], r[4 + c], 0xDD);  // lanes 1, 3
+    t[12 + c] = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0xDD);
+  }
+#pragma GCC unroll 4
+  for (int c = 0; c < 4; ++c) {
+    r[c] = _mm512_shuffle_f32x4(t[c], t[4 + c], 0x88);
+    r[8 + c] = _mm512_shuffle_f32x4(t[c], t[4 + c], 0xDD);
+    r[4 + c] = _mm512_shuffle_f32x4(t[8 + c], t[12 + c], 0x88);
+    r[12 + c] = _mm512_shuffle_f32x4(t[8 + c], t[12 + c], 0xDD);
+  }
+}
+
+// 16 outputs [i0, i0 + 16) of an n x n B-block (blkT: transposed) for 16 tokens (rows of in, ld_in apart), stored
+// output by output as 16 tokens each (rows of out, ld_out apart): block_tile's micro-kernel, then transposed.
+template <typename W>
+inline void b_tile_tokens(const W* blkT, int64_t n, int64_t i0, const float* in, int64_t ld_in, float* out,
+                          int64_t ld_out) {
+  __m512 acc[16];
+#pragma GCC unroll 16
+  for (int q = 0; q < 16; ++q) acc[q] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < n; ++k) {
+    const __m512 c = load16(blkT + k * n + i0);
+#pragma GCC unroll 16
+    for (int q = 0; q < 16; ++q) acc[q] = _mm512_fmadd_ps(broadcast1(in + q * ld_in + k), c, acc[q]);
+  }
+  transpose16(acc);
+#pragma GCC unroll 16
+  for (int i = 0; i < 16; ++i) _mm512_storeu_ps(out + i * ld_out, acc[i]);
+}
+
+// kernels.h b_transform_tiled: 16 tokens at a time across the blocks (each token's row read front to back, as
+// generic.h b_transform), the last 16 through a zero-padded copy of its real tokens. Against b_transform into
+// (T, d_in) and a transposition: SmolLM2's down_proj at 2048 tokens spent 11% of its time in the transposition
+// (Zen 4, one thread, perf).
+template <typename W>
+void b_transform_tiled(const armor::Layer& L, int64_t s, int64_t blk0, int64_t blk1, const float* x, int64_t T,
+                       float* xt) {
+  const int64_t bb = L.bb, d_in = L.d_in, Tp = (T + 15) / 16 * 16;
+  const W* b = static_cast<const W*>(L.b) + s * (d_in / bb) * bb * bb;
+  alignas(64) float pad[16 * armor::kMaxRows];
+  for (int64_t tg = 0; tg < T; tg += 16) {
+    const int64_t t0 = tg / kBlockTokens * kBlockTokens, w = Tp - t0 < kBlockTokens ? Tp - t0 : kBlockTokens, real = T - tg < 16 ? T - tg : 16;
+    for (int64_t blk = blk0; blk < blk1; ++blk) {
+      const float* in = x + tg * d_in + blk * bb;
+      int64_t ld = d_in;
+      if (real < 16) {
+        for (int64_t q = 0; q < 16; ++q)
+          for (int64_t k = 0; k < bb; ++k) pad[q * bb + k] = q < real ? in[q * d_in + k] : 0.f;
+        in = pad, ld = bb;
+      }
+      for (int64_t i0 = 0; i0 < bb; i0 += 16)
+        b_tile_tokens<W>(b + blk * bb * bb, bb, i0, in, ld, xt + t0 * d_in + (blk * bb + i0) * w + (tg - t0), w);
+    }
+  }
+}
 
 // 16 dense bf16 weights from 8 packed ones (widened, expanded, narrowed: exact)
 inline void store_dense(uint16_t* o, const uint16_t* v, __mmask16 k) {
@@ -399,8 +480,12 @@ armor::Kernels armor::avx512_kernels() {
   k.sparse_rows_tiled = [](const armor::Layer& L, int64_t j0, int64_t j1, const float* xt, int64_t T, float* y, float* scratch) {
     L.bf16 ? tiled_driver<uint16_t>(L, j0, j1, xt, T, y, scratch) : tiled_driver<float>(L, j0, j1, xt, T, y, scratch);
   };
+  k.b_transform_tiled = [](const armor::Layer& L, int64_t s, int64_t blk0, int64_t blk1, const float* x, int64_t T,
+                           float* xt) {
+    L.bf16 ? b_transform_tiled<uint16_t>(L, s, blk0, blk1, x, T, xt) : b_transform_tiled<float>(L, s, blk0, blk1, x, T, xt);
+  };
   k.tile_tokens = 16;
-  k.block_tokens = 64;
+  k.block_tokens = kBlockTokens;
   k.interleave[0] = 16;  // float32: values 4 rows x 16, codes (tile_codes); bfloat16: rows one by one, bitmask
   k.codes[0] = true;
   return k;
