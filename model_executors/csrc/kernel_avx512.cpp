@@ -352,7 +352,8 @@ void b_transform_tiled(const armor::Layer& L, int64_t s, int64_t blk0, int64_t b
   const W* b = static_cast<const W*>(L.b) + s * (d_in / bb) * bb * bb;
   alignas(64) float pad[16 * armor::kMaxRows];
   for (int64_t tg = 0; tg < T; tg += 16) {
-    const int64_t t0 = tg / kBlockTokens * kBlockTokens, w = Tp - t0 < kBlockTokens ? Tp - t0 : kBlockTokens, real = T - tg < 16 ? T - tg : 16;
+    const int64_t t0 = tg / kBlockTokens * kBlockTokens;  // its token block, w tokens wide
+    const int64_t w = Tp - t0 < kBlockTokens ? Tp - t0 : kBlockTokens, real = T - tg < 16 ? T - tg : 16;
     for (int64_t blk = blk0; blk < blk1; ++blk) {
       const float* in = x + tg * d_in + blk * bb;
       int64_t ld = d_in;

@@ -75,9 +75,10 @@ struct Kernels {
   // the prefill path's A folded into the weights (above d_in tokens): out = A_j S_j, s holding A-block j's rows
   // of S dense (decompress), out ba rows (row stride d_in), both in the weight dtype
   void (*fold_a)(const Layer&, int64_t j, const void* s, void* out);
-  // b_transform straight into sparse_rows_tiled's layout, for blocks [blk0, blk1) of shard s, all T tokens and the
-  // zero padding after them; xt: shard s's slice. Takes B blocks a multiple of tile_tokens. nullptr where the ISA
-  // file has none: b_transform, then a transposition (armor_op.cpp).
+  // b_transform straight into sparse_rows_tiled's layout, for blocks [blk0, blk1) of shard s: x holds T tokens'
+  // rows (d_in apart), xt gets them and the zero padding to a whole tile, (T rounded up to tile_tokens) x d_in
+  // floats. Takes B blocks a multiple of tile_tokens. nullptr where the ISA file has none: b_transform, then a
+  // transposition (armor_op.cpp).
   void (*b_transform_tiled)(const Layer&, int64_t s, int64_t blk0, int64_t blk1, const float* x, int64_t T, float* xt);
 };
 
