@@ -201,12 +201,14 @@ at::Tensor tiled_product(const armor::Layer& L, const armor::Kernels& k, const a
   return y.narrow(0, 0, T);
 }
 
+int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
+
 // B x (n_shards, T, d_in) into the tiled layout: a blocked transposition (16 inputs x one block of tokens at a time,
 // in L1; torch's strided copy_ took ~17% of the op on Llama-3-8B's k_proj at 128 tokens). The ISA files' fused
 // b_transform_tiled replaces it where they have one.
 at::Tensor tiled_layout(const armor::Layer& L, const armor::Kernels& k, const at::Tensor& xb) {
-  const int64_t T = xb.size(1), tile = k.tile_tokens, Tp = (T + tile - 1) / tile * tile, d_in = L.d_in;
-  const int64_t bt = k.block_tokens, blocks = (Tp + bt - 1) / bt;
+  const int64_t T = xb.size(1), Tp = round_up(T, k.tile_tokens), d_in = L.d_in;
+  const int64_t bt = k.block_tokens, blocks = round_up(Tp, bt) / bt;
   at::Tensor xt = at::empty({L.n_shards, Tp * d_in}, xb.options());
   const float* x = xb.data_ptr<float>();
   float* out = xt.data_ptr<float>();
@@ -226,21 +228,6 @@ at::Tensor tiled_layout(const armor::Layer& L, const armor::Kernels& k, const at
   });
   return xt;
 }
-
-// B x for every shard, in parallel over (shard, B-block) pairs: fn(s, blk0, blk1) transforms blocks of one shard
-template <typename Fn>
-void each_b_block(const armor::Layer& L, Fn fn) {
-  const int64_t nb = L.d_in / L.bb;
-  at::parallel_for(0, L.n_shards * nb, 1, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1;) {
-      const int64_t s = i / nb, end = std::min(i1, (s + 1) * nb);
-      fn(s, i % nb, i % nb + (end - i));
-      i = end;
-    }
-  });
-}
-
-int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 
 // decode_tiled_fused's tokens per span (kTiledSpanBytes above): whole token blocks
 int64_t tiled_span_tokens(const armor::Kernels& k, int64_t d_in, int64_t span_bytes) {
@@ -276,9 +263,14 @@ at::Tensor decode_tiled_fused(const armor::Layer& L, const armor::Kernels& k, co
 at::Tensor decode(const armor::Layer& L, const armor::Kernels& k, const at::Tensor& x, bool tiled) {
   const int64_t T = x.size(0), d_in = L.d_in;
   if (tiled && k.b_transform_tiled && L.bb % k.tile_tokens == 0) return decode_tiled_fused(L, k, x, active().tiled_span_bytes);
+  const int64_t nb = d_in / L.bb;
   at::Tensor xb = at::empty({L.n_shards, T, d_in}, x.options());
-  each_b_block(L, [&](int64_t s, int64_t b0, int64_t b1) {
-    k.b_transform(L, s, b0, b1, x.data_ptr<float>(), T, xb.data_ptr<float>() + s * T * d_in);
+  at::parallel_for(0, L.n_shards * nb, 1, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1;) {
+      const int64_t s = i / nb, end = std::min(i1, (s + 1) * nb);
+      k.b_transform(L, s, i % nb, i % nb + (end - i), x.data_ptr<float>(), T, xb.data_ptr<float>() + s * T * d_in);
+      i = end;
+    }
   });
   if (tiled) return tiled_product(L, k, tiled_layout(L, k, xb), T);
   const at::Tensor xb16 = L.bf16 && k.sparse_rows_bf16 ? xb.to(at::kBFloat16) : at::Tensor();
